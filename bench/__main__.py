@@ -1,0 +1,7 @@
+"""`python -m bench` is the same program as the `rvbench` console script."""
+
+import sys
+
+from bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""The `rvbench` command line: one subcommand per module in `bench/commands/`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from bench.errors import UsageError
+
+# Subcommand name -> module in bench.commands; each module has register(subparsers) and run(args) -> int.
+COMMANDS = {
+    "models": "List the registered (arch, impl) pairs.",
+    "flops": "Count parameters and FLOPs with three counters side by side.",
+    "run": "Sweep a preset of cells on one device into a run directory.",
+    "report": "Write the HTML report of a run directory.",
+    "compare": "Compare two runs cell by cell with a significance test.",
+    "profile": "Profile one cell: operator categories, per-module time, roofline.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rvbench",
+        description="Benchmark and profile ResNet and ViT implementations (rv, torchvision, timm).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"bench.commands.{name}")
+        module.register(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, dispatch, and turn a UsageError into a one-line message and exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"rvbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rvbench {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -19,21 +19,25 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; only `command`'s module is imported (each pulls in torch, which is slow)."""
     parser = argparse.ArgumentParser(
         prog="rvbench",
         description="Benchmark and profile ResNet and ViT implementations (rv, torchvision, timm).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"bench.commands.{name}")
-        module.register(sub.add_parser(name, help=help_text, description=help_text))
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            importlib.import_module(f"bench.commands.{name}").register(command_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, dispatch, and turn a UsageError into a one-line message and exit code 2."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:

@@ -1,0 +1,97 @@
+"""Known GPUs: dense peak TFLOP/s per precision and memory bandwidth, for MFU and rooflines.
+
+Figures are NVIDIA's published peaks, DENSE (the datasheets' headline tensor numbers assume 2:4
+sparsity; those are halved here), at boost clock:
+- H100 SXM5 / PCIe / NVL, H200 SXM / NVL: "NVIDIA H100 Tensor Core GPU" and "NVIDIA H200 Tensor
+  Core GPU" datasheets;
+- A100 SXM4 / PCIe 40 and 80 GB: "NVIDIA A100 Tensor Core GPU" datasheet;
+- A10, L4, L40S: their product datasheets;
+- RTX 4090: "NVIDIA Ada GPU Architecture" whitepaper, appendix (FP16/BF16 tensor with FP32
+  accumulate, which is what PyTorch uses: half the FP16-accumulate figure);
+- RTX 5090: "NVIDIA RTX Blackwell GPU Architecture" whitepaper, appendix (same convention);
+- B200: HGX B200 datasheet, 8-GPU totals divided by 8.
+`fp32` is the non-tensor-core FP32 rate; `tf32`, `fp16`, `bf16` are tensor-core rates.
+A device not matched here gets None: an MFU against a guessed peak would be worse than none.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bench.cell import PRECISIONS
+from bench.errors import UsageError
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One GPU model's published ceilings."""
+
+    name: str
+    peak_tflops: dict[str, float]  # "fp32" | "tf32" | "fp16" | "bf16" -> dense TFLOP/s
+    mem_bw_gbs: float  # DRAM bandwidth, GB/s (10**9 bytes/s)
+
+
+def _spec(name: str, fp32: float, tf32: float, fp16: float, bf16: float, bw: float) -> DeviceSpec:
+    return DeviceSpec(name, {"fp32": fp32, "tf32": tf32, "fp16": fp16, "bf16": bf16}, bw)
+
+
+H100_SXM = _spec("H100 SXM", 67.0, 494.7, 989.4, 989.4, 3350.0)
+H100_PCIE = _spec("H100 PCIe", 51.2, 378.0, 756.0, 756.0, 2000.0)
+H100_NVL = _spec("H100 NVL", 60.0, 417.5, 835.5, 835.5, 3900.0)
+H200_SXM = _spec("H200 SXM", 67.0, 494.7, 989.4, 989.4, 4800.0)
+H200_NVL = _spec("H200 NVL", 60.0, 417.5, 835.5, 835.5, 4800.0)
+A100_SXM_80 = _spec("A100 SXM 80GB", 19.5, 156.0, 312.0, 312.0, 2039.0)
+A100_SXM_40 = _spec("A100 SXM 40GB", 19.5, 156.0, 312.0, 312.0, 1555.0)
+A100_PCIE_80 = _spec("A100 PCIe 80GB", 19.5, 156.0, 312.0, 312.0, 1935.0)
+A100_PCIE_40 = _spec("A100 PCIe 40GB", 19.5, 156.0, 312.0, 312.0, 1555.0)
+L4 = _spec("L4", 30.3, 60.0, 121.0, 121.0, 300.0)
+L40S = _spec("L40S", 91.6, 183.0, 362.05, 362.05, 864.0)
+A10 = _spec("A10", 31.2, 62.5, 125.0, 125.0, 600.0)
+RTX_4090 = _spec("RTX 4090", 82.6, 82.6, 165.2, 165.2, 1008.0)
+RTX_5090 = _spec("RTX 5090", 104.8, 104.8, 209.5, 209.5, 1792.0)
+B200 = _spec("B200", 75.0, 1125.0, 2250.0, 2250.0, 8000.0)
+
+# (pattern, spec), first match wins, searched case-insensitively in the CUDA device name
+# (e.g. "NVIDIA H100 80GB HBM3" is the SXM part, "NVIDIA H100 PCIe", "NVIDIA H100 NVL").
+# \b keeps "A10" from matching "A100"/"A10G", "L4" from "L40", "H200" from "GH200"; "$" keeps
+# the consumer parts from matching their cut-down "D" and "Laptop GPU" variants.
+_RULES: tuple[tuple[str, DeviceSpec], ...] = (
+    (r"\bH100\b.*\bNVL\b", H100_NVL),
+    (r"\bH100\b.*\bPCIe\b", H100_PCIE),
+    (r"\bH100\b.*\b(SXM|HBM3)", H100_SXM),
+    (r"\bH200\b.*\bNVL\b", H200_NVL),
+    (r"\bH200\b(?!.*\bNVL\b)", H200_SXM),
+    (r"\bA100\b.*PCIE.*80GB|\bA100\b.*80GB.*PCIE", A100_PCIE_80),
+    (r"\bA100\b.*PCIE.*40GB|\bA100\b.*40GB.*PCIE", A100_PCIE_40),
+    (r"\bA100\b.*SXM.*80GB", A100_SXM_80),
+    (r"\bA100\b.*SXM.*40GB", A100_SXM_40),
+    (r"\bL40S\b", L40S),
+    (r"\bL4\b", L4),
+    (r"\bA10\b", A10),
+    (r"\bRTX 4090$", RTX_4090),
+    (r"\bRTX 5090$", RTX_5090),
+    (r"\bB200\b", B200),
+)
+
+# Which peak bounds each cell precision: autocast runs its matmuls/convs in the low precision.
+_PEAK_KEY = {"fp32": "fp32", "tf32": "tf32", "amp-fp16": "fp16", "fp16": "fp16", "amp-bf16": "bf16", "bf16": "bf16"}
+
+
+def match_device(gpu_name: str | None) -> DeviceSpec | None:
+    """The spec of a CUDA device name (as torch.cuda.get_device_name gives it), None if unknown."""
+    if not gpu_name:
+        return None
+    name = gpu_name.strip()
+    for pattern, spec in _RULES:
+        if re.search(pattern, name, flags=re.IGNORECASE):
+            return spec
+    return None
+
+
+def peak_tflops_for(gpu_name: str | None, precision: str) -> float | None:
+    """Dense peak TFLOP/s of that device at that cell precision; None for unknown devices."""
+    if precision not in _PEAK_KEY:
+        raise UsageError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    spec = match_device(gpu_name)
+    return None if spec is None else spec.peak_tflops[_PEAK_KEY[precision]]

@@ -1,0 +1,124 @@
+"""Measure one cell: build the model, apply mode/precision/layout/compile, time it, and return
+one flat row of measurement columns (the configuration, status and env_* columns are the runner's).
+
+Order of events in a cell:
+1. validate the cell and its (arch, impl) pair; set the precision's global switches;
+2. build (seeded), set the mode, cast and lay out the model, make the fixed random batch;
+3. compiled cells only: the first step, synchronised, is `compile_s` (it also compiles backward);
+4. warm-up, then the timed loop, around which CUDA memory peaks and NVML power are sampled;
+5. release the model, the compile caches and the CUDA cache; restore the global switches.
+
+Recompilations are dynamo graphs compiled after the first step: `recompiles` counts those in
+warm-up and timing, `recompiles_timed` those inside the timed loop (its samples then include
+compilation, and the row says so instead of hiding it). Both are 0 for eager cells.
+
+FLOPs: `gflops_per_step` is forward FLOPs x batch for inference and forward+backward FLOPs x
+batch for train. For finetune it is forward FLOPs x batch: the frozen backbone runs no backward,
+and the head's weight gradient (one small matmul) is below 0.1% of any model here, so counting
+full training FLOPs would inflate MFU by about 3x. `achieved_tflops` = gflops_per_step / median
+step; `mfu` divides it by the device's dense peak for the precision (None on CPU/unknown GPUs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterator
+
+import torch
+
+from bench.build import build_cell, check_device, flops_per_image, release
+from bench.cell import Cell, validate
+from bench.devices import peak_tflops_for
+from bench.flops import count_params
+from bench.memory import CudaPeak, RssPeak, weights_bytes
+from bench.models import ModelEntry, get_entry
+from bench.power import PowerMonitor, empty_columns, power_monitor
+from bench.precision import PrecisionPlan, numerics, numerics_state, plan_for
+from bench.step import graphs_compiled
+from bench.timing import TimingConfig, summarize, synchronize, time_callable
+
+@contextlib.contextmanager
+def _timed_window(device: torch.device, window: dict) -> Iterator[None]:
+    """Entered right around the timed loop: CUDA peaks, power sampling, compiled-graph count."""
+    with contextlib.ExitStack() as stack:
+        if device.type == "cuda":
+            window["cuda"] = stack.enter_context(CudaPeak(device))
+        monitor = power_monitor(device)
+        window["power"] = monitor
+        if isinstance(monitor, PowerMonitor):
+            monitor.start()
+            stack.callback(monitor.stop)
+        window["graphs_before"] = graphs_compiled()
+        yield
+        window["graphs_after"] = graphs_compiled()
+
+
+def _measure(cell: Cell, timing: TimingConfig, entry: ModelEntry, plan: PrecisionPlan,
+             device: torch.device) -> dict:
+    built = build_cell(cell, entry, plan, device)
+    params_total, params_trainable = count_params(built.model)
+    weights = weights_bytes(built.model)
+    step = built.step
+
+    rss = RssPeak() if device.type == "cpu" else None
+    window: dict = {}
+    if rss is not None:
+        rss.start()
+    try:
+        compile_s = None
+        if cell.compile != "none":
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            compile_s = time.perf_counter() - start
+        graphs_first = graphs_compiled()
+        result = time_callable(step, device, timing, around_timed=_timed_window(device, window))
+    finally:
+        if rss is not None:
+            rss.stop()
+
+    stats = summarize(result.samples_ms, cell.batch_size, result.timed_s)
+    memory = rss.columns(weights) if rss is not None else window["cuda"].columns(weights)
+    monitor = window["power"]
+    images = cell.batch_size * stats["n_iters"]
+    power = monitor.columns(images) if isinstance(monitor, PowerMonitor) else empty_columns(monitor)
+    forward, per_image = flops_per_image(cell)
+    gflops_per_step = per_image * cell.batch_size / 1e9
+    achieved = gflops_per_step / stats["step_ms_p50"]  # GFLOP per ms == TFLOP/s
+    peak = peak_tflops_for(torch.cuda.get_device_name(device), cell.precision) if device.type == "cuda" else None
+    return {
+        "params_total": params_total,
+        "params_trainable": params_trainable,
+        "gflops_per_image": forward / 1e9,
+        "gflops_per_step": gflops_per_step,
+        **stats,
+        "warmup_iters": result.warmup_iters,
+        "compile_s": compile_s,
+        "recompiles": window["graphs_after"] - graphs_first,
+        "recompiles_timed": window["graphs_after"] - window["graphs_before"],
+        **memory,
+        **power,
+        "achieved_tflops": achieved,
+        "mfu": None if peak is None else achieved / peak,
+        **numerics_state(),
+        "samples_ms": result.samples_ms,
+    }
+
+
+def measure_cell(cell: Cell, timing: TimingConfig) -> dict:
+    """Measure one cell; returns the measurement columns of its results row plus "samples_ms".
+
+    Raises UsageError for cells that cannot run here (bad names, precision/device combinations,
+    missing devices) and lets torch.OutOfMemoryError propagate for the runner to classify.
+    """
+    validate(cell)
+    entry = get_entry(cell.arch, cell.impl)
+    plan = plan_for(cell.precision)
+    device = torch.device(cell.device)
+    check_device(device, cell.precision)
+    try:
+        with numerics(plan, device):
+            return _measure(cell, timing, entry, plan, device)
+    finally:
+        release(device, cell.compile != "none")

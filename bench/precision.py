@@ -1,0 +1,80 @@
+"""Numeric precision of a cell: weight/input dtype, autocast, and the global TF32/cudnn switches.
+
+`fp32` means real IEEE fp32: TF32 is switched off for both matmuls and cudnn convolutions
+(PyTorch's default leaves cudnn TF32 on). Only the `tf32` precision turns TF32 on; every other
+precision runs its remaining fp32 ops without it. CUDA cells run with `cudnn.benchmark` on (the
+autotuned algorithms are picked during warm-up). The switches are process-global, so
+`numerics` restores them when the cell ends; their effective state is recorded in the row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from bench.cell import PRECISIONS
+from bench.errors import UsageError
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How to realise one precision name."""
+
+    param_dtype: torch.dtype  # dtype of weights and of the input batch
+    autocast_dtype: torch.dtype | None  # autocast region dtype, None for no autocast
+    tf32: bool  # allow TF32 in matmuls and cudnn
+
+
+_PLANS = {
+    "fp32": PrecisionPlan(torch.float32, None, False),
+    "tf32": PrecisionPlan(torch.float32, None, True),
+    "amp-fp16": PrecisionPlan(torch.float32, torch.float16, False),
+    "amp-bf16": PrecisionPlan(torch.float32, torch.bfloat16, False),
+    "fp16": PrecisionPlan(torch.float16, None, False),
+    "bf16": PrecisionPlan(torch.bfloat16, None, False),
+}
+
+
+def plan_for(precision: str) -> PrecisionPlan:
+    """The plan for a precision name; UsageError naming the valid ones otherwise."""
+    if precision not in _PLANS:
+        raise UsageError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    return _PLANS[precision]
+
+
+def autocast(plan: PrecisionPlan, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast region for a step (a no-op context when the plan has none)."""
+    if plan.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=plan.autocast_dtype)
+
+
+def numerics_state() -> dict[str, bool]:
+    """Effective TF32 and cudnn.benchmark switches, as results-row columns."""
+    return {
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+    }
+
+
+@contextlib.contextmanager
+def numerics(plan: PrecisionPlan, device: torch.device) -> Iterator[None]:
+    """Set the global switches for a cell and restore them (whatever happens) when it ends."""
+    saved_precision = torch.get_float32_matmul_precision()
+    saved_cudnn_tf32 = torch.backends.cudnn.allow_tf32
+    saved_benchmark = torch.backends.cudnn.benchmark
+    try:
+        # "high" is PyTorch's switch for TF32 matmuls, "highest" keeps them IEEE fp32.
+        torch.set_float32_matmul_precision("high" if plan.tf32 else "highest")
+        torch.backends.cudnn.allow_tf32 = plan.tf32
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved_precision)
+        torch.backends.cudnn.allow_tf32 = saved_cudnn_tf32
+        torch.backends.cudnn.benchmark = saved_benchmark

@@ -1,0 +1,151 @@
+"""`rvbench run`: sweep a preset on one device into a run directory, resumably."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import time
+from pathlib import Path
+
+from bench.errors import UsageError
+from bench.results import ResultWriter, finalize, finished_cell_ids
+from bench.runner import Runner, plan_jobs, run_jobs
+from bench.summary import progress_bar, summary_text, update_latest, write_report
+from bench.sweep import SweepSpec, build_spec, expand, list_presets, resolve_device, timing_config
+
+# Options that define the sweep; with --resume the sweep comes from DIR/config.json instead.
+SWEEP_OPTIONS = ("preset", "models", "impls", "batch_sizes", "precisions", "compile", "modes",
+                 "channels_last", "image_size", "rounds", "find_max_batch")
+
+
+def _names(text: str) -> list[str]:
+    return [t for t in re.split(r"[,\s]+", text) if t]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the options of `rvbench run`."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.epilog = ("Lists are comma-separated. Overrides replace that axis in every block of the "
+                     "preset. Exit codes: 0 done, 2 bad input (nothing written), 130 interrupted "
+                     "(finished cells kept; continue with --resume).")
+    sweep = parser.add_argument_group("sweep (preset and overrides)")
+    sweep.add_argument("--preset", choices=list_presets(), default=None,
+                       help="sweep preset from bench/presets (default: gpu on CUDA, else cpu)")
+    sweep.add_argument("--models", type=_names, help="archs to run, e.g. resnet50,vit_base_patch16_224")
+    sweep.add_argument("--impls", type=_names, help="implementations: rv, torchvision, timm")
+    sweep.add_argument("--batch-sizes", type=_ints, help="batch sizes, e.g. 1,32,256 (never reduced on OOM)")
+    sweep.add_argument("--precisions", type=_names,
+                       help="fp32, tf32, amp-fp16, amp-bf16, fp16, bf16 (tf32/fp16 variants need CUDA)")
+    sweep.add_argument("--compile", type=_names,
+                       help="torch.compile modes: none, default, max-autotune, reduce-overhead (CUDA)")
+    sweep.add_argument("--modes", type=_names, help="inference, train (full step), finetune (frozen backbone)")
+    sweep.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="run every model in NHWC (or none); default: as the preset says")
+    sweep.add_argument("--image-size", type=int, help="input side in px (0: each model's default)")
+    sweep.add_argument("--rounds", type=int, help="repeats of every cell, impls interleaved per round")
+    sweep.add_argument("--find-max-batch", action="store_true", default=None,
+                       help="also search the largest batch that fits for each config (own row, "
+                            "find_max_batch=true)")
+    where = parser.add_argument_group("where and how")
+    where.add_argument("--device", default="auto",
+                       help="cpu, cuda or cuda:N; auto = cuda:0 if present, else cpu")
+    where.add_argument("--out", type=Path, default=Path("reports"),
+                       help="reports directory: the run goes to OUT/runs/<time>-<host>-<device>/, "
+                            "OUT/latest links to it")
+    where.add_argument("--resume", type=Path, metavar="DIR",
+                       help="continue the run in DIR: run only cells without a row (its config.json "
+                            "defines the sweep)")
+    where.add_argument("--cell-timeout", type=float, metavar="S",
+                       help="kill a cell after S seconds (row status timeout, worker restarted)")
+    where.add_argument("--profile", action="store_true",
+                       help="afterwards, profile the fastest cell of each arch x impl into "
+                            "RUN_DIR/profiles/<arch>-<impl>/")
+    parser.set_defaults(func=run)
+
+
+def _resume_spec(args: argparse.Namespace) -> tuple[SweepSpec, Path]:
+    given = [o for o in SWEEP_OPTIONS if getattr(args, o) is not None]
+    if given or args.device != "auto":
+        flags = ", ".join("--" + o.replace("_", "-") for o in given + (["device"] if args.device != "auto" else []))
+        raise UsageError(f"--resume takes the sweep from DIR/config.json; drop {flags}")
+    config = args.resume / "config.json"
+    if not config.exists():
+        raise UsageError(f"{args.resume} is not a run directory (no config.json)")
+    spec = SweepSpec.from_json(json.loads(config.read_text()))
+    spec.device = resolve_device(spec.device)
+    reports_dir = args.resume.parent.parent if args.resume.parent.name == "runs" else None
+    return spec, reports_dir
+
+
+def _new_spec(args: argparse.Namespace) -> SweepSpec:
+    device = resolve_device(args.device)
+    preset = args.preset or ("cpu" if device == "cpu" else "gpu")
+    overrides = {o: getattr(args, o) for o in SWEEP_OPTIONS if o not in ("preset", "find_max_batch")}
+    return build_spec(preset, device, overrides, find_max_batch=bool(args.find_max_batch))
+
+
+def _new_run_dir(reports_dir: Path, device: str) -> Path:
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname().split(".")[0])
+    name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{host}-{device.replace(':', '')}"
+    run_dir, n = reports_dir / "runs" / name, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = reports_dir / "runs" / f"{name}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate everything, then sweep; returns 0, or 130 when interrupted."""
+    if args.cell_timeout is not None and args.cell_timeout <= 0:
+        raise UsageError(f"--cell-timeout must be > 0 seconds, got {args.cell_timeout:g}")
+    if args.resume:
+        spec, reports_dir = _resume_spec(args)
+    else:
+        spec, reports_dir = _new_spec(args), args.out
+    timing = timing_config(spec)
+    cells = expand(spec)
+    jobs = plan_jobs(cells, spec.find_max_batch)
+
+    run_dir = args.resume or _new_run_dir(reports_dir, spec.device)
+    if not args.resume:
+        config = {**spec.to_json(), "cells": len(cells), "jobs": len(jobs)}
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    done = finished_cell_ids(run_dir)
+    todo = [job for job in jobs if job.job_id not in done]
+
+    runner = Runner(run_dir, timing, args.cell_timeout)
+    env = runner.collect_env(spec.device)
+    if not (run_dir / "env.json").exists():
+        (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
+    writer = ResultWriter(run_dir)
+    bar = progress_bar(len(jobs), len(jobs) - len(todo))
+    try:
+        completed = run_jobs(runner, todo, writer, bar)
+    finally:
+        bar.close()
+        writer.close()
+
+    df = finalize(run_dir)
+    if completed and args.profile:
+        print("\n".join(runner.profile_best(df, run_dir / "profiles")))
+        runner.close()
+    text = summary_text(df)
+    report = write_report(run_dir, text)
+    if reports_dir is not None:
+        update_latest(reports_dir, run_dir)
+    print(text + f"run directory: {run_dir}\nreport: {report}")
+    if not completed:
+        print(f"interrupted: {len(df)} of {len(jobs)} cells recorded; continue with: "
+              f"rvbench run --resume {run_dir}")
+        return 130
+    return 0

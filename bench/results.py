@@ -1,0 +1,209 @@
+"""The results store of a run directory: append-only jsonl while running, tidy tables at the end.
+
+Rows are appended one json line per finished cell, flushed and fsynced, so a run killed at any
+moment loses at most the cell in flight. `load` reads a finished run (parquet) or an unfinished
+one (jsonl, tolerating a torn last line). `finalize` writes the tidy tables and the export in
+timm's benchmark-CSV layout; `ratios` compares rv against the reference implementations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import IO
+
+import pandas as pd
+
+SCHEMA_VERSION = 1
+
+RESULTS_JSONL = "results.jsonl"
+SAMPLES_JSONL = "samples.jsonl"
+
+# The columns every row has (null where a cell did not produce them), in table order; the
+# measurement columns come from bench.measure, the env_* columns (appended) from bench.env.
+# find_max_batch marks the row of a --find-max-batch search (its batch_size is the largest that
+# fits; max_batch_oom_at the smallest probed batch that did not, null if the limit was reached).
+COLUMNS = (
+    "schema_version", "run_id", "cell_id", "arch", "impl", "batch_size", "image_size", "precision",
+    "channels_last", "compile", "mode", "device", "round", "find_max_batch", "max_batch_oom_at",
+    "status", "message", "started_at", "wall_s",
+    "params_total", "params_trainable", "gflops_per_image", "gflops_per_step",
+    "n_iters", "timed_s", "warmup_iters", "step_ms_p50", "step_ms_p90", "step_ms_p95", "step_ms_p99",
+    "step_ms_mean", "step_ms_std", "step_ms_min", "step_ms_max", "step_ms_iqr", "noisy",
+    "throughput", "throughput_wall", "compile_s", "recompiles", "recompiles_timed",
+    "mem_peak_alloc_mb", "mem_peak_reserved_mb", "mem_weights_mb", "mem_activation_mb",
+    "mem_rss_delta_mb", "mem_note",
+    "power_w_mean", "power_w_max", "sm_clock_mhz", "mem_clock_mhz", "temp_c_max", "gpu_util_pct",
+    "throttle_reasons", "energy_j_per_image", "energy_source", "power_note",
+    "achieved_tflops", "mfu", "tf32_matmul", "tf32_cudnn", "cudnn_benchmark",
+)  # fmt: skip
+
+# What identifies a configuration across implementations and rounds (for ratios and exports).
+CONFIG_KEYS = ["arch", "batch_size", "image_size", "precision", "channels_last", "compile", "mode", "device"]
+REFERENCES = ("torchvision", "timm")
+
+
+def _open_append(path: Path) -> IO[str]:
+    """Open a jsonl file for appending, first cutting off a torn last line left by a killed run."""
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as fh:
+                fh.truncate(data.rfind(b"\n") + 1)
+    return open(path, "a", encoding="utf-8")
+
+
+class ResultWriter:
+    """Appends result rows and timing samples to a run directory, one durable line each."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._results = _open_append(run_dir / RESULTS_JSONL)
+        self._samples = _open_append(run_dir / SAMPLES_JSONL)
+
+    @staticmethod
+    def _append(fh: IO[str], obj: dict) -> None:
+        fh.write(json.dumps(obj, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+    def write(self, row: dict, samples_ms: list[float] | None) -> None:
+        """Record one finished cell. Samples go first: the results row marks the cell as done."""
+        if samples_ms:
+            self._append(self._samples, {"cell_id": row["cell_id"], "samples_ms": samples_ms})
+        self._append(self._results, row)
+
+    def close(self) -> None:
+        """Close both files."""
+        self._results.close()
+        self._samples.close()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Parse a jsonl file; an unparsable line (a torn write) is skipped with a warning."""
+    rows = []
+    if not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                warnings.warn(f"{path}: skipping unreadable line {lineno} (torn write?)", stacklevel=3)
+    return rows
+
+
+def finished_cell_ids(run_dir: Path) -> set[str]:
+    """Ids of the cells that already have a row: what `--resume` must not run again."""
+    return {row["cell_id"] for row in _read_jsonl(Path(run_dir) / RESULTS_JSONL)}
+
+
+def _tidy(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        # A cell is recorded once, but be robust to hand-merged files: the last row wins.
+        df = df.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
+    extra = [c for c in df.columns if c not in COLUMNS]
+    return df.reindex(columns=list(COLUMNS) + extra)
+
+
+def load(run_dir: str | Path) -> pd.DataFrame:
+    """Read a run's results: results.parquet if the run finished, else its results.jsonl.
+
+    Always has every column of `COLUMNS` (null where absent), one row per cell.
+    """
+    run_dir = Path(run_dir)
+    parquet = run_dir / "results.parquet"
+    if parquet.exists():
+        return pd.read_parquet(parquet)
+    return _tidy(_read_jsonl(run_dir / RESULTS_JSONL))
+
+
+def load_samples(run_dir: str | Path) -> dict[str, list[float]]:
+    """Raw per-iteration step times of each ok cell, keyed by cell_id."""
+    return {r["cell_id"]: r["samples_ms"] for r in _read_jsonl(Path(run_dir) / SAMPLES_JSONL)}
+
+
+def ratios(df: pd.DataFrame) -> pd.DataFrame:
+    """rv / reference throughput per (config, round), then median and IQR per config.
+
+    Ratios are taken within a round, where the implementations ran back to back, so slow drift
+    of a shared machine cancels. Columns: CONFIG_KEYS, reference, ratio_median, ratio_iqr,
+    n_rounds. Configs where rv or the reference has no ok row in a round are left out.
+    """
+    ok = df[(df["status"] == "ok") & ~df["find_max_batch"].fillna(False).astype(bool)]
+    keys = CONFIG_KEYS + ["round"]
+    per_impl = ok.pivot_table(index=keys, columns="impl", values="throughput", aggfunc="first")
+    frames = []
+    for ref in REFERENCES:
+        if "rv" not in per_impl or ref not in per_impl:
+            continue
+        per_round = (per_impl["rv"] / per_impl[ref]).dropna().rename("ratio").reset_index()
+        agg = per_round.groupby(CONFIG_KEYS, dropna=False)["ratio"].agg(
+            ratio_median="median",
+            ratio_iqr=lambda r: r.quantile(0.75) - r.quantile(0.25),
+            n_rounds="count",
+        )
+        frames.append(agg.reset_index().assign(reference=ref))
+    cols = CONFIG_KEYS + ["reference", "ratio_median", "ratio_iqr", "n_rounds"]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True)[cols]
+
+
+# timm's benchmark.py columns (inference then train; param_count last, as in its "both" mode).
+# infer_gmacs is MACs per image / 1e9; infer_macts (activation count, millions, from fvcore)
+# is not measured here and left empty.
+TIMM_COLUMNS = [
+    "model", "infer_samples_per_sec", "infer_step_time", "infer_batch_size", "infer_img_size",
+    "infer_gmacs", "infer_macts", "train_samples_per_sec", "train_step_time", "train_batch_size",
+    "train_img_size", "param_count",
+]  # fmt: skip
+_TIMM_EXTRA = ["impl", "precision", "channels_last", "compile", "device"]
+
+
+def timm_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The ok inference/train cells in timm's benchmark-CSV layout, median over rounds.
+
+    One row per (arch, impl, precision, layout, compile, device, batch, image size); `model` is
+    the arch name and the identifying columns (impl, precision, ...) follow timm's columns.
+    Like timm: samples/s over the timed wall time, step time = mean ms per step, params in
+    millions.
+    """
+    ok = df[(df["status"] == "ok") & df["mode"].isin(["inference", "train"])]
+    keys = ["arch", "batch_size", "image_size"] + _TIMM_EXTRA
+    out = None
+    for mode, prefix in (("inference", "infer"), ("train", "train")):
+        part = ok[ok["mode"] == mode].groupby(keys, dropna=False).agg(
+            samples_per_sec=("throughput_wall", "median"),
+            step_time=("step_ms_mean", "median"),
+            gmacs=("gflops_per_image", "first"),
+            param_count=("params_total", "first"),
+        )
+        part["gmacs"] = (part["gmacs"] / 2).round(2)
+        part["param_count"] = (part["param_count"] / 1e6).round(2)
+        part = part.reset_index()
+        part[f"{prefix}_batch_size"] = part["batch_size"]
+        part[f"{prefix}_img_size"] = part["image_size"]
+        part = part.rename(columns={c: f"{prefix}_{c}" for c in ("samples_per_sec", "step_time", "gmacs")})
+        if prefix == "train":
+            part = part.drop(columns="train_gmacs")
+        out = part if out is None else out.merge(part, on=keys, how="outer", suffixes=("", "_train"))
+    if "param_count_train" in out:
+        out["param_count"] = out["param_count"].fillna(out.pop("param_count_train"))
+    out["model"] = out["arch"]
+    out["infer_macts"] = None
+    return out.reindex(columns=TIMM_COLUMNS + _TIMM_EXTRA)
+
+
+def finalize(run_dir: str | Path) -> pd.DataFrame:
+    """Write results.parquet, results.csv and results_timm.csv from the jsonl; return the table."""
+    run_dir = Path(run_dir)
+    df = _tidy(_read_jsonl(run_dir / RESULTS_JSONL))
+    df.to_parquet(run_dir / "results.parquet", index=False)
+    df.to_csv(run_dir / "results.csv", index=False)
+    timm_table(df).to_csv(run_dir / "results_timm.csv", index=False)
+    return df

@@ -1,0 +1,185 @@
+"""Sweep specs: load a preset, apply command-line overrides, expand into validated cells.
+
+A preset (bench/presets/<name>.toml) holds the timing config, the number of rounds and one or
+more `[[sweep]]` blocks; each block is a cartesian product of axes. Blocks exist because a
+useful GPU sweep is not one product (compile and train cells need fewer batch sizes than eager
+inference). Everything is validated here, before a run directory exists, so bad input fails
+with one message and nothing written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.cell import IMPLS, Cell, validate, validate_device
+from bench.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - python 3.10
+    import tomli as tomllib
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+# Axes of a [[sweep]] block, with the default used when a block leaves one out. `models` and
+# `batch_sizes` have no default. `image_size = 0` means each model's default input size.
+# `channels_last` lists the model families ("resnet", "vit") that run in NHWC.
+BLOCK_DEFAULTS: dict[str, object] = {
+    "impls": list(IMPLS),
+    "image_size": 0,
+    "precisions": ["fp32"],
+    "compile": ["none"],
+    "modes": ["inference"],
+    "channels_last": [],
+}
+BLOCK_REQUIRED = ("models", "batch_sizes")
+FAMILIES = ("resnet", "vit")
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped in bench/presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+@dataclass
+class SweepSpec:
+    """A resolved sweep: what config.json records and what `--resume` reloads."""
+
+    preset: str
+    device: str
+    rounds: int
+    timing: dict
+    sweeps: list[dict]
+    find_max_batch: bool = False
+    skipped_pairs: list[list[str]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """Plain dict for config.json."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SweepSpec":
+        """Inverse of `to_json` (extra keys such as the cell count are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def resolve_device(device: str) -> str:
+    """Turn "auto", "cuda" or "cuda:N" into a concrete device that exists, or raise UsageError."""
+    import torch
+
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device == "auto":
+        return "cuda:0" if n_gpus else "cpu"
+    if device == "cuda":
+        device = "cuda:0"
+    validate_device(device)
+    if device != "cpu" and int(device[5:]) >= n_gpus:
+        have = f"GPUs 0..{n_gpus - 1}" if n_gpus else "no GPU"
+        raise UsageError(f"device {device!r} does not exist: this machine has {have}; valid: cpu"
+                         + "".join(f", cuda:{i}" for i in range(n_gpus)))
+    return device
+
+
+def load_preset(name: str) -> dict:
+    """Parse bench/presets/<name>.toml, or raise UsageError naming the presets that exist."""
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.exists():
+        raise UsageError(f"unknown preset {name!r}; valid: {', '.join(list_presets())}")
+    with open(path, "rb") as fh:
+        return tomllib.load(fh)
+
+
+def _check_block(block: dict, where: str) -> dict:
+    unknown = set(block) - set(BLOCK_DEFAULTS) - set(BLOCK_REQUIRED)
+    if unknown:
+        raise UsageError(f"{where}: unknown keys {sorted(unknown)}; valid: "
+                         + ", ".join(list(BLOCK_REQUIRED) + list(BLOCK_DEFAULTS)))
+    missing = [k for k in BLOCK_REQUIRED if k not in block]
+    if missing:
+        raise UsageError(f"{where}: missing {', '.join(missing)}")
+    for fam in block.get("channels_last", []):
+        if fam not in FAMILIES:
+            raise UsageError(f"{where}: unknown family {fam!r} in channels_last; valid: {', '.join(FAMILIES)}")
+    return {**BLOCK_DEFAULTS, **block}
+
+
+def build_spec(preset: str, device: str, overrides: dict, find_max_batch: bool = False) -> SweepSpec:
+    """Load `preset` and replace axes by the non-None `overrides` in every block.
+
+    `overrides` keys are block axes; `channels_last` may be a bool (True: every family, False:
+    none). `rounds` overrides the preset's rounds. The device must already be resolved.
+    """
+    data = load_preset(preset)
+    unknown = set(data) - {"description", "rounds", "timing", "sweep"}
+    if unknown or "sweep" not in data:
+        raise UsageError(f"preset {preset!r}: needs [[sweep]] blocks; unknown keys {sorted(unknown)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    rounds = given.pop("rounds", data.get("rounds", 1))
+    if isinstance(given.get("channels_last"), bool):
+        given["channels_last"] = list(FAMILIES) if given["channels_last"] else []
+    blocks = [
+        {**_check_block(block, f"preset {preset!r} sweep block {i}"), **given}
+        for i, block in enumerate(data["sweep"])
+    ]
+    if rounds < 1:
+        raise UsageError(f"rounds must be >= 1, got {rounds}")
+    return SweepSpec(preset=preset, device=device, rounds=rounds, timing=dict(data.get("timing", {})),
+                     sweeps=blocks, find_max_batch=find_max_batch)
+
+
+def timing_config(spec: SweepSpec):
+    """The spec's bench.timing.TimingConfig; unknown fields are a UsageError."""
+    from bench.timing import TimingConfig
+
+    names = [f.name for f in dataclasses.fields(TimingConfig)]
+    unknown = set(spec.timing) - set(names)
+    if unknown:
+        raise UsageError(f"unknown timing keys {sorted(unknown)}; valid: {', '.join(names)}")
+    return TimingConfig(**spec.timing)
+
+
+def expand(spec: SweepSpec) -> list[Cell]:
+    """All cells of the spec, validated, implementations interleaved round by round.
+
+    Order: for each configuration (arch, mode, precision, compile, batch), for each round, for
+    each impl -> A B C A B C, so drift on a shared machine hits every impl alike. (arch, impl)
+    pairs that no library provides (torchvision has no vit_tiny/vit_small) are skipped and listed
+    in `spec.skipped_pairs`. Raises UsageError on any bad name or number, or an empty sweep.
+    """
+    from bench.models import list_archs, list_entries
+
+    cells: list[Cell] = []
+    skipped: set[tuple[str, str]] = set()
+    for block in spec.sweeps:
+        archs = list_archs() if block["models"] == "all" else list(block["models"])
+        entries = {(e.arch, e.impl): e for e in list_entries(archs, list(block["impls"]))}
+        for bs in block["batch_sizes"]:
+            if not isinstance(bs, int) or bs < 1:
+                raise UsageError(f"batch size must be an integer >= 1, got {bs!r}")
+        axes = itertools.product(archs, block["modes"], block["precisions"], block["compile"], block["batch_sizes"])
+        for arch, mode, precision, compile_mode, bs in axes:
+            for rnd in range(spec.rounds):
+                for impl in block["impls"]:
+                    entry = entries.get((arch, impl))
+                    if entry is None:
+                        skipped.add((arch, impl))
+                        continue
+                    cells.append(Cell(
+                        arch=arch, impl=impl, batch_size=bs,
+                        image_size=block["image_size"] or entry.image_size,
+                        precision=precision, channels_last=entry.family in block["channels_last"],
+                        compile=compile_mode, mode=mode, device=spec.device, round=rnd,
+                    ))
+    for cell in cells:
+        validate(cell)
+    spec.skipped_pairs = sorted([list(p) for p in skipped])
+    if not cells:
+        raise UsageError("the sweep has no cells: no registered (arch, impl) pair matches; "
+                         "see `rvbench models`")
+    # A cell listed twice (overlapping blocks) would be measured twice under one id.
+    return list(dict.fromkeys(cells))

@@ -1,0 +1,155 @@
+"""Worker process: measures cells sent by the runner, one at a time, on one device.
+
+Run as `python -m bench.worker`. Protocol: one JSON request per line on stdin, one JSON reply
+per line on the original stdout (library prints are redirected to stderr so they cannot corrupt
+the protocol). After start-up the worker says {"ready": true}. Requests:
+    {"op": "env", "device": D}                        -> {"env": {...}}
+    {"op": "cell", "cell": {...}, "timing": {...}}    -> {"status", "message", "result", "samples_ms"}
+    {"op": "profile", "cell": {...}, "out_dir": P}    -> {"status", "message"}
+Each cell builds its model fresh, so nothing (weights, compile caches) leaks between cells.
+A crash of this process only costs the cell in flight: the runner records it and restarts us.
+
+Test hook: RVBENCH_FAULT="KIND:SUBSTRING[@MINBATCH];..." injects a failure into every cell whose
+label contains SUBSTRING (and whose batch size is >= MINBATCH, if given). KIND is one of
+    crash  the worker kills itself with SIGKILL (a hard crash)
+    oom    raises torch.cuda.OutOfMemoryError
+    error  raises RuntimeError
+    hang   sleeps forever (for --cell-timeout)
+Only this module reads the variable; it exists for the runner's tests.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from bench.cell import Cell
+from bench.errors import UsageError
+
+FAULT_ENV = "RVBENCH_FAULT"
+FAULT_KINDS = ("crash", "oom", "error", "hang")
+TRACEBACK_CHARS = 2000
+
+
+def _injected_fault(cell: Cell) -> str | None:
+    """The fault kind RVBENCH_FAULT asks for on this cell, if any."""
+    for spec in filter(None, os.environ.get(FAULT_ENV, "").split(";")):
+        kind, _, target = spec.partition(":")
+        target, _, min_batch = target.partition("@")
+        if kind not in FAULT_KINDS:
+            raise UsageError(f"{FAULT_ENV}: unknown fault {kind!r}; valid: {', '.join(FAULT_KINDS)}")
+        if target in cell.label() and cell.batch_size >= int(min_batch or 1):
+            return kind
+    return None
+
+
+def _inject(kind: str, cell: Cell) -> None:
+    import torch
+
+    if kind == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "oom":
+        raise torch.cuda.OutOfMemoryError(f"injected: CUDA out of memory (batch size {cell.batch_size})")
+    if kind == "error":
+        raise RuntimeError(f"injected error in {cell.label()}")
+    if kind == "hang":
+        time.sleep(10**6)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Out of memory on GPU (OutOfMemoryError) or CPU (allocator failure)."""
+    import torch
+
+    text = str(exc).lower()
+    return (isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text
+            or "can't allocate memory" in text)
+
+
+def _free_memory() -> None:
+    """Release what a failed cell left behind so the next cell starts clean."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _short_traceback(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return text if len(text) <= TRACEBACK_CHARS else "..." + text[-TRACEBACK_CHARS:]
+
+
+def measure(cell: Cell, timing: dict) -> dict:
+    """Measure one cell and classify the outcome as ok / oom / skipped / error."""
+    try:
+        fault = _injected_fault(cell)
+        if fault:
+            _inject(fault, cell)
+        from bench.measure import measure_cell
+        from bench.timing import TimingConfig
+
+        result = measure_cell(cell, TimingConfig(**timing))
+    except UsageError as exc:
+        return {"status": "skipped", "message": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a row, the sweep goes on
+        failure = _classify(exc, cell)
+    else:
+        samples = result.pop("samples_ms", [])
+        return {"status": "ok", "message": "", "result": result, "samples_ms": samples}
+    # Outside the except block, so the traceback (and the tensors its frames hold) is gone.
+    _free_memory()
+    return failure
+
+
+def _classify(exc: Exception, cell: Cell) -> dict:
+    if is_oom(exc):
+        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        return {"status": "oom", "message": f"out of memory at batch size {cell.batch_size}: {first_line}"}
+    return {"status": "error", "message": _short_traceback(exc)}
+
+
+def profile(cell: Cell, out_dir: str) -> dict:
+    """Profile one cell into out_dir with bench.profile (engineer G's module)."""
+    from bench.profile import profile_cell
+
+    try:
+        profile_cell(cell, Path(out_dir))
+    except Exception as exc:  # noqa: BLE001 - a failed profile must not end the run
+        return {"status": "error", "message": _short_traceback(exc)}
+    return {"status": "ok", "message": ""}
+
+
+def handle(request: dict) -> dict:
+    """Dispatch one request."""
+    if request["op"] == "env":
+        from bench.env import collect_env
+
+        return {"env": collect_env(request["device"])}
+    cell = Cell(**request["cell"])
+    if request["op"] == "profile":
+        return profile(cell, request["out_dir"])
+    return measure(cell, request["timing"])
+
+
+def main() -> None:
+    """Serve requests until stdin closes. Ctrl-C is the runner's to handle, not ours."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    import torch  # noqa: F401 - imported before "ready" so start-up is not billed to a cell's timeout
+
+    replies.write(json.dumps({"ready": True}) + "\n")
+    replies.flush()
+    for line in sys.stdin:
+        replies.write(json.dumps(handle(json.loads(line)), default=str) + "\n")
+        replies.flush()
+
+
+if __name__ == "__main__":
+    main()

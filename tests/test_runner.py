@@ -1,0 +1,129 @@
+"""The runner end to end through the CLI: real tiny cells, injected failures, interrupt and resume.
+
+Failures are injected with the worker's RVBENCH_FAULT test hook (see bench/worker.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bench.results import load, load_samples
+from bench.sweep import build_spec, expand
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--preset", "smoke", "--device", "cpu"]
+
+
+def _start(out: Path, *args: str, fault: str = "") -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RVBENCH_FAULT": fault}
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench", "run", "--out", str(out), *args], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+def _run(out: Path, *args: str, fault: str = "") -> subprocess.CompletedProcess:
+    proc = _start(out, *args, fault=fault)
+    stdout, stderr = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _run_dir(out: Path) -> Path:
+    (run_dir,) = (out / "runs").iterdir()
+    return run_dir
+
+
+def _wait_for_rows(run_dir_parent: Path, n: int, proc: subprocess.Popen) -> Path:
+    """Wait until the run has n rows on disk (the run directory appears first)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        runs = list((run_dir_parent / "runs").glob("*/results.jsonl"))
+        if runs and len(runs[0].read_text().splitlines()) >= n:
+            return runs[0].parent
+        time.sleep(0.2)
+    raise AssertionError(f"run did not reach {n} rows")
+
+
+def test_smoke_run_end_to_end(tmp_path):
+    out = tmp_path / "reports"
+    res = _run(out, *TINY)
+    assert res.returncode == 0, res.stderr
+    run_dir = _run_dir(out)
+    assert (out / "latest").resolve() == run_dir.resolve()
+    for name in ("config.json", "env.json", "results.jsonl", "samples.jsonl", "results.parquet",
+                 "results.csv", "results_timm.csv", "summary.txt"):
+        assert (run_dir / name).exists(), name
+    df = load(run_dir)
+    expected = {c.cell_id for c in expand(build_spec("smoke", "cpu", {}))}
+    assert set(df["cell_id"]) == expected and len(df) == len(expected)
+    assert (df["status"] == "ok").all(), df[["cell_id", "message"]]
+    assert (df["throughput"] > 0).all() and (df["run_id"] == run_dir.name).all()
+    assert df["env_torch"].notna().all() and (df["wall_s"] > 0).all()
+    assert set(load_samples(run_dir)) == expected
+    assert json.loads((run_dir / "config.json").read_text())["cells"] == len(expected)
+    assert "rv/torchvision" in res.stdout and "report:" in res.stdout
+
+
+def test_failures_become_rows_and_the_sweep_goes_on(tmp_path):
+    # Cell order: rv, torchvision, timm at batch 1, then at batch 2.
+    fault = ";".join(["error:resnet18 rv bs1", "crash:resnet18 torchvision bs1", "hang:resnet18 rv bs2",
+                      "oom:resnet18 timm bs2"])
+    res = _run(tmp_path, *TINY, "--models", "resnet18", "--cell-timeout", "20", fault=fault)
+    assert res.returncode == 0, res.stderr
+    df = load(_run_dir(tmp_path)).set_index(["impl", "batch_size"])
+    assert df["status"].to_dict() == {
+        ("rv", 1): "error", ("torchvision", 1): "error", ("timm", 1): "ok",  # ok right after a crash
+        ("rv", 2): "timeout", ("torchvision", 2): "ok", ("timm", 2): "oom",  # ok right after a timeout
+    }
+    assert "RuntimeError: injected error" in df.loc[("rv", 1), "message"]
+    assert "worker crashed (killed by SIGKILL)" in df.loc[("torchvision", 1), "message"]
+    assert "cell-timeout 20 s" in df.loc[("rv", 2), "message"]
+    assert "batch size 2" in df.loc[("timm", 2), "message"]  # OOM recorded, batch never reduced
+    assert pd.isna(df.loc[("timm", 2), "throughput"]) and df.loc[("timm", 1), "throughput"] > 0
+
+
+def test_find_max_batch_doubles_then_bisects_and_profile_runs(tmp_path):
+    args = ["--models", "resnet18", "--impls", "rv", "--batch-sizes", "1", "--find-max-batch", "--profile"]
+    res = _run(tmp_path, *TINY, *args, fault="oom:resnet18 rv@4")  # batch >= 4 "does not fit"
+    assert res.returncode == 0, res.stderr
+    df = load(_run_dir(tmp_path))
+    search = df[df["find_max_batch"] == True]  # noqa: E712
+    assert len(df) == 2 and len(search) == 1
+    row = search.iloc[0]
+    assert (row["status"], row["batch_size"], row["max_batch_oom_at"]) == ("ok", 3, 4)
+    assert row["throughput"] > 0
+    assert (_run_dir(tmp_path) / "profiles" / "resnet18-rv" / "profile.json").exists()
+
+
+def test_interrupt_then_kill_then_resume_runs_every_cell_once(tmp_path):
+    sweep = ["--models", "resnet18", "--batch-sizes", "1", "--rounds", "2"]  # rv tv timm, rv tv timm
+    expected = {c.cell_id for c in expand(build_spec("smoke", "cpu", {
+        "models": ["resnet18"], "batch_sizes": [1], "rounds": 2}))}
+    # 1. Ctrl-C while the first round-1 cell hangs: the 3 round-0 rows are kept, tables written.
+    proc = _start(tmp_path, *TINY, *sweep, fault="hang:rv bs1 32px fp32 inference cpu r1")
+    run_dir = _wait_for_rows(tmp_path, 3, proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in stdout
+    assert len(load(run_dir)) == 3 and (run_dir / "results.parquet").exists()
+    # 2. Resume, then kill -9 the whole run (runner and worker) while the last cell hangs.
+    proc = _start(tmp_path, "--resume", str(run_dir), fault="hang:timm bs1 32px fp32 inference cpu r1")
+    _wait_for_rows(tmp_path, 5, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    # 3. Resume again: only the missing cell runs.
+    res = _run(tmp_path, "--resume", str(run_dir))
+    assert res.returncode == 0, res.stderr
+    ids = [json.loads(line)["cell_id"] for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert sorted(ids) == sorted(expected)  # every cell exactly once
+    assert (load(run_dir)["status"] == "ok").all()

@@ -1,0 +1,71 @@
+"""Presets, overrides, cell expansion order, and bad input rejected before anything is written."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.cli import main
+from bench.errors import UsageError
+from bench.sweep import build_spec, expand, list_presets, timing_config
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu", "full"])
+def test_every_preset_expands_to_valid_cells(preset):
+    device = "cuda:0" if preset == "gpu" else "cpu"
+    spec = build_spec(preset, device, {})
+    cells = expand(spec)
+    timing_config(spec)  # the preset's timing keys are TimingConfig fields
+    assert cells and len({c.cell_id for c in cells}) == len(cells)
+    assert all(c.device == device for c in cells)
+
+
+def test_presets_shipped():
+    assert set(list_presets()) >= {"smoke", "cpu", "gpu", "full"}
+
+
+def test_impls_interleaved_round_by_round_and_missing_pairs_skipped():
+    spec = build_spec("smoke", "cpu", {"models": ["vit_tiny_patch16_224"], "batch_sizes": [1], "rounds": 2})
+    cells = expand(spec)
+    assert [(c.impl, c.round) for c in cells] == [("rv", 0), ("timm", 0), ("rv", 1), ("timm", 1)]
+    assert spec.skipped_pairs == [["vit_tiny_patch16_224", "torchvision"]]
+
+
+def test_gpu_preset_channels_last_only_for_resnets():
+    cells = expand(build_spec("gpu", "cuda:0", {}))
+    assert {c.arch.startswith("resnet") for c in cells if c.channels_last} == {True}
+    assert {c.arch.startswith("vit") for c in cells if not c.channels_last} == {True}
+    assert {"inference", "train", "finetune"} == {c.mode for c in cells}
+
+
+def test_overrides_replace_axes_in_every_block():
+    spec = build_spec("cpu", "cpu", {"models": ["resnet18"], "impls": ["rv"], "batch_sizes": [4],
+                                     "image_size": 48, "channels_last": True})
+    cells = expand(spec)
+    assert {(c.arch, c.impl, c.batch_size, c.image_size, c.channels_last) for c in cells} == {
+        ("resnet18", "rv", 4, 48, True)}
+
+
+def test_only_missing_pairs_is_an_error():
+    spec = build_spec("smoke", "cpu", {"models": ["vit_tiny_patch16_224"], "impls": ["torchvision"]})
+    with pytest.raises(UsageError, match="no cells"):
+        expand(spec)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "resnet9000"], "unknown arch 'resnet9000'; valid: resnet18"),
+    (["--impls", "keras"], "unknown impl 'keras'; valid: rv, torchvision, timm"),
+    (["--precisions", "fp8"], "unknown precision 'fp8'; valid: fp32"),
+    (["--modes", "eval"], "unknown mode 'eval'; valid: inference, train, finetune"),
+    (["--batch-sizes", "0"], "batch size must be an integer >= 1, got 0"),
+    (["--precisions", "amp-fp16"], "precision 'amp-fp16' needs CUDA; on cpu use one of"),
+    (["--device", "cuda:7"], "device 'cuda:7' does not exist"),
+    (["--device", "tpu"], "unknown device 'tpu'; valid: cpu, cuda:N"),
+])
+def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, capsys, args, message):
+    device = [] if "--device" in args else ["--device", "cpu"]
+    out = tmp_path / "reports"
+    assert main(["run", "--preset", "smoke", "--out", str(out), *device, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rvbench run: error: ") and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

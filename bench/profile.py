@@ -1,0 +1,289 @@
+"""Profile one cell: where the device time and memory of a step go.
+
+After warm-up, torch.profiler records a few steps (CPU activity, plus CUDA kernels on a GPU, with
+input shapes). From those events:
+- device time per operator category (bench.opcats): self CPU time of each op on the CPU, kernel
+  time on CUDA (a kernel the name rules cannot place takes the category of the op launching it);
+  user ranges (ProfilerStep, our module ranges) are not operators and are left out;
+- the top operators (CPU) or kernels (CUDA) by that time;
+- forward time of each canonical module group (bench.groups): forward hooks wrap each of the
+  group's modules in a `module::<group>` profiler range; joined with the group's FLOPs
+  (bench.flops) into achieved TFLOP/s. Under torch.compile the graph fuses across module boundaries, so there is no
+  per-module time then;
+- peak memory per phase (forward / backward / optimizer) on CUDA, read from the caching allocator
+  by hooks on the model and the optimizer around one step, and optionally a memory snapshot;
+- the step's arithmetic intensity and achieved TFLOP/s, on the device's roofline (bench.roofline).
+
+Times are per step (profiled total / steps). Step time is the median profiled step, synchronised
+on CUDA, so it includes the profiler's own overhead. Writes trace.json.gz (open it in Perfetto or
+chrome://tracing) and profile.json (the returned dict) into out_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, record_function, schedule
+
+from bench.build import BuiltCell, build_cell, check_device, flops_per_image, release
+from bench.cell import Cell, validate
+from bench.errors import UsageError
+from bench.flops import module_flops
+from bench.groups import module_groups
+from bench.memory import MB
+from bench.models import ModelEntry, get_entry
+from bench.opcats import CATEGORIES, classify
+from bench.precision import numerics, plan_for
+from bench.roofline import BYTES_METHOD, count_bytes, place, point
+from bench.timing import TimingConfig, synchronize, warm_up
+
+SCHEMA_VERSION = 1
+TOP_N = 20
+TRACE_NAME = "trace.json.gz"
+SNAPSHOT_NAME = "memory_snapshot.pickle"
+RANGE_PREFIX = "module::"
+# Warm-up before profiling: enough for cudnn autotuning, allocator growth and compilation.
+_WARMUP = TimingConfig(warmup_iters=3, warmup_s=0.0)
+_MODULES_NOTE = "forward time only (backward is not split by module); FLOPs are forward per image"
+_COMPILED_NOTE = "no per-module time under torch.compile: the compiled graph fuses across module boundaries"
+_NO_ROOFLINE_NOTE = "no roofline: the device (or its peak for this precision) is not in bench.devices"
+_CPU_ROOFLINE_NOTE = "no roofline on CPU: bench.devices has peaks for GPUs only"
+_CPU_MEMORY_NOTE = "no per-phase peaks on CPU: its allocator keeps no peak statistics (see mem_rss_delta_mb)"
+
+
+def _group_ranges(groups: dict[str, list[nn.Module]]) -> list:
+    """Wrap each module of each group in a `module::<group>` profiler range (a group's time is the
+    sum of its modules' ranges, as its FLOPs are the sum of its modules' FLOPs in bench.flops)."""
+    handles = []
+    for name, modules in groups.items():
+        for module in modules:
+            rng = record_function(RANGE_PREFIX + name)
+
+            # Hooks must return None: a value returned would replace the module's input or output.
+            def open_range(*_: object, r: record_function = rng) -> None:
+                r.__enter__()
+
+            def close_range(*_: object, r: record_function = rng) -> None:
+                r.__exit__(None, None, None)
+
+            handles.append(module.register_forward_pre_hook(open_range))
+            handles.append(module.register_forward_hook(close_range))
+    return handles
+
+
+def _phase_memory(built: BuiltCell, device: torch.device) -> dict:
+    """Peak allocated MB in each phase of one CUDA step, via hooks at the phase boundaries."""
+    peaks: dict[str, float | None] = {"forward_mb": None, "backward_mb": None, "optimizer_mb": None}
+
+    def close(phase: str) -> None:
+        torch.cuda.synchronize(device)
+        peaks[phase] = torch.cuda.max_memory_allocated(device) / MB
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def open_forward(*_: object) -> None:
+        torch.cuda.reset_peak_memory_stats(device)
+
+    handles = [
+        built.runnable.register_forward_pre_hook(open_forward),
+        built.runnable.register_forward_hook(lambda *_: close("forward_mb")),
+    ]
+    if built.optimizer is not None:
+        # Backward ends where the optimizer step begins (the loss is computed in the backward phase).
+        handles.append(built.optimizer.register_step_pre_hook(lambda *_: close("backward_mb")))
+        handles.append(built.optimizer.register_step_post_hook(lambda *_: close("optimizer_mb")))
+    try:
+        built.step()
+        synchronize(device)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {**peaks, "note": "CUDA caching allocator: peak allocated (weights included) in each phase of one step"}
+
+
+def _memory_snapshot(built: BuiltCell, device: torch.device, path: Path) -> None:
+    """Record the allocator history over one step and dump it (open at pytorch.org/memory_viz)."""
+    torch.cuda.memory._record_memory_history(max_entries=100_000)
+    try:
+        built.step()
+        synchronize(device)
+        torch.cuda.memory._dump_snapshot(str(path))
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+
+
+_USER_SCOPE = 7  # at::RecordScope::USER_SCOPE: record_function ranges, ProfilerStep, Optimizer.step
+
+
+def _range_names(events: list) -> set[str]:
+    """Names of user ranges (not operators); on CUDA their GPU-side spans carry the same names."""
+    return {e.name for e in events if e.device_type == DeviceType.CPU
+            and (e.scope == _USER_SCOPE or getattr(e, "is_user_annotation", False))}
+
+
+def _is_range(event: object, range_names: set[str]) -> bool:
+    # The GPU-side span of a profiler step is named "ProfilerStep#N", its CPU side "ProfilerStep*".
+    return (bool(getattr(event, "is_user_annotation", False)) or event.name in range_names
+            or event.name.startswith("ProfilerStep"))
+
+
+def _op_times(events: list, on_cuda: bool) -> dict[str, list]:
+    """Operator (CPU) or kernel (CUDA) name -> [category, total us, calls]."""
+    table: dict[str, list] = {}
+    ranges = _range_names(events)
+    if on_cuda:
+        launcher = {k.name: e.name for e in events if e.device_type == DeviceType.CPU for k in e.kernels}
+        timed = [(e, e.device_time_total) for e in events
+                 if e.device_type == DeviceType.CUDA and not _is_range(e, ranges)]
+    else:
+        launcher = {}
+        timed = [(e, e.self_cpu_time_total) for e in events
+                 if e.device_type == DeviceType.CPU and not e.is_async and not _is_range(e, ranges)]
+    for event, us in timed:
+        row = table.get(event.name)
+        if row is None:
+            category = classify(event.name)
+            if category == "other" and event.name in launcher:
+                category = classify(launcher[event.name])
+            row = table[event.name] = [category, 0.0, 0]
+        row[1] += us
+        row[2] += 1
+    return table
+
+
+def _categories(table: dict[str, list], steps: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(share in percent, ms per step) for every category; shares sum to 100."""
+    totals = dict.fromkeys(CATEGORIES, 0.0)
+    for category, us, _ in table.values():
+        totals[category] += us
+    grand = sum(totals.values())
+    if grand <= 0:
+        raise RuntimeError("the profiler recorded no operator time; nothing to break down")
+    shares = {cat: 100.0 * us / grand for cat, us in totals.items()}
+    return shares, {cat: us / 1000.0 / steps for cat, us in totals.items()}
+
+
+def _top_ops(table: dict[str, list], steps: int) -> list[dict]:
+    grand = sum(us for _, us, _ in table.values())
+    ranked = sorted(table.items(), key=lambda item: -item[1][1])[:TOP_N]
+    return [
+        {"name": name, "category": cat, "ms": us / 1000.0 / steps, "pct": 100.0 * us / grand,
+         "calls_per_step": calls / steps}
+        for name, (cat, us, calls) in ranked
+    ]
+
+
+def _module_rows(events: list, flops: dict[str, int], batch: int, steps: int, on_cuda: bool) -> list[dict]:
+    """Forward ms per step of each group range, joined with the group's FLOPs."""
+    us: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.device_type == DeviceType.CPU and e.name.startswith(RANGE_PREFIX):
+            us[e.name[len(RANGE_PREFIX):]] += e.device_time_total if on_cuda else e.cpu_time_total
+    rows = []
+    for group, per_image in flops.items():
+        ms = us[group] / 1000.0 / steps if group in us else None
+        gflops = per_image * batch / 1e9
+        rows.append({
+            "group": group,
+            "ms": ms,
+            "flops_per_image": per_image,
+            "gflops": gflops,
+            "achieved_tflops": gflops / ms if ms else None,
+        })
+    return rows
+
+
+def _step_ms(events: list) -> float:
+    return statistics.median(e.cpu_time_total / 1000.0 for e in events if e.name.startswith("ProfilerStep"))
+
+
+def _profile(cell: Cell, entry: ModelEntry, built: BuiltCell, device: torch.device, out_dir: Path,
+             steps: int, memory_snapshot: bool) -> dict:
+    on_cuda = device.type == "cuda"
+    warm_up(built.step, device, _WARMUP)
+    memory = _phase_memory(built, device) if on_cuda else {
+        "forward_mb": None, "backward_mb": None, "optimizer_mb": None, "note": _CPU_MEMORY_NOTE}
+    memory["snapshot"] = None
+    if memory_snapshot:
+        _memory_snapshot(built, device, out_dir / SNAPSHOT_NAME)
+        memory["snapshot"] = SNAPSHOT_NAME
+    eager = cell.compile == "none"
+    handles = _group_ranges(module_groups(built.model, entry.family, cell.impl)) if eager else []
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    try:
+        with profile(activities=activities, record_shapes=True,
+                     schedule=schedule(wait=0, warmup=1, active=steps, repeat=1)) as prof:
+            for _ in range(steps + 1):
+                built.step()
+                synchronize(device)
+                prof.step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    prof.export_chrome_trace(str(out_dir / TRACE_NAME))
+    bytes_per_step = count_bytes(built.eager_step(cell, plan_for(cell.precision)))
+    synchronize(device)
+
+    events = list(prof.events())
+    table = _op_times(events, on_cuda)
+    shares, category_ms = _categories(table, steps)
+    step_ms = _step_ms(events)
+    pt = point(flops_per_image(cell)[1] * cell.batch_size, bytes_per_step, step_ms / 1000.0)
+    gpu_name = torch.cuda.get_device_name(device) if on_cuda else None
+    roofline = place(pt, gpu_name, cell.precision)
+    group_flops = module_flops(built.model, cell.arch, cell.impl, cell.image_size)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        **cell.config(),
+        "cell_id": cell.cell_id,
+        "label": cell.label(),
+        "device_name": gpu_name or "cpu",
+        "torch": torch.__version__,
+        "steps": steps,
+        "time_source": "kernel time (CUDA)" if on_cuda else "self CPU time",
+        "step_ms": step_ms,
+        "busy_ms": sum(category_ms.values()),
+        "categories": shares,
+        "category_ms": category_ms,
+        "top_ops": _top_ops(table, steps),
+        "modules": _module_rows(events, group_flops, cell.batch_size, steps, on_cuda) if eager else [],
+        "modules_note": _MODULES_NOTE if eager else _COMPILED_NOTE,
+        "memory": memory,
+        **pt,
+        "bytes_method": BYTES_METHOD,
+        "roofline": roofline,
+        "roofline_note": None if roofline else (_NO_ROOFLINE_NOTE if on_cuda else _CPU_ROOFLINE_NOTE),
+        "trace": TRACE_NAME,
+    }
+
+
+def profile_cell(cell: Cell, out_dir: Path, steps: int = 5, memory_snapshot: bool = False) -> dict:
+    """Profile `steps` steps of one cell after warm-up; write trace + profile.json; return the summary.
+
+    Raises UsageError, before anything is written, for an invalid cell, a device that is not
+    there, a bad step count, or a memory snapshot off CUDA.
+    """
+    validate(cell)
+    entry = get_entry(cell.arch, cell.impl)
+    plan = plan_for(cell.precision)
+    device = torch.device(cell.device)
+    check_device(device, cell.precision)
+    if steps < 1:
+        raise UsageError(f"steps must be >= 1, got {steps}")
+    if memory_snapshot and device.type != "cuda":
+        raise UsageError("--memory-snapshot needs a CUDA device (the snapshot records the CUDA allocator)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with numerics(plan, device):
+            summary = _profile(cell, entry, build_cell(cell, entry, plan, device), device, out_dir, steps,
+                               memory_snapshot)
+    finally:
+        release(device, cell.compile != "none")
+    (out_dir / "profile.json").write_text(json.dumps(summary, indent=2))
+    return summary

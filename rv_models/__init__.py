@@ -1,0 +1,19 @@
+"""rvbench's reference ResNet and ViT implementations, weight-compatible with torchvision and timm."""
+
+from rv_models.convert import convert_state_dict
+from rv_models.pretrained import load_pretrained
+from rv_models.registry import create_model, list_models
+from rv_models.resnet import ResNet, ResNetConfig
+from rv_models.vit import ViTConfig, VisionTransformer, resize_pos_embed
+
+__all__ = [
+    "ResNet",
+    "ResNetConfig",
+    "ViTConfig",
+    "VisionTransformer",
+    "convert_state_dict",
+    "create_model",
+    "list_models",
+    "load_pretrained",
+    "resize_pos_embed",
+]

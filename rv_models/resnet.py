@@ -1,0 +1,175 @@
+"""ResNet-18/34/50/101/152 (He et al. 2015), v1.5 variant: the stride of a bottleneck sits on its 3x3 conv.
+
+Module and parameter names match torchvision's ResNet, so a torchvision or timm state dict loads unchanged.
+Every layer keeps the input's memory format, so the model runs channels_last without layout copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def _conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual connection (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The norm closing the residual branch; zeroing its scale makes the block start as identity."""
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a residual connection (ResNet-50/101/152)."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = _conv1x1(in_planes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = _conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The norm closing the residual branch; zeroing its scale makes the block start as identity."""
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += identity
+        return self.relu(out)
+
+
+BlockType = type[BasicBlock] | type[Bottleneck]
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """Everything that defines a ResNet's architecture."""
+
+    block: BlockType
+    layers: tuple[int, int, int, int]  # blocks per stage
+    num_classes: int = 1000
+    in_chans: int = 3
+    zero_init_residual: bool = False  # start every residual branch as identity; helps large-batch training
+
+
+class ResNet(nn.Module):
+    """7x7 stem, max pool, four residual stages (widths 64..512 times the block expansion), average pool, fc."""
+
+    def __init__(self, config: ResNetConfig) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(config.in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self._in_planes = 64
+        self.layer1 = self._make_layer(config.block, 64, config.layers[0], stride=1)
+        self.layer2 = self._make_layer(config.block, 128, config.layers[1], stride=2)
+        self.layer3 = self._make_layer(config.block, 256, config.layers[2], stride=2)
+        self.layer4 = self._make_layer(config.block, 512, config.layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512 * config.block.expansion, config.num_classes)
+        self._init_weights(config.zero_init_residual)
+
+    def _make_layer(self, block: BlockType, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        """One stage; its first block changes resolution/width, with a 1x1 conv shortcut when the shape changes."""
+        out_planes = planes * block.expansion
+        downsample = None
+        if stride != 1 or self._in_planes != out_planes:
+            downsample = nn.Sequential(_conv1x1(self._in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
+        layers = [block(self._in_planes, planes, stride, downsample)]
+        self._in_planes = out_planes
+        layers += [block(out_planes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:  # after the loop above, which would reset these norms to ones
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    nn.init.zeros_(m.last_bn().weight)
+
+    def get_num_params(self) -> int:
+        """Number of parameters (buffers such as BN running stats excluded)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet18(*, num_classes: int = 1000, in_chans: int = 3, zero_init_residual: bool = False) -> ResNet:
+    """ResNet-18: basic blocks (2, 2, 2, 2), 11.7M parameters."""
+    return ResNet(ResNetConfig(BasicBlock, (2, 2, 2, 2), num_classes, in_chans, zero_init_residual))
+
+
+def resnet34(*, num_classes: int = 1000, in_chans: int = 3, zero_init_residual: bool = False) -> ResNet:
+    """ResNet-34: basic blocks (3, 4, 6, 3), 21.8M parameters."""
+    return ResNet(ResNetConfig(BasicBlock, (3, 4, 6, 3), num_classes, in_chans, zero_init_residual))
+
+
+def resnet50(*, num_classes: int = 1000, in_chans: int = 3, zero_init_residual: bool = False) -> ResNet:
+    """ResNet-50: bottleneck blocks (3, 4, 6, 3), 25.6M parameters."""
+    return ResNet(ResNetConfig(Bottleneck, (3, 4, 6, 3), num_classes, in_chans, zero_init_residual))
+
+
+def resnet101(*, num_classes: int = 1000, in_chans: int = 3, zero_init_residual: bool = False) -> ResNet:
+    """ResNet-101: bottleneck blocks (3, 4, 23, 3), 44.5M parameters."""
+    return ResNet(ResNetConfig(Bottleneck, (3, 4, 23, 3), num_classes, in_chans, zero_init_residual))
+
+
+def resnet152(*, num_classes: int = 1000, in_chans: int = 3, zero_init_residual: bool = False) -> ResNet:
+    """ResNet-152: bottleneck blocks (3, 8, 36, 3), 60.2M parameters."""
+    return ResNet(ResNetConfig(Bottleneck, (3, 8, 36, 3), num_classes, in_chans, zero_init_residual))
+
+
+MODELS: dict[str, Callable[..., ResNet]] = {
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "resnet101": resnet101,
+    "resnet152": resnet152,
+}

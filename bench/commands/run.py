@@ -33,7 +33,6 @@ def _ints(text: str) -> list[int]:
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the options of `rvbench run`."""
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     parser.epilog = ("Lists are comma-separated. Overrides replace that axis in every block of the "
                      "preset. Exit codes: 0 done, 2 bad input (nothing written), 130 interrupted "
                      "(finished cells kept; continue with --resume).")
@@ -60,7 +59,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                        help="cpu, cuda or cuda:N; auto = cuda:0 if present, else cpu")
     where.add_argument("--out", type=Path, default=Path("reports"),
                        help="reports directory: the run goes to OUT/runs/<time>-<host>-<device>/, "
-                            "OUT/latest links to it")
+                            "OUT/latest links to it (default: reports)")
     where.add_argument("--resume", type=Path, metavar="DIR",
                        help="continue the run in DIR: run only cells without a row (its config.json "
                             "defines the sweep)")

@@ -1,0 +1,41 @@
+"""`rvbench compare RUN_A RUN_B`: cell-by-cell comparison with a significance test."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT, compare_runs, format_table, write_html
+from bench.errors import UsageError
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of `rvbench compare`."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.epilog = "Exit codes: 0 done, 1 --fail-on-regression tripped, 2 bad input."
+    parser.add_argument("run_a", type=Path, metavar="RUN_A", help="baseline run directory")
+    parser.add_argument("run_b", type=Path, metavar="RUN_B", help="run directory compared against RUN_A")
+    parser.add_argument("--out", type=Path, default=Path("compare.html"), help="where to write the HTML page")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help="significance level of the Mann-Whitney U test")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_PCT, metavar="PCT",
+                        help="smallest p50 change (%%) that counts as improved/regressed")
+    parser.add_argument("--fail-on-regression", type=float, default=None, metavar="PCT",
+                        help="exit 1 if a significant regression slows a cell's p50 by more than PCT %%, "
+                             "or a cell that measured in A fails in B")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the comparison table, write the HTML page, and apply --fail-on-regression."""
+    if not 0.0 < args.alpha < 1.0:
+        raise UsageError(f"--alpha must be between 0 and 1 (exclusive), got {args.alpha}")
+    if args.threshold < 0 or (args.fail_on_regression is not None and args.fail_on_regression < 0):
+        raise UsageError("--threshold and --fail-on-regression are percentages >= 0")
+    cmp = compare_runs(args.run_a, args.run_b, alpha=args.alpha, threshold_pct=args.threshold)
+    print(format_table(cmp))
+    print(f"wrote {write_html(cmp, args.out)}")
+    if args.fail_on_regression is not None and cmp.fails(args.fail_on_regression):
+        print(f"regression beyond {args.fail_on_regression:g}% (or a newly failing cell): exit 1")
+        return 1
+    return 0

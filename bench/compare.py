@@ -1,0 +1,180 @@
+"""Compare two runs cell by cell: B/A ratios, a Mann-Whitney U test on raw samples, a verdict.
+
+Cells are matched on their configuration (arch, impl, batch, image size, precision, layout, compile,
+mode), not on device or round, so two GPUs, two torch versions or two commits can be compared.
+The raw step times of all rounds of a config are pooled. A config is "regressed" (or "improved")
+only when the difference is both statistically significant (p < alpha) and larger than the effect
+threshold: with thousands of samples, a 0.3% difference is significant but not interesting.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from scipy.stats import mannwhitneyu
+
+from bench import results
+from bench.report import load_run
+from bench.report.data import is_max_batch_search, variant_of
+from bench.report.render import render
+from bench.report.tables import Table
+
+MATCH_KEYS = ["arch", "impl", "batch_size", "image_size", "precision", "channels_last", "compile", "mode"]
+DEFAULT_ALPHA = 0.01
+DEFAULT_THRESHOLD_PCT = 2.0
+
+
+@dataclass(frozen=True)
+class CellDelta:
+    """One config measured in both runs. `change_pct` is the p50 step-time change B vs A (+ = slower)."""
+
+    label: str
+    p50_a: float
+    p50_b: float
+    throughput_a: float
+    throughput_b: float
+    p_value: float
+    change_pct: float
+    verdict: str  # "improved", "regressed" or "unchanged"
+
+
+@dataclass
+class Comparison:
+    """Everything `rvbench compare` prints and renders."""
+
+    run_a: Path
+    run_b: Path
+    alpha: float
+    threshold_pct: float
+    about_a: str = ""  # device, torch and commit of each run, for the page header
+    about_b: str = ""
+    cells: list[CellDelta] = field(default_factory=list)
+    only_a: list[str] = field(default_factory=list)
+    only_b: list[str] = field(default_factory=list)
+    broken: list[tuple[str, str, str]] = field(default_factory=list)  # (label, status in A, status in B)
+
+    def counts(self) -> dict[str, int]:
+        """Number of compared cells per verdict."""
+        return {v: sum(c.verdict == v for c in self.cells) for v in ("regressed", "improved", "unchanged")}
+
+    def fails(self, max_regression_pct: float) -> bool:
+        """Whether a significant regression exceeds `max_regression_pct`, or a cell that worked in A fails in B."""
+        newly_failing = any(a == "ok" for _, a, _ in self.broken)
+        worst = max((c.change_pct for c in self.cells if c.verdict == "regressed"), default=0.0)
+        return newly_failing or worst > max_regression_pct
+
+
+def _label(config: tuple) -> str:
+    c = dict(zip(MATCH_KEYS, config))
+    variant = variant_of(c["precision"], bool(c["channels_last"]), c["compile"])
+    return f"{c['arch']} · {c['impl']} · bs{c['batch_size']} · {c['image_size']}px · {variant} · {c['mode']}"
+
+
+def _about(df: pd.DataFrame) -> str:
+    """One line naming what a run ran on: device, torch version, commit."""
+    row = df.iloc[0]
+    device = row.get("env_gpu_name") if isinstance(row.get("env_gpu_name"), str) else row.get("env_cpu")
+    return f"{device or row['device']} · torch {row.get('env_torch')} · commit {str(row.get('env_git_commit'))[:12]}"
+
+
+def _pooled(df: pd.DataFrame, samples: dict[str, list[float]]) -> tuple[dict[tuple, list[float]], dict[tuple, str]]:
+    """Per config: pooled samples of its ok rounds, and for configs with no ok round their status."""
+    pooled, statuses = {}, {}
+    df = df[~is_max_batch_search(df)]
+    for config, rows in df.groupby(MATCH_KEYS, sort=True, dropna=False):
+        ok = rows[rows["status"] == "ok"]
+        merged = [s for cell_id in ok["cell_id"] for s in samples.get(cell_id, [])]
+        if merged:
+            pooled[config] = merged
+        else:
+            statuses[config] = "/".join(sorted(set(rows["status"]))) if ok.empty else "ok (no samples)"
+    return pooled, statuses
+
+
+def _verdict(change_pct: float, p_value: float, alpha: float, threshold_pct: float) -> str:
+    if p_value >= alpha or abs(change_pct) < threshold_pct:
+        return "unchanged"
+    return "regressed" if change_pct > 0 else "improved"
+
+
+def compare_runs(
+    run_a: Path, run_b: Path, alpha: float = DEFAULT_ALPHA, threshold_pct: float = DEFAULT_THRESHOLD_PCT
+) -> Comparison:
+    """Match the configs of two run directories and classify each one measured in both."""
+    df_a, df_b = load_run(Path(run_a)), load_run(Path(run_b))
+    pooled_a, status_a = _pooled(df_a, results.load_samples(run_a))
+    pooled_b, status_b = _pooled(df_b, results.load_samples(run_b))
+    out = Comparison(Path(run_a), Path(run_b), alpha, threshold_pct, _about(df_a), _about(df_b))
+    configs_a = set(pooled_a) | set(status_a)
+    configs_b = set(pooled_b) | set(status_b)
+    for config in sorted(configs_a | configs_b, key=str):
+        label = _label(config)
+        if config not in configs_b:
+            out.only_a.append(label)
+        elif config not in configs_a:
+            out.only_b.append(label)
+        elif config in pooled_a and config in pooled_b:
+            a, b = pooled_a[config], pooled_b[config]
+            p50_a, p50_b = statistics.median(a), statistics.median(b)
+            batch = dict(zip(MATCH_KEYS, config))["batch_size"]
+            p_value = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+            change = (p50_b / p50_a - 1.0) * 100.0
+            out.cells.append(CellDelta(
+                label, p50_a, p50_b, batch * 1000.0 / p50_a, batch * 1000.0 / p50_b, p_value, change,
+                _verdict(change, p_value, alpha, threshold_pct),
+            ))
+        else:
+            out.broken.append((label, status_a.get(config, "ok"), status_b.get(config, "ok")))
+    order = {"regressed": 0, "improved": 1, "unchanged": 2}
+    out.cells.sort(key=lambda c: (order[c.verdict], -abs(c.change_pct)))
+    return out
+
+
+def format_table(cmp: Comparison) -> str:
+    """Plain-text table for the terminal, regressions first, then a one-line tally."""
+    header = ["config", "img/s A", "img/s B", "B/A", "p50 A ms", "p50 B ms", "B/A", "p", "verdict"]
+    rows = [
+        [
+            c.label, f"{c.throughput_a:,.1f}", f"{c.throughput_b:,.1f}", f"{c.throughput_b / c.throughput_a:.3f}",
+            f"{c.p50_a:.3f}", f"{c.p50_b:.3f}", f"{c.p50_b / c.p50_a:.3f}", f"{c.p_value:.1e}", c.verdict,
+        ]
+        for c in cmp.cells
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for title, labels in (("only in A", cmp.only_a), ("only in B", cmp.only_b)):
+        lines += [f"{title}: {label}" for label in labels]
+    lines += [f"not comparable: {label} (A: {a}, B: {b})" for label, a, b in cmp.broken]
+    tally = ", ".join(f"{n} {v}" for v, n in cmp.counts().items())
+    lines.append(
+        f"{len(cmp.cells)} cells compared: {tally}; {len(cmp.only_a)} only in A, {len(cmp.only_b)} only in B, "
+        f"{len(cmp.broken)} not comparable (Mann-Whitney U p < {cmp.alpha:g} and |change| >= {cmp.threshold_pct:g}%)"
+    )
+    return "\n".join(lines)
+
+
+def write_html(cmp: Comparison, out: Path) -> Path:
+    """Render compare.html (same look as the run report, self-contained) and return its path."""
+    table = Table(["config", "img/s A", "img/s B", "throughput B/A", "p50 A (ms)", "p50 B (ms)", "p50 change", "p-value", "verdict"])
+    for c in cmp.cells:
+        table.rows.append([
+            c.label, f"{c.throughput_a:,.1f}", f"{c.throughput_b:,.1f}", f"{c.throughput_b / c.throughput_a:.3f}x",
+            f"{c.p50_a:.3f}", f"{c.p50_b:.3f}", f"{c.change_pct:+.1f}%", f"{c.p_value:.1e}", c.verdict,
+        ])
+    broken = Table(["config", "status in A", "status in B"], [list(b) for b in cmp.broken])
+    html = render(
+        "compare.html.j2",
+        title=f"rvbench compare · {cmp.run_a.name} vs {cmp.run_b.name}",
+        cmp=cmp,
+        counts=cmp.counts(),
+        table=table,
+        broken=broken,
+        plot_count=0,
+    )
+    out = Path(out)
+    out.write_text(html, encoding="utf-8")
+    return out

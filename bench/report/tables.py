@@ -1,0 +1,153 @@
+"""The report's tables as plain (columns, rows) data: header facts, per-arch summary, compile times,
+failed cells and environment. Values are pre-formatted strings; the template only escapes them."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from bench.cell import IMPLS
+from bench.report.data import failed_rows, is_max_batch_search, memory_column, panels, variant_of
+
+
+@dataclass
+class Table:
+    """A titled table: `rows` hold one formatted string per column."""
+
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+
+
+def fmt(value, digits: int = 1) -> str:
+    """Number with thousands separators and `digits` decimals; an en dash for missing values."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or math.isnan(value):
+        return text(value)
+    if isinstance(value, numbers.Integral):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}"
+
+
+def text(value) -> str:
+    """A value as shown verbatim (versions, ids, names): an en dash when missing, yes/no for booleans."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def header(env: dict, config: dict, df: pd.DataFrame) -> list[tuple[str, str]]:
+    """Key facts shown at the top: device, software versions, commit, date, preset, wall time."""
+    commit = str(env.get("env_git_commit") or "–")[:12]
+    if env.get("env_git_dirty"):
+        commit += " (dirty)"
+    device = config.get("device") or (df["device"].iloc[0] if len(df) else "–")
+    gpu = env.get("env_gpu_name")
+    total_wall = pd.to_numeric(df["wall_s"], errors="coerce").sum() if len(df) else 0.0
+    return [
+        ("Device", f"{device} · {gpu}" if gpu else f"{device} · {env.get('env_cpu') or 'cpu'}"),
+        ("Driver", text(env.get("env_driver"))),
+        ("CUDA / cuDNN", f"{text(env.get('env_cuda'))} / {text(env.get('env_cudnn'))}"),
+        ("torch", text(env.get("env_torch"))),
+        ("torchvision", text(env.get("env_torchvision"))),
+        ("timm", text(env.get("env_timm"))),
+        ("Commit", commit),
+        ("Date", text(env.get("env_timestamp"))),
+        ("Preset", text(config.get("preset"))),
+        ("Cells", f"{len(df)} ({int((df['status'] == 'ok').sum()) if len(df) else 0} ok)"),
+        ("Total wall time", f"{total_wall / 60:.1f} min (sum over cells)"),
+    ]
+
+
+def summary(configs: pd.DataFrame) -> list[dict]:
+    """Per arch and mode: the fastest config, and every impl measured at that same config.
+
+    Comparing impls at one config (batch, precision, layout, compile) keeps the comparison fair;
+    the best config is the one with the highest median throughput of any implementation.
+    """
+    mem = memory_column(configs)
+    out = []
+    for arch, mode in panels(configs, ["arch", "mode"]):
+        rows = configs[(configs["arch"] == arch) & (configs["mode"] == mode)]
+        best = rows.loc[rows["throughput"].idxmax()]
+        same = rows[
+            (rows["batch_size"] == best["batch_size"])
+            & (rows["variant"] == best["variant"])
+            & (rows["image_size"] == best["image_size"])
+        ]
+        table = Table(["impl", "img/s", "vs best", "p50 ms", "p99 ms", "peak MiB"])
+        for impl in IMPLS:
+            hit = same[same["impl"] == impl]
+            if hit.empty:
+                table.rows.append([impl, "not measured", "", "", "", ""])
+                continue
+            r = hit.iloc[0]
+            table.rows.append([
+                impl,
+                fmt(r["throughput"]),
+                f"{r['throughput'] / best['throughput']:.2f}x",
+                fmt(r["step_ms_p50"], 2),
+                fmt(r["step_ms_p99"], 2),
+                fmt(r[mem[0]] if mem else None, 0),
+            ])
+        out.append({
+            "arch": arch,
+            "mode": mode,
+            "best": f"{best['impl']} · batch {best['batch_size']} · {best['image_size']} px · {best['variant']}",
+            "throughput": fmt(best["throughput"]),
+            "table": table,
+        })
+    return out
+
+
+def compile_times(configs: pd.DataFrame) -> Table:
+    """First-call compile time and recompile count of every compiled config."""
+    table = Table(["arch", "impl", "mode", "batch", "variant", "compile (s)", "recompiles"])
+    compiled = configs[configs["compile"] != "none"]
+    for _, r in compiled.iterrows():
+        table.rows.append([
+            r["arch"], r["impl"], r["mode"], str(r["batch_size"]), r["variant"],
+            fmt(r["compile_s"], 1), fmt(r["recompiles"], 0),
+        ])
+    if compiled.empty:
+        table.note = "No compiled cells in this run."
+    return table
+
+
+def failures(df: pd.DataFrame) -> Table:
+    """Every config that failed, once per distinct status and message, with the rounds it failed in."""
+    table = Table(["arch", "impl", "batch", "precision / layout", "compile", "mode", "rounds", "status", "message"])
+    failed = failed_rows(df).assign(message=lambda d: d["message"].fillna("").astype(str))
+    keys = ["arch", "impl", "batch_size", "image_size", "precision", "channels_last", "compile", "mode", "status", "message"]
+    for key, rows in failed.groupby(keys, sort=True, dropna=False):
+        r = dict(zip(keys, key))
+        table.rows.append([
+            r["arch"], r["impl"], str(r["batch_size"]), variant_of(r["precision"], bool(r["channels_last"]), "none"),
+            r["compile"], r["mode"], ", ".join(str(i) for i in sorted(rows["round"])), r["status"], r["message"],
+        ])
+    if not table.rows:
+        table.note = "Every cell measured successfully."
+    return table
+
+
+def max_batches(df: pd.DataFrame) -> Table:
+    """Result of each `--find-max-batch` search: the largest batch that ran, and the one that ran out of memory."""
+    table = Table(["arch", "impl", "precision / layout", "mode", "largest batch that fits", "out of memory at"])
+    found = df[is_max_batch_search(df) & (df["status"] == "ok")]
+    oom_at = found["max_batch_oom_at"] if "max_batch_oom_at" in found else pd.Series(index=found.index, dtype=float)
+    for (_, r), oom in zip(found.iterrows(), oom_at):
+        table.rows.append([
+            r["arch"], r["impl"], variant_of(r["precision"], bool(r["channels_last"]), r["compile"]), r["mode"],
+            fmt(int(r["batch_size"])), fmt(None if pd.isna(oom) else int(oom)),
+        ])
+    return table
+
+
+def environment(env: dict) -> Table:
+    """The run's full environment record, one row per key."""
+    return Table(["key", "value"], [[k.removeprefix("env_"), text(v)] for k, v in sorted(env.items())])

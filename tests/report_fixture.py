@@ -1,0 +1,247 @@
+"""Synthetic run directories that follow the run-directory contract, for report and compare tests.
+
+A real sweep on the shared CPUs is slow and produces no GPU columns (memory, MFU, energy); these
+runs look like a small GPU sweep so that every plot and table of the report has data, and they are
+deterministic so that compare tests can plant a known slowdown.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+from bench.cell import Cell
+
+ENV = {
+    "env_torch": "2.11.0+cu128",
+    "env_torchvision": "0.26.0",
+    "env_timm": "1.0.20",
+    "env_fvcore": "0.1.5.post20221221",
+    "env_cuda": "12.8",
+    "env_cudnn": "91000",
+    "env_gpu_name": "NVIDIA H100 80GB HBM3",
+    "env_driver": "570.124.06",
+    "env_sm_count": 132,
+    "env_gpu_mem_gb": 79.2,
+    "env_cpu": "AMD EPYC 9454",
+    "env_threads": 16,
+    "env_os": "Linux-6.8",
+    "env_python": "3.12.3",
+    "env_host": "gpu-box",
+    "env_git_commit": "0123456789abcdef0123456789abcdef01234567",
+    "env_git_dirty": False,
+    "env_timestamp": "2025-01-01T00:00:00Z",
+}
+
+# Per-image forward GFLOPs and parameter counts at 224 px, and a relative speed per impl.
+MODELS = {"resnet50": (8.18, 25_557_032), "vit_base_patch16_224": (35.1, 86_567_656)}
+IMPL_SPEED = {"rv": 1.0, "torchvision": 0.97, "timm": 1.02}
+PRECISION_SPEED = {"fp32": 1.0, "amp-bf16": 2.6}
+PEAK_TFLOPS = {"fp32": 67.0, "amp-bf16": 989.0}
+
+
+def _cells(archs, impls, batches, precisions, rounds) -> list[Cell]:
+    base = [
+        Cell(a, i, b, 224, precision=p, device="cuda:0", round=r)
+        for r, a, i, b, p in itertools.product(range(rounds), archs, impls, batches, precisions)
+    ]
+    extra = [
+        Cell(a, i, batches[-1], 224, precision=precisions[-1], compile="default", device="cuda:0", round=r)
+        for r, a, i in itertools.product(range(rounds), archs, impls)
+    ]
+    modes = [
+        Cell(archs[0], i, batches[-1], 224, mode=m, device="cuda:0", round=r)
+        for r, i, m in itertools.product(range(rounds), impls, ("train", "finetune"))
+    ]
+    return base + extra + modes
+
+
+def _ok_row(cell: Cell, samples: list[float]) -> dict:
+    gflops, params = MODELS[cell.arch]
+    ordered = sorted(samples)
+
+    def pct(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    p50 = pct(0.5)
+    step_flops = gflops * cell.batch_size * {"inference": 1.0, "train": 3.0, "finetune": 1.2}[cell.mode]
+    achieved = step_flops / p50  # GFLOP per ms == TFLOP/s
+    trainable = {"inference": 0, "train": params, "finetune": 2_049_000}[cell.mode]
+    return {
+        "status": "ok",
+        "message": "",
+        "params_total": params,
+        "params_trainable": trainable,
+        "gflops_per_image": gflops,
+        "gflops_per_step": step_flops,
+        "n_iters": len(samples),
+        "timed_s": sum(samples) / 1000,
+        "warmup_iters": 3,
+        "step_ms_p50": p50,
+        "step_ms_p90": pct(0.9),
+        "step_ms_p95": pct(0.95),
+        "step_ms_p99": pct(0.99),
+        "step_ms_mean": sum(samples) / len(samples),
+        "step_ms_std": 0.02 * p50,
+        "step_ms_min": ordered[0],
+        "step_ms_max": ordered[-1],
+        "step_ms_iqr": pct(0.75) - pct(0.25),
+        "noisy": False,
+        "throughput": cell.batch_size * 1000 / p50,
+        "throughput_wall": cell.batch_size * 1000 / (sum(samples) / len(samples)),
+        "compile_s": 41.5 if cell.compile != "none" else None,
+        "recompiles": 1 if cell.compile != "none" else 0,
+        "recompiles_timed": 0,
+        "mem_peak_alloc_mb": (180.0 + 21.0 * cell.batch_size * (3 if cell.mode == "train" else 1))
+        / IMPL_SPEED[cell.impl] ** 2,
+        "mem_peak_reserved_mb": 256.0 + 24.0 * cell.batch_size,
+        "mem_weights_mb": params * 4 / 2**20,
+        "mem_activation_mb": 21.0 * cell.batch_size,
+        "mem_rss_delta_mb": None,
+        "mem_note": "",
+        "power_w_mean": 420.0,
+        "power_w_max": 560.0,
+        "sm_clock_mhz": 1755,
+        "mem_clock_mhz": 2619,
+        "temp_c_max": 61,
+        "gpu_util_pct": 97,
+        "throttle_reasons": "",
+        "energy_j_per_image": 420.0 * p50 / 1000 / cell.batch_size,
+        "energy_source": "counter",
+        "power_note": "",
+        "achieved_tflops": achieved,
+        "mfu": achieved / PEAK_TFLOPS.get(cell.precision, 67.0),
+        "tf32_matmul": False,
+        "tf32_cudnn": True,
+        "cudnn_benchmark": True,
+    }
+
+
+def _failed_row(status: str, message: str) -> dict:
+    """A non-ok row: every measurement column present and null, as the runner writes it."""
+    columns = _ok_row(Cell("resnet50", "rv", 1, 224), [1.0])
+    return {**dict.fromkeys(columns), "status": status, "message": message}
+
+
+def _write_profiles(run_dir: Path, archs, impls, batch: int, precision: str) -> None:
+    """profiles/<arch>-<impl>/profile.json with the fields the report reads (see bench.profile)."""
+    for arch, impl in itertools.product(archs, impls):
+        cell = Cell(arch, impl, batch, 224, precision=precision, device="cuda:0")
+        vit = arch.startswith("vit")
+        shares = {
+            "convolution": 2.0 if vit else 61.0,
+            "matmul": 58.0 if vit else 1.0,
+            "attention": 18.0 if vit else 0.0,
+            "normalization": 7.0 if vit else 14.0,
+            "elementwise": 9.0 if vit else 16.0,
+            "memory": 5.0 if impl == "torchvision" else 4.0,
+        }
+        shares["other"] = 100.0 - sum(shares.values())
+        intensity = (180.0 if vit else 95.0) * IMPL_SPEED[impl]
+        roofline = {
+            "intensity": intensity,
+            "achieved_tflops": 410.0 * IMPL_SPEED[impl] if vit else 260.0 * IMPL_SPEED[impl],
+            "peak_tflops": PEAK_TFLOPS[precision],
+            "mem_bw_gbs": 3350.0,
+            "device": "H100 SXM",
+        }
+        summary = {**cell.config(), "cell_id": cell.cell_id, "categories": shares, "roofline": roofline}
+        out = run_dir / "profiles" / f"{arch}-{impl}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "profile.json").write_text(json.dumps(summary, indent=1))
+
+
+def write_run(
+    run_dir: Path,
+    *,
+    archs: tuple[str, ...] = tuple(MODELS),
+    impls: tuple[str, ...] = ("rv", "torchvision", "timm"),
+    batches: tuple[int, ...] = (8, 64),
+    precisions: tuple[str, ...] = ("fp32", "amp-bf16"),
+    rounds: int = 2,
+    seed: int = 0,
+    slow: dict[tuple, float] | None = None,
+    failures: dict[tuple, tuple[str, str]] | None = None,
+    run_id: str = "20250101T000000Z-gpu-box-h100",
+    profiles: bool = False,
+) -> Path:
+    """Write results.jsonl, samples.jsonl, results.csv, config.json and env.json into `run_dir`.
+
+    `slow` maps (arch, impl, batch_size, precision) to a factor applied to that config's step times in
+    every round; `failures` maps the same key to (status, message), replacing its measurement.
+    By default one oom and one error cell are planted (the error message carries markup).
+    `profiles` adds a profile summary per (arch, impl), as `rvbench run --profile` does.
+    """
+    import pandas as pd
+
+    slow = slow or {}
+    if failures is None:
+        failures = {
+            ("vit_base_patch16_224", "timm", batches[-1], precisions[0]): ("oom", "CUDA out of memory."),
+            (archs[0], "rv", batches[0], precisions[-1]): (
+                "error",
+                "RuntimeError: bad <script>alert('x')</script> & more",
+            ),
+        }
+    rng = random.Random(seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rows, samples_lines = [], []
+    for cell in _cells(archs, impls, batches, precisions, rounds):
+        key = (cell.arch, cell.impl, cell.batch_size, cell.precision)
+        gflops, _ = MODELS[cell.arch]
+        speed = IMPL_SPEED[cell.impl] * PRECISION_SPEED[cell.precision] * (1.3 if cell.compile != "none" else 1.0)
+        work = {"inference": 1.0, "train": 3.2, "finetune": 1.4}[cell.mode]
+        base_ms = (0.4 + gflops * cell.batch_size * work / 40.0 / speed) * slow.get(key, 1.0)
+        row = {"schema_version": 1, "run_id": run_id, "cell_id": cell.cell_id, **cell.config(), "find_max_batch": False}
+        row.update(started_at="2025-01-01T00:00:00Z", wall_s=3.5)
+        row.update(ENV)
+        if key in failures and cell.mode == "inference" and cell.compile == "none":
+            row.update(_failed_row(*failures[key]))
+        else:
+            samples = [base_ms * rng.lognormvariate(0.0, 0.01) for _ in range(40)]
+            row.update(_ok_row(cell, samples))
+            samples_lines.append(json.dumps({"cell_id": cell.cell_id, "samples_ms": samples}))
+        rows.append(row)
+    (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "samples.jsonl").write_text("".join(line + "\n" for line in samples_lines))
+    pd.DataFrame(rows).to_csv(run_dir / "results.csv", index=False)
+    block = {"models": list(archs), "impls": list(impls), "batch_sizes": list(batches), "precisions": list(precisions)}
+    config = {
+        "preset": "synthetic",
+        "device": "cuda:0",
+        "rounds": rounds,
+        "timing": {"warmup_iters": 3, "min_iters": 10},
+        "sweeps": [block],
+        "find_max_batch": False,
+        "skipped_pairs": [],
+        "cells": len(rows),
+    }
+    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    (run_dir / "env.json").write_text(json.dumps(ENV, indent=1))
+    if profiles:
+        _write_profiles(run_dir, archs, impls, batches[-1], precisions[-1])
+    return run_dir
+
+
+_REAL_RUNS: dict[Path, Path] = {}
+
+
+def real_smoke_run(base: Path) -> Path:
+    """A real `rvbench run --preset smoke --profile` run directory under `base`, made once per process.
+
+    This is the runner's own output (results, samples, env, profiles), so report tests see exactly
+    what users get; it takes a minute or more on a busy CPU, hence the cache.
+    """
+    import subprocess
+    import sys
+
+    if base not in _REAL_RUNS:
+        reports = base / "reports"
+        cmd = [sys.executable, "-m", "bench", "run", "--preset", "smoke", "--device", "cpu", "--profile", "--out", str(reports)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        assert done.returncode == 0, f"smoke run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        (run_dir,) = (reports / "runs").iterdir()
+        _REAL_RUNS[base] = run_dir
+    return _REAL_RUNS[base]

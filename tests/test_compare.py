@@ -1,0 +1,97 @@
+"""`rvbench compare`: matching, significance + effect verdicts, unmatched cells, exit codes, HTML."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from report_fixture import write_run
+
+from bench.cli import main
+from bench.compare import compare_runs
+
+SMALL = {"archs": ("resnet50",), "batches": (8, 64), "precisions": ("fp32",), "rounds": 2, "failures": {}}
+SLOW_KEY = ("resnet50", "timm", 8, "fp32")
+SLOW_LABEL = "resnet50 · timm · bs8 · 224px · fp32 · inference"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Run A, an independent repeat of it (other noise), and B with timm at batch 8 20% slower."""
+    base = tmp_path_factory.mktemp("compare")
+    a = write_run(base / "a", seed=0, **SMALL)
+    repeat = write_run(base / "repeat", seed=1, **SMALL)
+    slow = write_run(base / "slow", seed=2, slow={SLOW_KEY: 1.2}, **SMALL)
+    return a, repeat, slow
+
+
+def test_planted_slowdown_is_the_only_regression(runs):
+    a, _, slow = runs
+    cmp = compare_runs(a, slow)
+    verdicts = {c.label: c.verdict for c in cmp.cells}
+    assert verdicts.pop(SLOW_LABEL) == "regressed"
+    assert set(verdicts.values()) == {"unchanged"}
+    worst = cmp.cells[0]
+    assert worst.label == SLOW_LABEL
+    assert worst.change_pct == pytest.approx(20.0, abs=1.0)
+    assert worst.throughput_b / worst.throughput_a == pytest.approx(1 / 1.2, rel=0.01)
+    assert worst.p_value < 1e-6
+    assert cmp.only_a == [] and cmp.only_b == [] and cmp.broken == []
+
+
+def test_reversed_runs_show_an_improvement(runs):
+    a, _, slow = runs
+    cmp = compare_runs(slow, a)
+    assert [c.label for c in cmp.cells if c.verdict == "improved"] == [SLOW_LABEL]
+    assert cmp.counts()["regressed"] == 0
+
+
+def test_identical_and_repeated_runs_are_unchanged(runs):
+    a, repeat, _ = runs
+    for other in (a, repeat):
+        cmp = compare_runs(a, other)
+        assert len(cmp.cells) == 3 * 2 + 3 + 3 * 2  # inference impls x batches, compiled, train/finetune
+        assert {c.verdict for c in cmp.cells} == {"unchanged"}
+
+
+def test_effect_threshold_gates_a_significant_change(runs):
+    a, _, slow = runs
+    cmp = compare_runs(a, slow, threshold_pct=25.0)
+    assert {c.verdict for c in cmp.cells} == {"unchanged"}
+
+
+def test_unmatched_and_failed_cells_are_listed(tmp_path):
+    a = write_run(tmp_path / "a", **SMALL)
+    b = write_run(
+        tmp_path / "b", **{**SMALL, "batches": (8, 32), "failures": {("resnet50", "rv", 8, "fp32"): ("oom", "CUDA OOM")}}
+    )
+    cmp = compare_runs(a, b)
+    assert any("bs64" in label for label in cmp.only_a)
+    assert any("bs32" in label for label in cmp.only_b)
+    assert cmp.broken == [("resnet50 · rv · bs8 · 224px · fp32 · inference", "ok", "oom")]
+    assert cmp.fails(max_regression_pct=50.0), "a cell that worked in A and fails in B is a regression"
+
+
+@pytest.mark.parametrize(("pair", "pct", "code"), [("slow", 10, 1), ("slow", 25, 0), ("same", 0, 0)])
+def test_cli_exit_codes_and_outputs(runs, tmp_path, capsys, pair, pct, code):
+    a, _, slow = runs
+    b = slow if pair == "slow" else a
+    out = tmp_path / "cmp.html"
+    assert main(["compare", str(a), str(b), "--out", str(out), "--fail-on-regression", str(pct)]) == code
+    printed = capsys.readouterr().out
+    assert "cells compared" in printed and str(out) in printed
+    html = out.read_text()
+    assert not re.search(r"https?://|<script|<link", html)
+    if pair == "slow":
+        assert re.search(rf"{re.escape(SLOW_LABEL)}.*regressed", printed)
+        assert 'class="status-regressed verdict-regressed">regressed<' in html
+    else:
+        assert "0 regressed, 0 improved" in printed
+
+
+def test_cli_bad_input(runs, tmp_path, capsys):
+    a, _, _ = runs
+    assert main(["compare", str(a), str(tmp_path / "nope"), "--out", str(tmp_path / "x.html")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert main(["compare", str(a), str(a), "--alpha", "1.5", "--out", str(tmp_path / "x.html")]) == 2
+    assert "--alpha" in capsys.readouterr().err

@@ -1,0 +1,114 @@
+"""The HTML report: self-contained, escaped, every section and plot present, clear CLI errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from report_fixture import real_smoke_run, write_run
+
+from bench.cli import main
+from bench.report import write_report
+
+HOSTILE_ARCH = "<script>alert('arch')</script>"
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A GPU-like run with every kind of data (profiles too) plus a failed row with a hostile arch name."""
+    run_dir = write_run(tmp_path_factory.mktemp("synthetic"), profiles=True)
+    row = json.loads((run_dir / "results.jsonl").read_text().splitlines()[-1])
+    row.update(cell_id="hostile00000", arch=HOSTILE_ARCH, status="error", message="boom </td><b>x</b>")
+    with open(run_dir / "results.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    return run_dir, write_report(run_dir).read_text()
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The report of a real smoke run on the CPU."""
+    run_dir = real_smoke_run(tmp_path_factory.getbasetemp() / "smoke_run")
+    return run_dir, write_report(run_dir).read_text()
+
+
+def _drawn(html: str) -> list[str]:
+    return re.findall(r'<figure class="plot" data-plot="([a-z_]+)">\s*<figcaption>[^<]*</figcaption>\s*<img ', html)
+
+
+def test_untrusted_text_is_escaped(synthetic):
+    _, html = synthetic
+    assert "<script" not in html
+    assert "&lt;script&gt;alert(&#39;arch&#39;)&lt;/script&gt;" in html
+    assert "bad &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in html
+    assert "boom &lt;/td&gt;&lt;b&gt;x&lt;/b&gt;" in html
+
+
+@pytest.mark.parametrize("report", ["synthetic", "smoke"])
+def test_self_contained(report, request):
+    _, html = request.getfixturevalue(report)
+    assert not re.search(r"https?://", html), "the report must not reference any URL"
+    assert not re.search(r"<(script|link|iframe)\b", html)
+    assert not re.search(r'src="(?!data:image/png;base64,)', html), "every image is inlined"
+
+
+def test_full_report_sections_and_plots(synthetic):
+    run_dir, html = synthetic
+    for section in ("summary", "performance", "derived", "profile", "flops", "compile", "failures", "environment"):
+        assert f'<section id="{section}">' in html
+    drawn = _drawn(html)
+    assert drawn == [
+        "throughput", "latency", "memory", "speedup", "ratio", "finetune", "mfu", "energy",
+        "profile_categories", "roofline",
+    ]  # fmt: skip
+    assert f'data-plots="{len(drawn)}"' in html
+    assert 'href="results.csv"' in html and (run_dir / "results.csv").exists()
+    for fact in ("NVIDIA H100 80GB HBM3", "570.124.06", "2.11.0+cu128", "0123456789ab", "synthetic"):
+        assert fact in html
+    # The failed cells: the oom and the error in both rounds, and the hostile row.
+    failures = html.split('<section id="failures">')[1].split("</section>")[0]
+    assert failures.count("<tr>") == 1 + 3
+    assert "0, 1" in failures
+    # Compile times and the per-arch summary show the planted compile variant.
+    assert "41.5" in html.split('<section id="compile">')[1].split("</section>")[0]
+    assert "amp-bf16 +compile" in html.split('<section id="summary">')[1].split("</section>")[0]
+
+
+def test_real_cpu_run_skips_what_it_cannot_show(smoke):
+    run_dir, html = smoke
+    drawn = _drawn(html)
+    assert {"throughput", "latency", "memory", "ratio", "profile_categories"} <= set(drawn)
+    assert f'data-plots="{len(drawn)}"' in html
+    skipped = re.findall(r'data-skipped="([a-z_]+)"', html)
+    assert {"mfu", "energy", "roofline", "speedup", "finetune"} == set(skipped)
+    assert not set(skipped) & set(drawn)
+    for arch in ("resnet18", "vit_tiny_patch16_224"):
+        assert f"<h3>{arch} · inference</h3>" in html
+    assert "Every cell measured successfully." in html
+    assert (run_dir / "index.html").exists()
+
+
+def test_no_profiles_no_profile_section(tmp_path):
+    run_dir = write_run(tmp_path / "run", archs=("resnet50",), batches=(8,), precisions=("fp32",), rounds=1, failures={})
+    html = write_report(run_dir).read_text()
+    assert '<section id="profile">' not in html
+    assert 'href="#profile"' not in html
+
+
+def test_cli_report(tmp_path, capsys):
+    run_dir = write_run(tmp_path / "run", archs=("resnet50",), batches=(8,), precisions=("fp32",), rounds=1, failures={})
+    assert main(["report", str(run_dir)]) == 0
+    assert capsys.readouterr().out.strip() == str(run_dir / "index.html")
+
+
+@pytest.mark.parametrize("make", ["missing", "empty_dir", "empty_results"])
+def test_cli_report_bad_dir(make, tmp_path, capsys):
+    target = tmp_path / "run"
+    if make != "missing":
+        target.mkdir()
+    if make == "empty_results":
+        (target / "results.jsonl").write_text("")
+    assert main(["report", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rvbench report: error: ") and str(target) in err
+    assert "Traceback" not in err

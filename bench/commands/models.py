@@ -1,0 +1,30 @@
+"""`rvbench models`: list the registered (arch, impl) pairs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from bench.models import list_entries
+
+_COLUMNS = ("arch", "impl", "family", "lib_name", "image_size", "tv_weights")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the command's options."""
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print every registered entry, as a table or as JSON."""
+    rows = [dataclasses.asdict(e) for e in list_entries()]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    table = [list(_COLUMNS)] + [[str(r[c] if r[c] is not None else "-") for c in _COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+    return 0

@@ -1,0 +1,210 @@
+"""Parameters and FLOPs per image, from three counters side by side, and why they differ.
+
+Conventions: a MAC is one multiply-accumulate; FLOPs = 2 x MACs. torchvision's published `_ops`
+("GFLOPS" in its docs) are GMACs. The counters:
+- analytic (bench.analytic): closed form from the architecture; the reference.
+- flopcounter: torch.utils.flop_counter.FlopCounterMode on a model built on the meta device, so no
+  real compute happens. On meta, scaled_dot_product_attention runs its math decomposition (two
+  bmm) and nn.MultiheadAttention never takes its inference fast path (the fast path accepts only
+  cpu/cuda tensors), so attention is counted for every impl. On a real CPU it would be missed.
+- fvcore: FlopCountAnalysis, reported as fvcore defines it (1 per multiply-add, norms and pools
+  counted, no handler for attention kernels) on a real CPU forward (see bench.fvcore_count).
+analytic and flopcounter agree exactly; tests pin that and torchvision's published numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.analytic import analytic_macs
+from bench.fvcore_count import fvcore_count, fvcore_note
+from bench.groups import module_groups
+from bench.models import ModelEntry, get_entry, list_entries
+
+EXPECTED_COUNTS = Path(__file__).with_name("expected_counts.json")
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts; works on meta models."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def _meta_model(arch: str, impl: str, image_size: int) -> nn.Module:
+    with torch.device("meta"):
+        return get_entry(arch, impl).build(image_size=image_size)
+
+
+def _meta_input(image_size: int) -> torch.Tensor:
+    return torch.empty(1, 3, image_size, image_size, device="meta")
+
+
+class MetaCounts(NamedTuple):
+    """What one meta-device build and training step of a model gives, per image."""
+
+    params: int
+    params_trainable: int
+    flops: int  # forward FLOPs
+    train_flops: int  # forward + backward FLOPs
+    groups: tuple[tuple[str, int], ...]  # canonical group -> forward FLOPs, in forward order
+
+
+@functools.lru_cache(maxsize=None)
+def meta_counts(arch: str, impl: str, image_size: int) -> MetaCounts:
+    """Parameters, forward FLOPs (total and by group) and training FLOPs from one meta step.
+
+    The forward runs in train mode with autograd on: on meta that counts the same FLOPs as
+    eval (dropout and batch-norm statistics are not counted; nn.MultiheadAttention never takes its
+    fast path on meta), and one pass then serves both numbers.
+    """
+    model = _meta_model(arch, impl, image_size)
+    flops, train, groups = _count_step(model, get_entry(arch, impl).family, impl, image_size, backward=True)
+    return MetaCounts(*count_params(model), flops, train, tuple(groups.items()))
+
+
+def forward_flops(arch: str, impl: str, image_size: int) -> int:
+    """Forward FLOPs (2 per MAC) per image, counted by FlopCounterMode on the meta device."""
+    return meta_counts(arch, impl, image_size).flops
+
+
+def train_flops(arch: str, impl: str, image_size: int) -> int:
+    """Forward + backward FLOPs per image of a full training step (optimizer excluded), on meta.
+
+    Backward costs about twice the forward; the input needs no gradient, so the first conv's
+    input-gradient is not computed (as in real training).
+    """
+    return meta_counts(arch, impl, image_size).train_flops
+
+
+def module_flops(model: nn.Module, arch: str, impl: str, image_size: int) -> dict[str, int]:
+    """Forward FLOPs per image for each canonical group (bench.groups), in forward order.
+
+    A model with real weights is not run: its arch is counted on the meta device instead.
+    """
+    if next(model.parameters()).device.type != "meta":
+        return dict(meta_counts(arch, impl, image_size).groups)
+    return _count_step(model, get_entry(arch, impl).family, impl, image_size, backward=False)[2]
+
+
+def _count_step(
+    model: nn.Module, family: str, impl: str, image_size: int, backward: bool
+) -> tuple[int, int, dict[str, int]]:
+    """(forward, forward + backward, per-group forward) FLOPs of a meta model, in one pass.
+
+    Attribution uses hooks around each group's modules: the FLOPs counted between a group's
+    entry and exit belong to it, which is exact because groups are disjoint and run in sequence.
+    Without `backward` the model runs in eval mode under no_grad and the second number is 0.
+    """
+    groups = module_groups(model, family, impl)
+    result = dict.fromkeys(groups, 0)
+    counter = FlopCounterMode(display=False)
+    handles = []
+    for name, modules in groups.items():
+        start: list[int] = []
+        for module in modules:
+            handles.append(module.register_forward_pre_hook(lambda *_, s=start: s.append(counter.get_total_flops())))
+            handles.append(module.register_forward_hook(functools.partial(_add_since, result, name, start, counter)))
+    was_training = model.training
+    try:
+        with torch.set_grad_enabled(backward), counter:
+            out = model.train(backward)(_meta_input(image_size))
+            forward = counter.get_total_flops()
+            if backward:
+                out.sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return forward, counter.get_total_flops() if backward else 0, result
+
+
+def _add_since(result: dict[str, int], name: str, start: list[int], counter: FlopCounterMode, *_) -> None:
+    result[name] += counter.get_total_flops() - start.pop()
+
+
+def tv_published(arch: str, image_size: int) -> tuple[str, float] | None:
+    """(weights name, published GMACs) of the torchvision weights for this arch at this input size.
+
+    torchvision publishes `_ops` per weights enum member, each at its own evaluation size
+    (ViT_H_14 SWAG E2E at 518 px, SWAG LINEAR at 224 px), so only a member whose crop size is
+    `image_size` applies. The number describes the architecture, so it applies to every impl.
+    """
+    entry = next((e for e in list_entries(archs=[arch]) if e.tv_weights), None)
+    if entry is None:
+        return None
+    import torchvision.models
+
+    for weights in getattr(torchvision.models, entry.tv_weights):
+        if weights.transforms().crop_size[0] == image_size:
+            return f"{entry.tv_weights}.{weights.name}", float(weights.meta["_ops"])
+    return None
+
+
+def count(entry: ModelEntry, image_size: int | None = None, fvcore: bool = True) -> dict:
+    """Everything `rvbench flops --json` reports for one entry at one input size.
+
+    gmacs_* are per-image forward GMACs, gflops_* = 2 x GMACs except gflops_fvcore, which is
+    fvcore's own total (1 per multiply-add) as it reports it; `modules` maps each canonical group
+    to its forward GFLOPs. With fvcore=False the fvcore fields are None (its real forward is the
+    slow part).
+    """
+    size = entry.image_size if image_size is None else image_size
+    entry.check_image_size(size)
+    meta = meta_counts(entry.arch, entry.impl, size)
+    macs_analytic = sum(analytic_macs(entry.arch, size).values())
+    published = tv_published(entry.arch, size)
+    row = {
+        "arch": entry.arch,
+        "impl": entry.impl,
+        "family": entry.family,
+        "image_size": size,
+        "params": meta.params,
+        "params_trainable": meta.params_trainable,
+        "gmacs_analytic": macs_analytic / 1e9,
+        "gflops_analytic": 2 * macs_analytic / 1e9,
+        "gmacs_flopcounter": meta.flops / 2e9,
+        "gflops_flopcounter": meta.flops / 1e9,
+        "gflops_fvcore": None,
+        "fvcore_unsupported": None,
+        "fvcore_uncalled": None,
+        "fvcore_note": None,
+        "tv_published_gmacs": published[1] if published else None,
+        "tv_published_weights": published[0] if published else None,
+        "train_gflops": train_flops(entry.arch, entry.impl, size) / 1e9,
+        "modules": {name: flops / 1e9 for name, flops in meta.groups},
+    }
+    if fvcore:
+        fv = fvcore_count(entry, size)
+        row["gflops_fvcore"] = fv["total"] / 1e9
+        row["fvcore_unsupported"] = fv["unsupported"]
+        row["fvcore_uncalled"] = fv["uncalled"]
+        row["fvcore_note"] = fvcore_note(fv, macs_analytic)
+    return row
+
+
+def expected_counts() -> dict[str, dict[str, int]]:
+    """The deterministic counts pinned in bench/expected_counts.json, for every registered entry."""
+    out = {}
+    for entry in list_entries():
+        meta = meta_counts(entry.arch, entry.impl, entry.image_size)
+        out[f"{entry.arch}/{entry.impl}"] = {
+            "image_size": entry.image_size,
+            "params": meta.params,
+            "params_trainable": meta.params_trainable,
+            "macs_analytic": sum(analytic_macs(entry.arch, entry.image_size).values()),
+            "flops_flopcounter": meta.flops,
+        }
+    return out
+
+
+def write_expected_counts(path: Path = EXPECTED_COUNTS) -> None:
+    """Regenerate the expected-counts file after an intended change in a model's size."""
+    path.write_text(json.dumps(expected_counts(), indent=1, sort_keys=True) + "\n")

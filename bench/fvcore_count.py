@@ -1,8 +1,8 @@
 """fvcore's FLOP count, taken as fvcore defines it, and a plain account of why it differs.
 
 fvcore traces a real forward with torch.jit (it cannot trace meta tensors), so this is the only
-counter that computes. It is kept cheap: batch 1, no_grad, weights allocated without random
-initialisation (zeroed; values do not change the count), and results are cached on disk
+counter that computes. It is kept cheap: batch 1, no_grad, oneDNN off, weights allocated without
+random initialisation (zeroed; values do not change the count), and results are cached on disk
 (~/.cache/rvbench/fvcore.json, or under $XDG_CACHE_HOME) keyed by arch, impl, input size and the
 versions of torch, fvcore and the implementing library (for rv, a hash of its source), so a
 changed model or library is counted afresh.
@@ -87,8 +87,11 @@ def _analyse(entry: ModelEntry, image_size: int) -> dict:
         analysis.uncalled_modules_warnings(False)
         analysis.tracer_warnings("none")
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit deprecation notices
-            total = analysis.total()
+            warnings.simplefilter("ignore")  # torch.jit deprecation and oneDNN TF32 notices
+            # oneDNN generates kernels for every new conv shape, which costs more than the
+            # convolutions themselves here; the traced op names (aten::_convolution) are the same.
+            with torch.backends.mkldnn.flags(enabled=False):
+                total = analysis.total()
     return {
         "total": int(total),
         "by_operator": {op: int(n) for op, n in sorted(analysis.by_operator().items())},

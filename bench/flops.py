@@ -43,8 +43,13 @@ def _meta_model(arch: str, impl: str, image_size: int) -> nn.Module:
         return get_entry(arch, impl).build(image_size=image_size)
 
 
+# Counting runs a batch of 2 and divides: every counted op is linear in the batch, and batch-norm
+# in train mode refuses a batch of 1 once the feature map is 1x1 (ResNets at 32 px and below).
+_BATCH = 2
+
+
 def _meta_input(image_size: int) -> torch.Tensor:
-    return torch.empty(1, 3, image_size, image_size, device="meta")
+    return torch.empty(_BATCH, 3, image_size, image_size, device="meta")
 
 
 class MetaCounts(NamedTuple):
@@ -123,7 +128,8 @@ def _count_step(
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return forward, counter.get_total_flops() if backward else 0, result
+    per_image = {name: flops // _BATCH for name, flops in result.items()}
+    return forward // _BATCH, counter.get_total_flops() // _BATCH if backward else 0, per_image
 
 
 def _add_since(result: dict[str, int], name: str, start: list[int], counter: FlopCounterMode, *_) -> None:

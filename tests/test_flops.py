@@ -169,6 +169,6 @@ def test_flops_cli_refuses_bad_input_with_exit_2(argv: list[str], message: str, 
 
 def test_train_flops_of_resnet_at_tiny_input() -> None:
     """At 32 px the last feature map is 1x1; counting must not trip batch-norm's batch-1 check."""
-    forward = flops.forward_flops("resnet18", "rv", 32)
-    train = flops.train_flops("resnet18", "rv", 32)
+    forward = forward_flops("resnet18", "rv", 32)
+    train = train_flops("resnet18", "rv", 32)
     assert 2 * forward < train < 4 * forward

@@ -1,0 +1,160 @@
+"""Same-run ratio gate: is our implementation more than X% slower than the fastest reference?
+
+Absolute step times drift with the machine (shared CI cores, clocks, other jobs), so the gate
+never compares against a stored number. It times the subject and its references interleaved in
+one process, round by round, so every round sees the same machine state, and gates the median of
+the per-round ratios. A failing first attempt is re-measured once; only a confirmed failure fails.
+
+The module knows nothing about models or torch: a candidate is any zero-argument callable that
+runs one step and returns when the work is done (a CUDA caller synchronises inside it).
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from bench.errors import UsageError
+
+Step = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """How the gate measures and decides.
+
+    Each attempt: every candidate runs `warmup` untimed steps, then `rounds` rounds; in a round
+    each candidate runs `iters` steps back to back (order rotates round by round) and its round
+    time is their mean, so a slowdown that hits only some steps still counts. The statistic is,
+    for each reference, the median over rounds of subject/reference round time; the gate
+    compares the largest of these (the one against the faster reference) with `max_ratio`.
+    Up to `attempts` attempts; the gate fails only if all do. `clock` reads the time: wall
+    time by default; a single-threaded CPU measurement can use `time.process_time`, which
+    other jobs on a shared machine do not move.
+    """
+
+    max_ratio: float = 1.10
+    rounds: int = 15
+    iters: int = 3
+    warmup: int = 2
+    attempts: int = 2
+    clock: Callable[[], float] = time.perf_counter
+
+    def __post_init__(self) -> None:
+        if self.max_ratio <= 0 or min(self.rounds, self.iters, self.attempts) < 1 or self.warmup < 0:
+            raise UsageError(
+                "gate rule needs max_ratio > 0, rounds/iters/attempts >= 1 and warmup >= 0; "
+                f"got {self.max_ratio}, {self.rounds}/{self.iters}/{self.attempts}, {self.warmup}"
+            )
+
+    def describe(self) -> str:
+        """The rule in one line, for failure messages and logs."""
+        return (
+            f"median over {self.rounds} interleaved rounds (mean of {self.iters} steps each, "
+            f"clock {getattr(self.clock, '__name__', self.clock)}) "
+            f"of subject/reference time, vs the faster reference, must be <= {self.max_ratio:.2f}; "
+            f"fails only if all {self.attempts} attempts exceed it"
+        )
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """Outcome of a gate: per-reference ratios of the deciding attempt plus earlier attempts."""
+
+    label: str  # what was measured, e.g. "resnet50 inference 64px bs2 cpu"
+    subject: str  # name of the candidate under test, e.g. "rv"
+    ratios: dict[str, float]  # reference -> median per-round ratio subject/reference
+    median_ms: dict[str, float]  # candidate -> median round time in ms
+    rule: GateRule
+    history: tuple[float, ...]  # gate ratio of each attempt, the deciding one last
+
+    @property
+    def reference(self) -> str:
+        """The faster reference: the one the subject is furthest behind (largest ratio)."""
+        return max(self.ratios, key=self.ratios.__getitem__)
+
+    @property
+    def ratio(self) -> float:
+        """The gate statistic of the deciding attempt."""
+        return self.ratios[self.reference]
+
+    @property
+    def passed(self) -> bool:
+        """True when the subject is within `max_ratio` of the faster reference."""
+        return self.ratio <= self.rule.max_ratio
+
+    def message(self) -> str:
+        """One paragraph naming the model, the measured ratio and the rule."""
+        verdict = "within" if self.passed else "SLOWER than allowed:"
+        times = ", ".join(f"{name} {ms:.2f} ms" for name, ms in self.median_ms.items())
+        others = ", ".join(f"{self.subject}/{ref} {r:.3f}" for ref, r in self.ratios.items())
+        attempts = ", ".join(f"{r:.3f}" for r in self.history)
+        return (
+            f"{self.label}: {self.subject}/{self.reference} = {self.ratio:.3f} {verdict} "
+            f"limit {self.rule.max_ratio:.2f} (all refs: {others}; median step: {times}; "
+            f"attempts: {attempts}). Rule: {self.rule.describe()}."
+        )
+
+
+def interleaved_times(steps: Mapping[str, Step], rule: GateRule) -> dict[str, list[float]]:
+    """Time candidates interleaved as `rule` says; return name -> per-round seconds per step.
+
+    The starting candidate rotates each round (A B C, B C A, C A B, ...) so no candidate always
+    runs right after the same neighbour. The garbage collector is off while timing, as a
+    collection triggered by one candidate's allocations would be charged to whichever runs next.
+    """
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for name in names:
+            for _ in range(rule.warmup):
+                steps[name]()
+        for r in range(rule.rounds):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                step = steps[name]
+                start = rule.clock()
+                for _ in range(rule.iters):
+                    step()
+                times[name].append((rule.clock() - start) / rule.iters)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return times
+
+
+def decide(
+    label: str, subject: str, times: Mapping[str, list[float]], rule: GateRule, history: tuple[float, ...] = ()
+) -> GateResult:
+    """Apply the rule to per-round times of one attempt (pure; `history` = earlier attempts' ratios)."""
+    refs = [name for name in times if name != subject]
+    if subject not in times or not refs:
+        raise UsageError(f"need the subject {subject!r} and at least one reference; got {', '.join(times)}")
+    ratios = {
+        ref: statistics.median(s / t for s, t in zip(times[subject], times[ref], strict=True)) for ref in refs
+    }
+    median_ms = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+    return GateResult(label, subject, ratios, median_ms, rule, history + (max(ratios.values()),))
+
+
+def ratio_gate(label: str, subject: str, steps: Mapping[str, Step], rule: GateRule | None = None) -> GateResult:
+    """Measure `subject` against the other steps; re-measure a failure up to `rule.attempts` times.
+
+    Returns the deciding attempt's result (the first pass, or the last failure); the caller
+    asserts `result.passed` and shows `result.message()`.
+    """
+    rule = rule or GateRule()
+    history: tuple[float, ...] = ()
+    for _ in range(rule.attempts):
+        times = interleaved_times(steps, rule)
+        result = decide(label, subject, times, rule, history)
+        if result.passed:
+            return result
+        history = result.history
+    return result

@@ -25,7 +25,7 @@ else
 DEVICE := cuda:$(strip $(GPU))
 endif
 
-.PHONY: bench test browser
+.PHONY: bench test browser gate gate-baseline counts
 
 # Re-installs only when pyproject.toml changes (the stamp is older than it).
 $(VENV)/.installed: pyproject.toml
@@ -46,5 +46,26 @@ browser:
 	  else $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
 	    || echo "make: apt-get could not install chromium; the browser test will skip"; fi; }
 
+# Benchmarks run one step each here (--benchmark-disable); the ratio gates run in full.
 test: $(SETUP) browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --benchmark-disable
+
+# After an intended change to a model, regenerate the deterministic gate's expected counts.
+counts: $(SETUP)
+	$(PY) -c "from bench.flops import write_expected_counts; write_expected_counts()"
+
+# Baseline gate: step times against the baseline committed for this machine class
+# (cpu-<N>core, or the GPU's name). Meaningful on a quiet, dedicated machine only.
+GATE_DEVICE ?= cpu
+GATE_MACHINE ?= $(if $(filter cpu,$(GATE_DEVICE)),cpu-$(shell nproc)core,$(shell nvidia-smi -i $(patsubst cuda:%,%,$(patsubst cuda,cuda:0,$(GATE_DEVICE))) --query-gpu=name --format=csv,noheader | tr -cs 'A-Za-z0-9' '-' | tr 'A-Z' 'a-z' | sed 's/-*$$//'))
+GATE_STORE := tests/benchmarks/baselines/$(GATE_MACHINE)
+GATE_PYTEST := $(PY) -m pytest -q tests/benchmarks/test_speed.py --device $(GATE_DEVICE) \
+  --benchmark-storage=file://$(GATE_STORE) $(if $(filter cpu,$(GATE_DEVICE)),--benchmark-timer=time.process_time)
+
+gate: $(SETUP)
+	@id=$$($(PY) -c 'from pytest_benchmark.utils import get_machine_id; print(get_machine_id())'); \
+	ls $(GATE_STORE)/$$id/[0-9][0-9][0-9][0-9]_*.json >/dev/null 2>&1 || { echo "make gate: no baseline in $(GATE_STORE)/$$id; run 'make gate-baseline GATE_DEVICE=$(GATE_DEVICE)' on this machine class and commit it" >&2; exit 2; }
+	$(GATE_PYTEST) --benchmark-compare --benchmark-compare-fail=median:25%
+
+gate-baseline: $(SETUP)
+	$(GATE_PYTEST) --benchmark-save=baseline

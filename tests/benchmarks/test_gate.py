@@ -1,0 +1,138 @@
+"""The ratio gate itself: its rule on known timings, and that it catches a 30% slowdown.
+
+The real models are never slowed. Fake workloads do a fixed amount of pure-Python work (fixed
+compute, like a model step, so a busy machine stretches them alike); a slowed real model runs
+its unchanged step plus redundant work calibrated to 30% of that step's compute, as a redundant
+computation in its forward would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from bench.errors import UsageError
+from bench.gate import GateRule, decide, ratio_gate
+from bench.models import get_entry
+
+RULE = GateRule(clock=time.process_time)  # the fakes are single-threaded CPU work
+ROUNDS = RULE.rounds
+UNIT = 20_000  # loop iterations of `work`, about 1 ms
+
+
+def work(iterations: int) -> int:
+    """A fixed amount of CPU work."""
+    total = 0
+    for i in range(iterations):
+        total += i * i
+    return total
+
+
+def fastest(fn: Callable[[], object], clock: Callable[[], float], repeats: int = 7) -> float:
+    """Fastest of `repeats` calls in seconds of `clock`: the undisturbed cost on a busy machine."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        best = min(best, clock() - start)
+    return best
+
+
+def slowed(step: Callable[[], None], factor: float, clock: Callable[[], float]) -> Callable[[], None]:
+    """`step` followed by redundant work costing (factor - 1) times the step's own compute."""
+    step()  # first-call costs stay out of the calibration
+    per_iteration = fastest(lambda: work(UNIT), clock) / UNIT
+    extra = round((factor - 1.0) * fastest(step, clock) / per_iteration)
+
+    def slow_step() -> None:
+        step()
+        work(extra)
+
+    return slow_step
+
+
+def test_equal_times_pass_with_ratio_one() -> None:
+    result = decide("m", "rv", {"rv": [2.0] * ROUNDS, "timm": [2.0] * ROUNDS}, RULE)
+    assert result.passed and result.ratio == pytest.approx(1.0)
+
+
+def test_thirty_percent_slower_fails_naming_model_and_ratio() -> None:
+    times = {"rv": [1.3] * ROUNDS, "torchvision": [1.0] * ROUNDS, "timm": [1.05] * ROUNDS}
+    result = decide("resnet50 inference 64px", "rv", times, RULE)
+    assert not result.passed
+    message = result.message()
+    assert "resnet50 inference 64px" in message
+    assert "rv/torchvision = 1.300" in message and "limit 1.10" in message
+
+
+def test_gate_compares_with_the_faster_reference() -> None:
+    # rv equals torchvision but is 12.5% slower than timm: the faster reference decides.
+    times = {"rv": [0.9] * ROUNDS, "torchvision": [0.9] * ROUNDS, "timm": [0.8] * ROUNDS}
+    result = decide("m", "rv", times, RULE)
+    assert result.reference == "timm" and result.ratio == pytest.approx(1.125)
+    assert not result.passed
+
+
+def test_limit_is_inclusive() -> None:
+    assert decide("m", "rv", {"rv": [1.1] * ROUNDS, "timm": [1.0] * ROUNDS}, RULE).passed
+    assert not decide("m", "rv", {"rv": [1.11] * ROUNDS, "timm": [1.0] * ROUNDS}, RULE).passed
+
+
+def test_median_of_per_round_ratios_ignores_a_few_disturbed_rounds() -> None:
+    # A noisy neighbour triples rv's time in 5 of 15 rounds: the median round is undisturbed.
+    rv = [3.0] * 5 + [1.0] * (ROUNDS - 5)
+    result = decide("m", "rv", {"rv": rv, "timm": [1.0] * ROUNDS}, RULE)
+    assert result.passed and result.ratio == pytest.approx(1.0)
+
+
+def test_bad_rule_or_candidates_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="rounds/iters/attempts"):
+        GateRule(rounds=0)
+    with pytest.raises(UsageError, match="at least one reference"):
+        decide("m", "rv", {"rv": [1.0]}, RULE)
+
+
+def test_equal_workloads_pass_when_measured() -> None:
+    result = ratio_gate("fake", "rv", {"rv": lambda: work(UNIT), "ref": lambda: work(UNIT)}, RULE)
+    assert result.passed, result.message()
+    assert result.history == (result.ratio,)
+
+
+def test_injected_slowdown_fails_after_a_confirming_rerun() -> None:
+    result = ratio_gate("fake", "rv", {"rv": lambda: work(13 * UNIT // 10), "ref": lambda: work(UNIT)}, RULE)
+    assert not result.passed
+    assert len(result.history) == RULE.attempts and all(r > RULE.max_ratio for r in result.history)
+    assert 1.2 < result.ratio < 1.4
+
+
+def test_a_failure_not_confirmed_by_the_rerun_passes() -> None:
+    first_attempt_steps = RULE.warmup + RULE.rounds * RULE.iters
+    calls = 0
+
+    def slow_at_first() -> None:
+        nonlocal calls
+        calls += 1
+        work(2 * UNIT if calls <= first_attempt_steps else UNIT)
+
+    result = ratio_gate("fake", "rv", {"rv": slow_at_first, "ref": lambda: work(UNIT)}, RULE)
+    assert result.passed
+    assert len(result.history) == 2 and result.history[0] > RULE.max_ratio
+
+
+def test_real_rv_model_made_30pct_slower_fails(gate_clock: Callable[[], float], make_workload) -> None:
+    """rv's ViT-Tiny forward plus 30% redundant work: the gate fails, naming model and ratio.
+
+    The unchanged rv model joins timm as a reference, so the slowed one is 1.3x the faster
+    reference whatever the true rv/timm ratio is.
+    """
+    arch = "vit_tiny_patch16_224"
+    rv = make_workload(get_entry(arch, "rv"), "inference")
+    timm = make_workload(get_entry(arch, "timm"), "inference")
+    steps = {"rv": slowed(rv.step, 1.3, gate_clock), "timm": timm.step, "rv-unchanged": rv.step}
+    result = ratio_gate(rv.label, "rv", steps, GateRule(clock=gate_clock))
+    assert not result.passed
+    message = result.message()
+    assert arch in message and f"{result.ratio:.3f} SLOWER than allowed" in message
+    assert result.ratio > 1.15

@@ -25,10 +25,8 @@ SAMPLES_JSONL = "samples.jsonl"
 # measurement columns come from bench.measure, the env_* columns (appended) from bench.env.
 # find_max_batch marks the row of a --find-max-batch search (its batch_size is the largest that
 # fits; max_batch_oom_at the smallest probed batch that did not, null if the limit was reached).
-COLUMNS = (
-    "schema_version", "run_id", "cell_id", "arch", "impl", "batch_size", "image_size", "precision",
-    "channels_last", "compile", "mode", "device", "round", "find_max_batch", "max_batch_oom_at",
-    "status", "message", "started_at", "wall_s",
+# The measurement columns, exactly what bench.measure.measure_cell returns (less "samples_ms").
+MEASURE_COLUMNS = (
     "params_total", "params_trainable", "gflops_per_image", "gflops_per_step",
     "n_iters", "timed_s", "warmup_iters", "step_ms_p50", "step_ms_p90", "step_ms_p95", "step_ms_p99",
     "step_ms_mean", "step_ms_std", "step_ms_min", "step_ms_max", "step_ms_iqr", "noisy",
@@ -38,6 +36,12 @@ COLUMNS = (
     "power_w_mean", "power_w_max", "sm_clock_mhz", "mem_clock_mhz", "temp_c_max", "gpu_util_pct",
     "throttle_reasons", "energy_j_per_image", "energy_source", "power_note",
     "achieved_tflops", "mfu", "tf32_matmul", "tf32_cudnn", "cudnn_benchmark",
+)  # fmt: skip
+COLUMNS = (
+    "schema_version", "run_id", "cell_id", "arch", "impl", "batch_size", "image_size", "precision",
+    "channels_last", "compile", "mode", "device", "round", "find_max_batch", "max_batch_oom_at",
+    "status", "message", "started_at", "wall_s",
+    *MEASURE_COLUMNS,
 )  # fmt: skip
 
 # What identifies a configuration across implementations and rounds (for ratios and exports).
@@ -113,13 +117,15 @@ def _tidy(rows: list[dict]) -> pd.DataFrame:
 def load(run_dir: str | Path) -> pd.DataFrame:
     """Read a run's results: results.parquet if the run finished, else its results.jsonl.
 
-    Always has every column of `COLUMNS` (null where absent), one row per cell.
+    The parquet file is used only when it is at least as new as the jsonl: a run resumed after it
+    was written (and perhaps killed again) has rows the parquet lacks. Always has every column of
+    `COLUMNS` (null where absent), one row per cell.
     """
     run_dir = Path(run_dir)
-    parquet = run_dir / "results.parquet"
-    if parquet.exists():
+    parquet, jsonl = run_dir / "results.parquet", run_dir / RESULTS_JSONL
+    if parquet.exists() and (not jsonl.exists() or parquet.stat().st_mtime >= jsonl.stat().st_mtime):
         return pd.read_parquet(parquet)
-    return _tidy(_read_jsonl(run_dir / RESULTS_JSONL))
+    return _tidy(_read_jsonl(jsonl))
 
 
 def load_samples(run_dir: str | Path) -> dict[str, list[float]]:
@@ -203,7 +209,10 @@ def finalize(run_dir: str | Path) -> pd.DataFrame:
     """Write results.parquet, results.csv and results_timm.csv from the jsonl; return the table."""
     run_dir = Path(run_dir)
     df = _tidy(_read_jsonl(run_dir / RESULTS_JSONL))
-    df.to_parquet(run_dir / "results.parquet", index=False)
     df.to_csv(run_dir / "results.csv", index=False)
     timm_table(df).to_csv(run_dir / "results_timm.csv", index=False)
+    try:
+        df.to_parquet(run_dir / "results.parquet", index=False)
+    except ImportError as exc:  # an interpreter given with PYTHON= may lack pyarrow; load() reads the jsonl
+        warnings.warn(f"results.parquet not written ({exc}); results.csv and results.jsonl hold the same rows")
     return df

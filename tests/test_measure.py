@@ -13,23 +13,11 @@ from bench.cell import Cell
 from bench.errors import UsageError
 from bench.measure import measure_cell
 from bench.models import get_entry
+from bench.results import MEASURE_COLUMNS
 from bench.precision import numerics, numerics_state, plan_for
 from bench.step import graphs_compiled, make_optimizer, make_step, prepare_mode
 from bench.timing import TimingConfig
 
-# The results-row columns measure_cell produces (the contract's timing, model, memory, power,
-# utilization and numerics groups); config, status and env_* columns are the runner's.
-MEASURE_COLUMNS = [
-    "params_total", "params_trainable", "gflops_per_image", "gflops_per_step",
-    "n_iters", "timed_s", "warmup_iters", "step_ms_p50", "step_ms_p90", "step_ms_p95", "step_ms_p99",
-    "step_ms_mean", "step_ms_std", "step_ms_min", "step_ms_max", "step_ms_iqr", "noisy",
-    "throughput", "throughput_wall", "compile_s", "recompiles", "recompiles_timed",
-    "mem_peak_alloc_mb", "mem_peak_reserved_mb", "mem_weights_mb", "mem_activation_mb",
-    "mem_rss_delta_mb", "mem_note",
-    "power_w_mean", "power_w_max", "sm_clock_mhz", "mem_clock_mhz", "temp_c_max", "gpu_util_pct",
-    "throttle_reasons", "energy_j_per_image", "energy_source", "power_note",
-    "achieved_tflops", "mfu", "tf32_matmul", "tf32_cudnn", "cudnn_benchmark",
-]  # fmt: skip
 
 QUICK = TimingConfig(warmup_iters=1, warmup_s=0.0, min_iters=2, min_s=0.0, max_iters=3)
 

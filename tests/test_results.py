@@ -77,3 +77,12 @@ def test_ratios_per_round_then_median_and_iqr():
     assert ratio.loc[0, "ratio_median"] == pytest.approx(per_round.median())
     assert ratio.loc[0, "ratio_iqr"] == pytest.approx(per_round.quantile(0.75) - per_round.quantile(0.25))
     assert ratio.loc[0, "n_rounds"] == 3
+
+
+def test_load_prefers_jsonl_when_a_resumed_run_appended_after_finalize(tmp_path):
+    writer = ResultWriter(tmp_path)
+    writer.write(_row("a", "rv", 0, 100.0), samples_ms=[1.0])
+    finalize(tmp_path)
+    assert list(load(tmp_path)["cell_id"]) == ["a"]
+    writer.write(_row("b", "timm", 0, 50.0), samples_ms=[2.0])  # resumed, then killed before finalize
+    assert list(load(tmp_path)["cell_id"]) == ["a", "b"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import re
 import sys
 import time
@@ -199,8 +200,10 @@ def test_weights_bytes_and_rss_columns():
     assert weights_bytes(model) == (15 + 12) * 4 + 8
     rss = RssPeak()
     rss.start()
-    blob = bytearray(64 * 2**20)
-    blob[:: 4096] = b"x" * len(blob[:: 4096])  # touch every page so it is resident
+    # A fresh anonymous mapping: malloc could hand back heap pages that earlier tests left resident.
+    blob = mmap.mmap(-1, 64 * 2**20)
+    for offset in range(0, len(blob), 4096):
+        blob[offset] = 1  # touch every page so it is resident
     time.sleep(0.05)
     rss.stop()
     cols = rss.columns(weights_bytes(model))

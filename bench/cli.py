@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from bench.errors import UsageError
@@ -17,6 +18,11 @@ COMMANDS = {
     "compare": "Compare two runs cell by cell with a significance test.",
     "profile": "Profile one cell: operator categories, per-module time, roofline.",
 }
+
+
+def name_list(text: str) -> list[str]:
+    """argparse type for a list of names: comma- (or space-) separated, e.g. "resnet50,vit_base_patch16_224"."""
+    return [name for name in re.split(r"[,\s]+", text) if name]
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

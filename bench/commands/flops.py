@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from bench.cli import name_list
 from bench.flops import count
 from bench.models import list_entries
 
@@ -24,8 +25,8 @@ _TABLE = (
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the command's options."""
-    parser.add_argument("--models", nargs="+", metavar="ARCH", help="archs to count (default: all)")
-    parser.add_argument("--impls", nargs="+", metavar="IMPL", help="impls to count (default: all)")
+    parser.add_argument("--models", type=name_list, metavar="ARCHS", help="comma-separated archs to count (default: all)")
+    parser.add_argument("--impls", type=name_list, metavar="IMPLS", help="comma-separated impls to count (default: all)")
     parser.add_argument("--image-size", type=int, metavar="N", help="input side in px (default: each model's own)")
     parser.add_argument("--json", action="store_true", help="print a JSON list with every field and the breakdown")
     parser.set_defaults(func=run)

@@ -9,6 +9,7 @@ import socket
 import time
 from pathlib import Path
 
+from bench.cli import name_list
 from bench.errors import UsageError
 from bench.results import ResultWriter, finalize, finished_cell_ids
 from bench.runner import Runner, plan_jobs, run_jobs
@@ -20,13 +21,9 @@ SWEEP_OPTIONS = ("preset", "models", "impls", "batch_sizes", "precisions", "comp
                  "channels_last", "image_size", "rounds", "find_max_batch")
 
 
-def _names(text: str) -> list[str]:
-    return [t for t in re.split(r"[,\s]+", text) if t]
-
-
 def _ints(text: str) -> list[int]:
     try:
-        return [int(t) for t in _names(text)]
+        return [int(t) for t in name_list(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
@@ -39,14 +36,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     sweep = parser.add_argument_group("sweep (preset and overrides)")
     sweep.add_argument("--preset", choices=list_presets(), default=None,
                        help="sweep preset from bench/presets (default: gpu on CUDA, else cpu)")
-    sweep.add_argument("--models", type=_names, help="archs to run, e.g. resnet50,vit_base_patch16_224")
-    sweep.add_argument("--impls", type=_names, help="implementations: rv, torchvision, timm")
+    sweep.add_argument("--models", type=name_list, help="archs to run, e.g. resnet50,vit_base_patch16_224")
+    sweep.add_argument("--impls", type=name_list, help="implementations: rv, torchvision, timm")
     sweep.add_argument("--batch-sizes", type=_ints, help="batch sizes, e.g. 1,32,256 (never reduced on OOM)")
-    sweep.add_argument("--precisions", type=_names,
+    sweep.add_argument("--precisions", type=name_list,
                        help="fp32, tf32, amp-fp16, amp-bf16, fp16, bf16 (tf32/fp16 variants need CUDA)")
-    sweep.add_argument("--compile", type=_names,
+    sweep.add_argument("--compile", type=name_list,
                        help="torch.compile modes: none, default, max-autotune, reduce-overhead (CUDA)")
-    sweep.add_argument("--modes", type=_names, help="inference, train (full step), finetune (frozen backbone)")
+    sweep.add_argument("--modes", type=name_list, help="inference, train (full step), finetune (frozen backbone)")
     sweep.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="run every model in NHWC (or none); default: as the preset says")
     sweep.add_argument("--image-size", type=int, help="input side in px (0: each model's default)")

@@ -12,7 +12,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 import pandas as pd
 
@@ -205,14 +205,31 @@ def timm_table(df: pd.DataFrame) -> pd.DataFrame:
     return out.reindex(columns=TIMM_COLUMNS + _TIMM_EXTRA)
 
 
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via a temporary file and rename: a kill mid-write leaves the old file or none, never a torn one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def finalize(run_dir: str | Path) -> pd.DataFrame:
-    """Write results.parquet, results.csv and results_timm.csv from the jsonl; return the table."""
+    """Write results.csv, results_timm.csv and results.parquet from the jsonl; return the table.
+
+    The parquet file is optional: an interpreter given with PYTHON= may lack pyarrow, and a column
+    of mixed types can defeat it; `load` then reads the jsonl, which holds the same rows.
+    """
     run_dir = Path(run_dir)
     df = _tidy(_read_jsonl(run_dir / RESULTS_JSONL))
-    df.to_csv(run_dir / "results.csv", index=False)
-    timm_table(df).to_csv(run_dir / "results_timm.csv", index=False)
+    _write_atomically(run_dir / "results.csv", lambda p: df.to_csv(p, index=False))
+    _write_atomically(run_dir / "results_timm.csv", lambda p: timm_table(df).to_csv(p, index=False))
     try:
-        df.to_parquet(run_dir / "results.parquet", index=False)
-    except ImportError as exc:  # an interpreter given with PYTHON= may lack pyarrow; load() reads the jsonl
-        warnings.warn(f"results.parquet not written ({exc}); results.csv and results.jsonl hold the same rows")
+        _write_atomically(run_dir / "results.parquet", lambda p: df.to_parquet(p, index=False))
+    except Exception as exc:  # noqa: BLE001 - any parquet failure must not cost the run its report
+        warnings.warn(f"results.parquet not written ({type(exc).__name__}: {exc}); results.csv and "
+                      "results.jsonl hold the same rows")
     return df

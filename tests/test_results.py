@@ -86,3 +86,19 @@ def test_load_prefers_jsonl_when_a_resumed_run_appended_after_finalize(tmp_path)
     assert list(load(tmp_path)["cell_id"]) == ["a"]
     writer.write(_row("b", "timm", 0, 50.0), samples_ms=[2.0])  # resumed, then killed before finalize
     assert list(load(tmp_path)["cell_id"]) == ["a", "b"]
+
+
+def test_finalize_survives_a_parquet_failure_and_leaves_no_temp_files(tmp_path, monkeypatch):
+    ResultWriter(tmp_path).write(_row("a", "rv", 0, 100.0), samples_ms=[1.0])
+
+    def broken(self, *args, **kwargs):
+        raise ValueError("mixed types")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", broken)
+    with pytest.warns(UserWarning, match="results.parquet not written"):
+        df = finalize(tmp_path)
+    assert list(df["cell_id"]) == ["a"]
+    assert not (tmp_path / "results.parquet").exists()
+    assert list(pd.read_csv(tmp_path / "results.csv")["cell_id"]) == ["a"]
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert list(load(tmp_path)["cell_id"]) == ["a"]

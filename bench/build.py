@@ -45,9 +45,12 @@ def check_device(device: torch.device, precision: str) -> None:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device.index >= count:
         raise UsageError(f"device {device} is not available; this machine has {count} CUDA device(s)")
-    if "bf16" in precision and not torch.cuda.is_bf16_supported():
+    # bf16 and TF32 tensor cores start with Ampere (sm80); older GPUs emulate bf16 and ignore TF32,
+    # so such a row would be mislabelled.
+    if ("bf16" in precision or precision == "tf32") and torch.cuda.get_device_capability(device) < (8, 0):
         raise UsageError(
-            f"{torch.cuda.get_device_name(device)} has no bf16 support; use fp32, tf32, amp-fp16 or fp16"
+            f"{torch.cuda.get_device_name(device)} (sm{''.join(map(str, torch.cuda.get_device_capability(device)))}) "
+            f"has no {precision} tensor cores (needs sm80+); use fp32, amp-fp16 or fp16"
         )
 
 
@@ -64,7 +67,9 @@ def build_cell(cell: Cell, entry: ModelEntry, plan: PrecisionPlan, device: torch
     x = x.contiguous(memory_format=layout)
     y = torch.randint(0, NUM_CLASSES, (cell.batch_size,), device=device)
     runnable = compile_model(model, cell.compile)
-    step = make_step(runnable, cell.mode, x, y, plan, optimizer, cudagraph_steps=cell.compile == "reduce-overhead")
+    # Both modes replay CUDA graphs on CUDA, so each step must be marked as a new graph iteration.
+    cudagraphs = device.type == "cuda" and cell.compile in ("reduce-overhead", "max-autotune")
+    step = make_step(runnable, cell.mode, x, y, plan, optimizer, cudagraph_steps=cudagraphs)
     return BuiltCell(model=model, runnable=runnable, optimizer=optimizer, x=x, y=y, step=step)
 
 

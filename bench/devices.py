@@ -79,8 +79,11 @@ _PEAK_KEY = {"fp32": "fp32", "tf32": "tf32", "amp-fp16": "fp16", "fp16": "fp16",
 
 
 def match_device(gpu_name: str | None) -> DeviceSpec | None:
-    """The spec of a CUDA device name (as torch.cuda.get_device_name gives it), None if unknown."""
-    if not gpu_name:
+    """The spec of a CUDA device name (as torch.cuda.get_device_name gives it), None if unknown.
+
+    A MIG slice ("... MIG 1g.10gb") has a fraction of the board's peak: unknown, not the board's.
+    """
+    if not gpu_name or "MIG" in gpu_name:
         return None
     name = gpu_name.strip()
     for pattern, spec in _RULES:

@@ -30,6 +30,7 @@ import torch
 from bench.build import build_cell, check_device, flops_per_image, release
 from bench.cell import Cell, validate
 from bench.devices import peak_tflops_for
+from bench.env import collect_env
 from bench.flops import count_params
 from bench.memory import CudaPeak, RssPeak, weights_bytes
 from bench.models import ModelEntry, get_entry
@@ -107,9 +108,10 @@ def _measure(cell: Cell, timing: TimingConfig, entry: ModelEntry, plan: Precisio
 
 
 def measure_cell(cell: Cell, timing: TimingConfig) -> dict:
-    """Measure one cell; returns the measurement columns of its results row plus "samples_ms".
+    """Measure one cell; returns the measurement and env_* columns of its results row plus "samples_ms".
 
-    Raises UsageError for cells that cannot run here (bad names, precision/device combinations,
+    The environment travels with every measurement, so a cell measured from Python is as
+    self-describing as a sweep row. Raises UsageError for cells that cannot run here (bad names, precision/device combinations,
     missing devices) and lets torch.OutOfMemoryError propagate for the runner to classify.
     """
     validate(cell)
@@ -119,6 +121,6 @@ def measure_cell(cell: Cell, timing: TimingConfig) -> dict:
     check_device(device, cell.precision)
     try:
         with numerics(plan, device):
-            return _measure(cell, timing, entry, plan, device)
+            return {**_measure(cell, timing, entry, plan, device), **collect_env(cell.device)}
     finally:
         release(device, cell.compile != "none")

@@ -51,7 +51,9 @@ def make_optimizer(model: nn.Module, family: str) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if family == "resnet":
         return torch.optim.SGD(params, **_SGD)
-    return torch.optim.AdamW(params, **_ADAMW)
+    # AdamW's default eps (1e-8) is 0 in fp16, which turns fp16-cast weights into inf/NaN.
+    eps = 1e-4 if params and params[0].dtype == torch.float16 else 1e-8
+    return torch.optim.AdamW(params, eps=eps, **_ADAMW)
 
 
 def compile_model(model: nn.Module, compile_mode: str) -> nn.Module:

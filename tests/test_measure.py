@@ -116,7 +116,9 @@ def test_measure_cell_row_has_every_column(precision, mode, channels_last):
     row = measure_cell(cell, QUICK)
     assert numerics_state() == before
     samples = row.pop("samples_ms")
+    env = {k: row.pop(k) for k in [k for k in row if k.startswith("env_")]}
     assert sorted(row) == sorted(MEASURE_COLUMNS)
+    assert env["env_torch"] == torch.__version__ and env["env_host"]
     json.dumps(row, allow_nan=False)
     assert 2 <= len(samples) == row["n_iters"] <= 3
     assert row["warmup_iters"] == 1

@@ -211,3 +211,9 @@ def test_weights_bytes_and_rss_columns():
     assert cols["mem_rss_delta_mb"] >= 32  # at least half of the touched 64 MB (sampling is approximate)
     assert "approximate" in cols["mem_note"]
     del blob
+
+
+def test_mig_slice_gets_no_peak():
+    """A MIG slice has a fraction of the board's compute: no MFU rather than a wrong one."""
+    assert match_device("NVIDIA H100 80GB HBM3") is not None
+    assert match_device("NVIDIA H100 80GB HBM3 MIG 1g.10gb") is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from bench.cell import Cell
@@ -40,6 +41,8 @@ MODELS = {"resnet50": (8.18, 25_557_032), "vit_base_patch16_224": (35.1, 86_567_
 IMPL_SPEED = {"rv": 1.0, "torchvision": 0.97, "timm": 1.02}
 PRECISION_SPEED = {"fp32": 1.0, "amp-bf16": 2.6}
 PEAK_TFLOPS = {"fp32": 67.0, "amp-bf16": 989.0}
+WALL_S = 3.5
+CELL_GAP_S = 5.0
 
 
 def _cells(archs, impls, batches, precisions, rounds) -> list[Cell]:
@@ -125,6 +128,28 @@ def _failed_row(status: str, message: str) -> dict:
     return {**dict.fromkeys(columns), "status": status, "message": message}
 
 
+def _profile_details(arch: str, impl: str, batch: int, vit: bool) -> dict:
+    """The top_ops, modules and per-phase memory of a profile summary (see bench.profile), with a
+    hostile operator name so the report's escaping of profile tables is exercised."""
+    ops = [("aten::addmm" if vit else "aten::convolution", "matmul" if vit else "convolution", 4.2, 52.5, 24.0)]
+    ops += [(f"<b>kernel_{i}</b>", "elementwise", 0.1, 1.25, 2.0) for i in range(24)]
+    groups = ["patch_embed", "blocks.0-5", "blocks.6-11", "head"] if vit else ["stem", "layer1", "layer2", "head"]
+    modules = [
+        {"group": g, "ms": 0.5 + i, "flops_per_image": 1e9 * (i + 1), "gflops": batch * (i + 1.0),
+         "achieved_tflops": batch * (i + 1.0) / (0.5 + i)}
+        for i, g in enumerate(groups)
+    ]
+    memory = {"forward_mb": 812.0, "backward_mb": 1630.5, "optimizer_mb": 420.0, "note": "CUDA caching allocator"}
+    return {
+        "top_ops": [
+            {"name": n, "category": c, "ms": ms, "pct": pct, "calls_per_step": calls} for n, c, ms, pct, calls in ops
+        ][:20],
+        "modules": modules,
+        "modules_note": f"{arch} {impl}: forward time only",
+        "memory": memory,
+    }
+
+
 def _write_profiles(run_dir: Path, archs, impls, batch: int, precision: str) -> None:
     """profiles/<arch>-<impl>/profile.json with the fields the report reads (see bench.profile)."""
     for arch, impl in itertools.product(archs, impls):
@@ -147,7 +172,13 @@ def _write_profiles(run_dir: Path, archs, impls, batch: int, precision: str) -> 
             "mem_bw_gbs": 3350.0,
             "device": "H100 SXM",
         }
-        summary = {**cell.config(), "cell_id": cell.cell_id, "categories": shares, "roofline": roofline}
+        summary = {
+            **cell.config(),
+            "cell_id": cell.cell_id,
+            "categories": shares,
+            "roofline": roofline,
+            **_profile_details(arch, impl, batch, vit),
+        }
         out = run_dir / "profiles" / f"{arch}-{impl}"
         out.mkdir(parents=True, exist_ok=True)
         (out / "profile.json").write_text(json.dumps(summary, indent=1))
@@ -195,7 +226,9 @@ def write_run(
         work = {"inference": 1.0, "train": 3.2, "finetune": 1.4}[cell.mode]
         base_ms = (0.4 + gflops * cell.batch_size * work / 40.0 / speed) * slow.get(key, 1.0)
         row = {"schema_version": 1, "run_id": run_id, "cell_id": cell.cell_id, **cell.config(), "find_max_batch": False}
-        row.update(started_at="2025-01-01T00:00:00Z", wall_s=3.5)
+        # Cells start CELL_GAP_S apart and each takes WALL_S: the run's elapsed span differs from the sum.
+        start = datetime(2025, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=CELL_GAP_S * len(rows))
+        row.update(started_at=start.isoformat().replace("+00:00", "Z"), wall_s=WALL_S)
         row.update(ENV)
         if key in failures and cell.mode == "inference" and cell.compile == "none":
             row.update(_failed_row(*failures[key]))
@@ -223,6 +256,24 @@ def write_run(
     if profiles:
         _write_profiles(run_dir, archs, impls, batches[-1], precisions[-1])
     return run_dir
+
+
+def fail_every_cell(run_dir: Path) -> list[str]:
+    """Rewrite a synthetic run so that no cell measured: every row oom or error, no samples.
+
+    Returns the failure messages written (each unique, with markup), so tests can look for them.
+    """
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    messages = []
+    for i, row in enumerate(rows):
+        status = "oom" if i % 2 else "error"
+        message = f"failure #{i}: <i>{status}</i> & co"
+        row.update(_failed_row(status, message))
+        messages.append(message)
+    (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "samples.jsonl").write_text("")
+    (run_dir / "results.csv").unlink()
+    return messages
 
 
 _REAL_RUNS: dict[Path, Path] = {}

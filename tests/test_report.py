@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from report_fixture import real_smoke_run, write_run
+from report_fixture import fail_every_cell, real_smoke_run, write_run
 
 from bench.cli import main
 from bench.report import write_report
@@ -112,3 +112,21 @@ def test_cli_report_bad_dir(make, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("rvbench report: error: ") and str(target) in err
     assert "Traceback" not in err
+
+
+def _section(html: str, name: str) -> str:
+    return html.split(f'<section id="{name}">')[1].split("</section>")[0]
+
+
+def test_run_where_every_cell_failed_still_gets_a_report(tmp_path):
+    run_dir = write_run(tmp_path / "run", archs=("resnet50",), batches=(8,), precisions=("fp32",), rounds=1)
+    messages = fail_every_cell(run_dir)
+    html = write_report(run_dir).read_text()
+    assert _drawn(html) == []
+    assert 'data-plots="0"' in html
+    assert "No cell measured successfully." in _section(html, "summary")
+    failures = _section(html, "failures")
+    assert failures.count("<tr>") == 1 + len(messages)
+    for message in messages:
+        assert message.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in failures
+    assert "<i>" not in html

@@ -18,9 +18,14 @@ _MATCH = ["arch", "impl", "mode", "batch_size", "image_size"]
 
 def speedup_table(configs: pd.DataFrame) -> pd.DataFrame:
     """Throughput of every non-baseline variant divided by fp32 eager of the same arch/impl/mode/batch."""
-    base_mask = [is_baseline(p, bool(cl), c) for p, cl, c in zip(configs["precision"], configs["channels_last"], configs["compile"])]
+    # A Series (not a list) so that a run with no measured config selects zero rows, not zero columns.
+    base_mask = pd.Series(
+        [is_baseline(p, bool(cl), c) for p, cl, c in zip(configs["precision"], configs["channels_last"], configs["compile"])],
+        index=configs.index,
+        dtype=bool,
+    )
     base = configs[base_mask][[*_MATCH, "throughput"]].rename(columns={"throughput": "baseline"})
-    others = configs[[not b for b in base_mask]]
+    others = configs[~base_mask]
     merged = others.merge(base, on=_MATCH)
     merged["speedup"] = merged["throughput"] / merged["baseline"]
     return merged[merged["speedup"].notna()]

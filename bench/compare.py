@@ -5,6 +5,8 @@ mode), not on device or round, so two GPUs, two torch versions or two commits ca
 The raw step times of all rounds of a config are pooled. A config is "regressed" (or "improved")
 only when the difference is both statistically significant (p < alpha) and larger than the effect
 threshold: with thousands of samples, a 0.3% difference is significant but not interesting.
+With very few samples the test cannot reach p < alpha at all (3 against 3: p >= 0.1 whatever the
+data), so such a config is "underpowered", not "unchanged": nothing was shown either way.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from bench.report.tables import Table
 MATCH_KEYS = ["arch", "impl", "batch_size", "image_size", "precision", "channels_last", "compile", "mode"]
 DEFAULT_ALPHA = 0.01
 DEFAULT_THRESHOLD_PCT = 2.0
+VERDICTS = ("regressed", "improved", "unchanged", "underpowered")
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class CellDelta:
     throughput_b: float
     p_value: float
     change_pct: float
-    verdict: str  # "improved", "regressed" or "unchanged"
+    verdict: str  # one of VERDICTS
 
 
 @dataclass
@@ -58,13 +61,22 @@ class Comparison:
 
     def counts(self) -> dict[str, int]:
         """Number of compared cells per verdict."""
-        return {v: sum(c.verdict == v for c in self.cells) for v in ("regressed", "improved", "unchanged")}
+        return {v: sum(c.verdict == v for c in self.cells) for v in VERDICTS}
 
-    def fails(self, max_regression_pct: float) -> bool:
-        """Whether a significant regression exceeds `max_regression_pct`, or a cell that worked in A fails in B."""
-        newly_failing = any(a == "ok" for _, a, _ in self.broken)
+    def failure(self, max_regression_pct: float) -> str | None:
+        """Why `--fail-on-regression max_regression_pct` trips, or None when it does not.
+
+        It trips on a significant regression beyond the limit, on a cell that worked in A and fails
+        in B, and when no config was measured in both runs: an empty comparison proves nothing.
+        """
+        if any(a == "ok" for _, a, _ in self.broken):
+            return "a cell that measured in A fails in B"
+        if not self.cells:
+            return "no configuration was measured in both runs: nothing could be compared"
         worst = max((c.change_pct for c in self.cells if c.verdict == "regressed"), default=0.0)
-        return newly_failing or worst > max_regression_pct
+        if worst > max_regression_pct:
+            return f"a significant regression of {worst:.1f}% exceeds {max_regression_pct:g}%"
+        return None
 
 
 def _label(config: tuple) -> str:
@@ -94,7 +106,18 @@ def _pooled(df: pd.DataFrame, samples: dict[str, list[float]]) -> tuple[dict[tup
     return pooled, statuses
 
 
-def _verdict(change_pct: float, p_value: float, alpha: float, threshold_pct: float) -> str:
+def smallest_p(n_a: int, n_b: int) -> float:
+    """The smallest two-sided Mann-Whitney U p-value any data of these sample sizes can give.
+
+    That is the p-value of two completely separated samples, computed by the same test (and so the
+    same exact-or-asymptotic choice) as the real comparison: 2 / C(n_a + n_b, n_a) when exact.
+    """
+    return float(mannwhitneyu(range(n_a), range(n_a, n_a + n_b), alternative="two-sided").pvalue)
+
+
+def _verdict(change_pct: float, p_value: float, min_p: float, alpha: float, threshold_pct: float) -> str:
+    if min_p >= alpha:
+        return "underpowered"
     if p_value >= alpha or abs(change_pct) < threshold_pct:
         return "unchanged"
     return "regressed" if change_pct > 0 else "improved"
@@ -124,12 +147,11 @@ def compare_runs(
             change = (p50_b / p50_a - 1.0) * 100.0
             out.cells.append(CellDelta(
                 label, p50_a, p50_b, batch * 1000.0 / p50_a, batch * 1000.0 / p50_b, p_value, change,
-                _verdict(change, p_value, alpha, threshold_pct),
+                _verdict(change, p_value, smallest_p(len(a), len(b)), alpha, threshold_pct),
             ))
         else:
             out.broken.append((label, status_a.get(config, "ok"), status_b.get(config, "ok")))
-    order = {"regressed": 0, "improved": 1, "unchanged": 2}
-    out.cells.sort(key=lambda c: (order[c.verdict], -abs(c.change_pct)))
+    out.cells.sort(key=lambda c: (VERDICTS.index(c.verdict), -abs(c.change_pct)))
     return out
 
 
@@ -154,6 +176,8 @@ def format_table(cmp: Comparison) -> str:
         f"{len(cmp.cells)} cells compared: {tally}; {len(cmp.only_a)} only in A, {len(cmp.only_b)} only in B, "
         f"{len(cmp.broken)} not comparable (Mann-Whitney U p < {cmp.alpha:g} and |change| >= {cmp.threshold_pct:g}%)"
     )
+    if cmp.counts()["underpowered"]:
+        lines.append(f"underpowered: too few samples for the test to ever reach p < {cmp.alpha:g}; collect more iterations")
     return "\n".join(lines)
 
 

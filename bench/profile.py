@@ -50,7 +50,10 @@ SNAPSHOT_NAME = "memory_snapshot.pickle"
 RANGE_PREFIX = "module::"
 # Warm-up before profiling: enough for cudnn autotuning, allocator growth and compilation.
 _WARMUP = TimingConfig(warmup_iters=3, warmup_s=0.0)
-_MODULES_NOTE = "forward time only (backward is not split by module); FLOPs are forward per image"
+_MODULES_NOTE = (
+    "forward time only (backward is not split by module); GFLOP are forward FLOPs per step "
+    "(per image x batch size), so achieved TFLOP/s = GFLOP / forward ms"
+)
 _COMPILED_NOTE = "no per-module time under torch.compile: the compiled graph fuses across module boundaries"
 _NO_ROOFLINE_NOTE = "no roofline: the device (or its peak for this precision) is not in bench.devices"
 _CPU_ROOFLINE_NOTE = "no roofline on CPU: bench.devices has peaks for GPUs only"
@@ -179,7 +182,8 @@ def _top_ops(table: dict[str, list], steps: int) -> list[dict]:
 
 
 def _module_rows(events: list, flops: dict[str, int], batch: int, steps: int, on_cuda: bool) -> list[dict]:
-    """Forward ms per step of each group range, joined with the group's FLOPs."""
+    """Forward ms per step of each group range, joined with the group's forward FLOPs: per image
+    (`flops_per_image`) and per step, i.e. times the batch (`gflops`, in GFLOP)."""
     us: dict[str, float] = defaultdict(float)
     for e in events:
         if e.device_type == DeviceType.CPU and e.name.startswith(RANGE_PREFIX):

@@ -193,6 +193,7 @@ def write_run(
     precisions: tuple[str, ...] = ("fp32", "amp-bf16"),
     rounds: int = 2,
     seed: int = 0,
+    n_samples: int = 40,
     slow: dict[tuple, float] | None = None,
     failures: dict[tuple, tuple[str, str]] | None = None,
     run_id: str = "20250101T000000Z-gpu-box-h100",
@@ -204,6 +205,7 @@ def write_run(
     every round; `failures` maps the same key to (status, message), replacing its measurement.
     By default one oom and one error cell are planted (the error message carries markup).
     `profiles` adds a profile summary per (arch, impl), as `rvbench run --profile` does.
+    `n_samples` is the number of timed steps of each ok cell.
     """
     import pandas as pd
 
@@ -233,7 +235,7 @@ def write_run(
         if key in failures and cell.mode == "inference" and cell.compile == "none":
             row.update(_failed_row(*failures[key]))
         else:
-            samples = [base_ms * rng.lognormvariate(0.0, 0.01) for _ in range(40)]
+            samples = [base_ms * rng.lognormvariate(0.0, 0.01) for _ in range(n_samples)]
             row.update(_ok_row(cell, samples))
             samples_lines.append(json.dumps({"cell_id": cell.cell_id, "samples_ms": samples}))
         rows.append(row)

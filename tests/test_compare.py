@@ -8,7 +8,7 @@ import pytest
 from report_fixture import write_run
 
 from bench.cli import main
-from bench.compare import compare_runs
+from bench.compare import compare_runs, smallest_p
 
 SMALL = {"archs": ("resnet50",), "batches": (8, 64), "precisions": ("fp32",), "rounds": 2, "failures": {}}
 SLOW_KEY = ("resnet50", "timm", 8, "fp32")
@@ -69,7 +69,7 @@ def test_unmatched_and_failed_cells_are_listed(tmp_path):
     assert any("bs64" in label for label in cmp.only_a)
     assert any("bs32" in label for label in cmp.only_b)
     assert cmp.broken == [("resnet50 · rv · bs8 · 224px · fp32 · inference", "ok", "oom")]
-    assert cmp.fails(max_regression_pct=50.0), "a cell that worked in A and fails in B is a regression"
+    assert cmp.failure(max_regression_pct=50.0) == "a cell that measured in A fails in B"
 
 
 @pytest.mark.parametrize(("pair", "pct", "code"), [("slow", 10, 1), ("slow", 25, 0), ("same", 0, 0)])
@@ -95,3 +95,46 @@ def test_cli_bad_input(runs, tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
     assert main(["compare", str(a), str(a), "--alpha", "1.5", "--out", str(tmp_path / "x.html")]) == 2
     assert "--alpha" in capsys.readouterr().err
+
+
+def test_tiny_samples_are_underpowered_not_unchanged(tmp_path):
+    tiny = {**SMALL, "rounds": 1, "n_samples": 3}
+    a = write_run(tmp_path / "a", seed=0, **tiny)
+    slow = write_run(tmp_path / "slow", seed=2, slow={SLOW_KEY: 1.5}, **tiny)
+    cmp = compare_runs(a, slow)
+    assert smallest_p(3, 3) == pytest.approx(0.1)
+    assert {c.verdict for c in cmp.cells} == {"underpowered"}, "3 vs 3 samples can never give p < 0.01"
+    assert cmp.counts()["underpowered"] == len(cmp.cells) > 0
+    slowed = next(c for c in cmp.cells if c.label == SLOW_LABEL)
+    assert slowed.change_pct == pytest.approx(50.0, abs=3.0)
+    # With a loose enough alpha the same samples can be tested, and the planted slowdown shows.
+    loose = compare_runs(a, slow, alpha=0.2)
+    assert {c.label for c in loose.cells if c.verdict == "regressed"} == {SLOW_LABEL}
+    assert "underpowered" not in {c.verdict for c in loose.cells}
+
+
+def test_cli_shows_underpowered_cells(tmp_path, capsys):
+    tiny = {**SMALL, "rounds": 1, "n_samples": 3}
+    a = write_run(tmp_path / "a", seed=0, **tiny)
+    slow = write_run(tmp_path / "slow", seed=2, slow={SLOW_KEY: 1.5}, **tiny)
+    out = tmp_path / "cmp.html"
+    assert main(["compare", str(a), str(slow), "--out", str(out), "--fail-on-regression", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(rf"{re.escape(SLOW_LABEL)}.*underpowered", printed)
+    assert "0 regressed, 0 improved, 0 unchanged, 15 underpowered" in printed
+    assert "too few samples" in printed
+    html = out.read_text()
+    assert html.count('class="status-underpowered verdict-underpowered">underpowered<') == 15
+    assert "15 underpowered" in html
+
+
+def test_fail_on_regression_trips_when_nothing_was_compared(tmp_path, capsys):
+    a = write_run(tmp_path / "a", **SMALL)
+    b = write_run(tmp_path / "b", **{**SMALL, "archs": ("vit_base_patch16_224",)})
+    cmp = compare_runs(a, b)
+    assert cmp.cells == [] and cmp.only_a and cmp.only_b
+    args = ["compare", str(a), str(b), "--out", str(tmp_path / "cmp.html")]
+    assert main(args) == 0, "without --fail-on-regression an empty comparison is just reported"
+    capsys.readouterr()
+    assert main([*args, "--fail-on-regression", "50"]) == 1
+    assert "no configuration was measured in both runs: nothing could be compared: exit 1" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from report_fixture import fail_every_cell, real_smoke_run, write_run
+from report_fixture import CELL_GAP_S, WALL_S, fail_every_cell, real_smoke_run, write_run
 
 from bench.cli import main
 from bench.report import write_report
@@ -71,7 +71,9 @@ def test_full_report_sections_and_plots(synthetic):
     assert "0, 1" in failures
     # Compile times and the per-arch summary show the planted compile variant.
     assert "41.5" in html.split('<section id="compile">')[1].split("</section>")[0]
-    assert "amp-bf16 +compile" in html.split('<section id="summary">')[1].split("</section>")[0]
+    summary = html.split('<section id="summary">')[1].split("</section>")[0]
+    assert "amp-bf16 +compile" in summary
+    assert "<th class=\"num\">peak MiB</th>" in summary and "RSS growth" not in summary
 
 
 def test_real_cpu_run_skips_what_it_cannot_show(smoke):
@@ -85,6 +87,9 @@ def test_real_cpu_run_skips_what_it_cannot_show(smoke):
     for arch in ("resnet18", "vit_tiny_patch16_224"):
         assert f"<h3>{arch} · inference</h3>" in html
     assert "Every cell measured successfully." in html
+    summary = html.split('<section id="summary">')[1].split("</section>")[0]
+    assert "<th class=\"num\">RSS growth MiB (approx.)</th>" in summary and "peak MiB" not in summary
+    assert "GFLOP are forward FLOPs per step (per image x batch size)" in _section(html, "profile")
     assert (run_dir / "index.html").exists()
 
 
@@ -130,3 +135,51 @@ def test_run_where_every_cell_failed_still_gets_a_report(tmp_path):
     for message in messages:
         assert message.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in failures
     assert "<i>" not in html
+
+
+def test_wall_time_is_the_elapsed_span_and_the_sum(tmp_path):
+    run_dir = write_run(tmp_path / "run", archs=("resnet50",), batches=(8,), precisions=("fp32",), rounds=1, failures={})
+    n_rows = len((run_dir / "results.jsonl").read_text().splitlines())
+    elapsed = (n_rows - 1) * CELL_GAP_S + WALL_S
+    html = write_report(run_dir).read_text()
+    assert (
+        f"<dt>Wall time</dt><dd>{elapsed:.1f} s elapsed (first cell start to last cell end)"
+        f" · {n_rows * WALL_S:.1f} s sum of cell times</dd>"
+    ) in html
+
+
+def test_profile_details_per_arch_and_impl(synthetic):
+    _, html = synthetic
+    profile = _section(html, "profile")
+    details = profile.split('<details class="profile">')[1:]
+    assert len(details) == 2 * 3  # arch x impl of the fixture
+    assert "<summary>resnet50 · rv · bs64 amp-bf16</summary>" in details[0]
+    first = details[0]
+    ops = first.split("<h4>Top operators</h4>")[1].split("<h4>")[0]
+    assert ops.count("<tr>") == 1 + 20, "the top 20 operators and a header row"
+    assert "aten::convolution" in ops and "52.5" in ops and "24.0" in ops
+    assert "&lt;b&gt;kernel_0&lt;/b&gt;" in ops and "<b>kernel" not in html
+    modules = first.split("<h4>Per module</h4>")[1].split("<h4>")[0]
+    for group in ("stem", "layer1", "layer2", "head"):
+        assert f"<td>{group}</td>" in modules
+    assert "resnet50 rv: forward time only" in modules
+    memory = first.split("<h4>Peak memory per phase</h4>")[1]
+    assert "812.0" in memory and "1,630.5" in memory and "420.0" in memory
+
+
+def test_profile_without_phase_memory_shows_the_note(tmp_path):
+    run_dir = write_run(
+        tmp_path / "run", archs=("resnet50",), impls=("rv",), batches=(8,), precisions=("fp32",), rounds=1,
+        failures={}, profiles=True,
+    )
+    path = run_dir / "profiles" / "resnet50-rv" / "profile.json"
+    summary = json.loads(path.read_text())
+    summary["memory"] = {"forward_mb": None, "backward_mb": None, "optimizer_mb": None, "note": "no peaks on CPU"}
+    summary["modules"] = []
+    summary["modules_note"] = "no per-module time under torch.compile"
+    path.write_text(json.dumps(summary))
+    profile = _section(write_report(run_dir).read_text(), "profile")
+    memory = profile.split("<h4>Peak memory per phase</h4>")[1]
+    assert "no peaks on CPU" in memory and "<table>" not in memory
+    modules = profile.split("<h4>Per module</h4>")[1].split("<h4>")[0]
+    assert "no per-module time under torch.compile" in modules and "<table>" not in modules

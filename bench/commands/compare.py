@@ -22,7 +22,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="smallest p50 change (%%) that counts as improved/regressed")
     parser.add_argument("--fail-on-regression", type=float, default=None, metavar="PCT",
                         help="exit 1 if a significant regression slows a cell's p50 by more than PCT %%, "
-                             "or a cell that measured in A fails in B")
+                             "a cell that measured in A fails in B, or no cell was measured in both runs")
     parser.set_defaults(func=run)
 
 
@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     cmp = compare_runs(args.run_a, args.run_b, alpha=args.alpha, threshold_pct=args.threshold)
     print(format_table(cmp))
     print(f"wrote {write_html(cmp, args.out)}")
-    if args.fail_on_regression is not None and cmp.fails(args.fail_on_regression):
-        print(f"regression beyond {args.fail_on_regression:g}% (or a newly failing cell): exit 1")
+    reason = cmp.failure(args.fail_on_regression) if args.fail_on_regression is not None else None
+    if reason:
+        print(f"--fail-on-regression: {reason}: exit 1")
         return 1
     return 0

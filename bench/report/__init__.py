@@ -15,6 +15,7 @@ import bench
 from bench import results
 from bench.errors import UsageError
 from bench.report import plots_derived, plots_perf, plots_profile, tables
+from bench.report.profile_tables import profile_details
 from bench.report.data import per_config, variant_of
 from bench.report.flops_table import flops_table
 from bench.report.render import render
@@ -80,11 +81,12 @@ def write_report(run_dir: str | Path) -> Path:
         title=f"rvbench report · {run_dir.name}",
         run_name=run_dir.name,
         facts=tables.header(env, config, df),
-        summaries=tables.summary(configs),
+        summaries=tables.summary(configs, on_cpu=bool((df["device"] == "cpu").all())),
         perf_plots=perf,
         derived_plots=derived,
         profile_plots=profile,
         n_profiles=len(profiles),
+        profile_details=profile_details(profiles),
         plot_count=sum(p.png_b64 is not None for p in perf + derived + profile),
         flops=flops,
         flops_numeric=flops_numeric,

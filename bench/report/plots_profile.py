@@ -37,7 +37,8 @@ def load_profiles(run_dir: Path) -> list[dict]:
     return sorted(profiles, key=lambda p: (p["arch"], rank.get(p["impl"], len(rank))))
 
 
-def _label(profile: dict) -> str:
+def label(profile: dict) -> str:
+    """How a profile is named in plots and tables: arch, impl, batch and precision."""
     return f"{profile['arch']} · {profile['impl']} · bs{profile['batch_size']} {profile['precision']}"
 
 
@@ -46,14 +47,14 @@ def categories(profiles: list[dict]) -> Plot:
     title = "Where the time goes: operator categories"
     theme()
     fig, ax = plt.subplots(figsize=(10.5, 0.45 * len(profiles) + 1.6))
-    labels = [_label(p) for p in profiles]
+    labels = [label(p) for p in profiles]
     left = np.zeros(len(profiles))
     for name in CATEGORIES:
         shares = np.array([float(p["categories"].get(name, 0.0)) for p in profiles])
         if not shares.any():
             continue
-        label, color = CATEGORY_STYLE[name]
-        ax.barh(labels, shares, left=left, color=color, label=label, edgecolor="white")
+        legend, color = CATEGORY_STYLE[name]
+        ax.barh(labels, shares, left=left, color=color, label=legend, edgecolor="white")
         for y, (x0, share) in enumerate(zip(left, shares)):
             if share >= 6:
                 ax.text(x0 + share / 2, y, f"{share:.0f}%", ha="center", va="center", fontsize=7, color="white")
@@ -87,7 +88,7 @@ def roofline(profiles: list[dict]) -> Plot:
     for profile, r in points:
         ax.scatter(
             r["intensity"], r["achieved_tflops"], color=IMPL_COLORS.get(profile["impl"], "black"),
-            marker=arch_marker[profile["arch"]], s=60, zorder=3, label=_label(profile),
+            marker=arch_marker[profile["arch"]], s=60, zorder=3, label=label(profile),
         )
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -48,7 +48,6 @@ def header(env: dict, config: dict, df: pd.DataFrame) -> list[tuple[str, str]]:
         commit += " (dirty)"
     device = config.get("device") or (df["device"].iloc[0] if len(df) else "–")
     gpu = env.get("env_gpu_name")
-    total_wall = pd.to_numeric(df["wall_s"], errors="coerce").sum() if len(df) else 0.0
     return [
         ("Device", f"{device} · {gpu}" if gpu else f"{device} · {env.get('env_cpu') or 'cpu'}"),
         ("Driver", text(env.get("env_driver"))),
@@ -60,17 +59,37 @@ def header(env: dict, config: dict, df: pd.DataFrame) -> list[tuple[str, str]]:
         ("Date", text(env.get("env_timestamp"))),
         ("Preset", text(config.get("preset"))),
         ("Cells", f"{len(df)} ({int((df['status'] == 'ok').sum()) if len(df) else 0} ok)"),
-        ("Total wall time", f"{total_wall / 60:.1f} min (sum over cells)"),
+        ("Wall time", wall_time(df)),
     ]
 
 
-def summary(configs: pd.DataFrame) -> list[dict]:
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def wall_time(df: pd.DataFrame) -> str:
+    """How long the run took: the span from the first cell's start to the last cell's end, and the
+    sum of cell times. They differ by the runner's gaps between cells, and by overlap if cells ran in
+    parallel; the sum alone would hide both."""
+    wall = pd.to_numeric(df["wall_s"], errors="coerce")
+    total = f"{_duration(float(wall.sum()))} sum of cell times"
+    start = pd.to_datetime(df["started_at"], utc=True, errors="coerce", format="ISO8601")
+    end = start + pd.to_timedelta(wall.fillna(0.0), unit="s")
+    if start.isna().all():
+        return f"{total} (no cell start times recorded)"
+    elapsed = (end.max() - start.min()).total_seconds()
+    return f"{_duration(elapsed)} elapsed (first cell start to last cell end) · {total}"
+
+
+def summary(configs: pd.DataFrame, on_cpu: bool) -> list[dict]:
     """Per arch and mode: the fastest config, and every impl measured at that same config.
 
     Comparing impls at one config (batch, precision, layout, compile) keeps the comparison fair;
-    the best config is the one with the highest median throughput of any implementation.
+    the best config is the one with the highest median throughput of any implementation. On the CPU
+    the memory column is the process's RSS growth, not an allocator peak, and is labelled so.
     """
     mem = memory_column(configs)
+    mem_label = "RSS growth MiB (approx.)" if on_cpu else "peak MiB"
     out = []
     for arch, mode in panels(configs, ["arch", "mode"]):
         rows = configs[(configs["arch"] == arch) & (configs["mode"] == mode)]
@@ -80,7 +99,7 @@ def summary(configs: pd.DataFrame) -> list[dict]:
             & (rows["variant"] == best["variant"])
             & (rows["image_size"] == best["image_size"])
         ]
-        table = Table(["impl", "img/s", "vs best", "p50 ms", "p99 ms", "peak MiB"])
+        table = Table(["impl", "img/s", "vs best", "p50 ms", "p99 ms", mem_label])
         for impl in IMPLS:
             hit = same[same["impl"] == impl]
             if hit.empty:

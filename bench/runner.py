@@ -26,11 +26,15 @@ from typing import Protocol
 
 import pandas as pd
 
-from bench.cell import Cell
-from bench.results import SCHEMA_VERSION, ResultWriter
+from bench.cell import IMPLS, Cell
+from bench.results import CONFIG_KEYS, SCHEMA_VERSION, ResultWriter
+from bench.summary import ok_medians
 
-# --find-max-batch never probes beyond this batch size (a CPU would page long before OOM).
+# --find-max-batch never probes beyond this batch size on a GPU.
 MAX_BATCH_LIMIT = 4096
+# ... nor beyond this one on a CPU: a CPU pages to swap long before it runs out of memory, each
+# probe of a larger model at batch 512+ takes minutes, and CPU throughput is flat well before 256.
+CPU_MAX_BATCH_LIMIT = 256
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -87,7 +91,10 @@ class Worker:
             how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
             self._proc = None
             raise WorkerLost("error", f"worker crashed ({how}); restarted; see {self._log_path.name}")
-        return json.loads(line)
+        reply = json.loads(line)
+        if reply.get("worker_exits"):
+            self.stop()  # it exits by itself (sticky CUDA error); reap it so the next job starts a fresh one
+        return reply
 
     def stop(self) -> None:
         """Kill the process (a hung cell will not listen to anything gentler)."""
@@ -169,10 +176,14 @@ class Runner:
         self.env = self._pool.request(device, {"op": "env", "device": device}, self._timeout)["env"]
         return self.env
 
-    def _measure(self, cell: Cell, timing: dict) -> dict:
+    def _request(self, cell: Cell, timing: dict) -> dict:
+        """Measure a cell in its device's worker; raises WorkerLost on a crash or timeout."""
         payload = {"op": "cell", "cell": cell.config(), "timing": timing}
+        return self._pool.request(cell.device, payload, self._timeout)
+
+    def _measure(self, cell: Cell, timing: dict) -> dict:
         try:
-            return self._pool.request(cell.device, payload, self._timeout)
+            return self._request(cell, timing)
         except WorkerLost as lost:
             return {"status": lost.status, "message": str(lost)}
 
@@ -196,30 +207,36 @@ class Runner:
         if failure is not None:
             return self._row(job, job.cell, failure, started, {"max_batch_oom_at": None}), []
         if best is None:
-            reply = {"status": "oom", "message": "out of memory at batch size 1: nothing fits"}
+            reply = {"status": "oom", "message": "batch size 1 does not fit (out of memory, crash or timeout)"}
             return self._row(job, job.cell, reply, started, {"max_batch_oom_at": 1}), []
         cell = dataclasses.replace(job.cell, batch_size=best)
         reply = self._measure(cell, self._timing)
         return self._row(job, cell, reply, started, {"max_batch_oom_at": oom_at}), reply.get("samples_ms", [])
 
     def _search(self, base: Cell) -> tuple[int | None, int | None, dict | None]:
-        """Largest batch that fits: double until OOM, then bisect. (best, first oom, failure).
+        """Largest batch that fits: double until it does not, then bisect. (best, first misfit, failure).
 
-        Probes use a one-step timing config; only an OOM means "does not fit" - any other
-        failure ends the search and becomes the row.
+        Probes use a one-step timing config. "Does not fit" is an OOM, a worker crash (how the
+        kernel's OOM killer shows on a CPU) or a timeout; an exception in the cell is a bug, not
+        a size limit, so it ends the search and becomes the row. Doubling stops at
+        MAX_BATCH_LIMIT (CPU_MAX_BATCH_LIMIT on a CPU).
         """
         def fits(batch: int) -> bool:
-            reply = self._measure(dataclasses.replace(base, batch_size=batch), self._probe_timing)
+            try:
+                reply = self._request(dataclasses.replace(base, batch_size=batch), self._probe_timing)
+            except WorkerLost:
+                return False
             if reply["status"] not in ("ok", "oom"):
                 raise WorkerLost(reply["status"], f"at batch size {batch}: {reply['message']}")
             return reply["status"] == "ok"
 
+        limit = CPU_MAX_BATCH_LIMIT if base.device == "cpu" else MAX_BATCH_LIMIT
         best, oom_at = None, None
         try:
             batch = 1
-            while batch <= MAX_BATCH_LIMIT and fits(batch):
+            while batch <= limit and fits(batch):
                 best, batch = batch, batch * 2
-            oom_at = batch if batch <= MAX_BATCH_LIMIT else None
+            oom_at = batch if batch <= limit else None
             while best is not None and oom_at is not None and oom_at - best > 1:
                 mid = (best + oom_at) // 2
                 best, oom_at = (mid, oom_at) if fits(mid) else (best, mid)
@@ -227,17 +244,14 @@ class Runner:
             return None, None, {"status": lost.status, "message": str(lost)}
         return best, oom_at, None
 
-    def profile_best(self, df: pd.DataFrame, profiles_dir: Path) -> list[str]:
-        """Profile the fastest ok cell of each (arch, impl) into profiles_dir/<arch>-<impl>/.
+    def profile(self, cells: list[Cell], profiles_dir: Path) -> list[str]:
+        """Profile each cell into profiles_dir/<arch>-<impl>/ with bench.profile in its worker.
 
         Returns one line per profile for the terminal (failures included, never raised).
         """
-        ok = df[(df["status"] == "ok") & ~df["find_max_batch"].fillna(False).astype(bool)]
         lines = []
-        for (arch, impl), group in ok.groupby(["arch", "impl"]):
-            best = group.loc[group["throughput"].idxmax()]
-            cell = Cell(**{f.name: _plain(best[f.name]) for f in dataclasses.fields(Cell)})
-            out_dir = profiles_dir / f"{arch}-{impl}"
+        for cell in cells:
+            out_dir = profiles_dir / f"{cell.arch}-{cell.impl}"
             out_dir.mkdir(parents=True, exist_ok=True)
             payload = {"op": "profile", "cell": cell.config(), "out_dir": str(out_dir)}
             try:
@@ -250,6 +264,20 @@ class Runner:
     def close(self) -> None:
         """Stop all workers."""
         self._pool.close()
+
+
+def profile_cells(df: pd.DataFrame) -> list[Cell]:
+    """Per arch, its best configuration once - the highest median throughput over rounds among
+    the ok cells of any impl - as one cell for every impl that ran the arch, so the profiles
+    of an arch compare like with like."""
+    med = ok_medians(df)
+    cells = []
+    for arch, group in med.groupby("arch"):
+        best = group.loc[group["throughput"].idxmax()]
+        config = {key: _plain(best[key]) for key in CONFIG_KEYS}
+        ran = set(df.loc[df["arch"] == arch, "impl"])
+        cells += [Cell(**config, impl=impl) for impl in IMPLS if impl in ran]
+    return cells
 
 
 def _plain(value):

@@ -26,19 +26,29 @@ def _config_text(row: pd.Series) -> str:
     return " ".join(str(p) for p in parts)
 
 
-def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (arch, mode): the best config, its throughput, p50 latency, peak memory, rv ratios.
+def ok_medians(df: pd.DataFrame) -> pd.DataFrame:
+    """Median over rounds of throughput, p50 latency and memory per config and impl.
 
-    The best config is rv's fastest (median over rounds) if rv ran, else the fastest of any impl;
-    the ratios are the median per-round rv/reference ratios at that config. Peak memory is the
-    CUDA peak allocation, or on CPU the approximate RSS growth.
+    Only ok sweep cells count (not --find-max-batch rows). Memory is the CUDA peak allocation,
+    or on a CPU run the process's RSS growth: what a CPU can tell, too coarse to compare impls.
     """
     ok = df[(df["status"] == "ok") & ~df["find_max_batch"].fillna(False).astype(bool)]
-    if ok.empty:
+    memory = "mem_rss_delta_mb" if (ok["device"] == "cpu").all() else "mem_peak_alloc_mb"
+    return (ok.assign(memory_mb=ok[memory]).groupby(CONFIG_KEYS + ["impl"], dropna=False)
+            [["throughput", "step_ms_p50", "memory_mb"]].median().reset_index())
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (arch, mode): the best config, its throughput, p50 latency, memory, rv ratios.
+
+    The best config is rv's fastest (median over rounds) if rv ran, else the fastest of any impl;
+    the ratios are the median per-round rv/reference ratios at that config. The memory column
+    is "peak MB" (CUDA peak allocation) on a GPU, "RSS growth MB (approx.)" on a CPU.
+    """
+    med = ok_medians(df)
+    if med.empty:
         return pd.DataFrame()
-    ok = ok.assign(peak_mem_mb=ok["mem_peak_alloc_mb"].fillna(ok["mem_rss_delta_mb"]))
-    med = (ok.groupby(CONFIG_KEYS + ["impl"], dropna=False)
-           [["throughput", "step_ms_p50", "peak_mem_mb"]].median().reset_index())
+    memory = "RSS growth MB (approx.)" if (med["device"] == "cpu").all() else "peak MB"
     ratio = ratios(df)
     rows = []
     for (arch, mode), group in med.groupby(["arch", "mode"]):
@@ -46,7 +56,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         best = pool.loc[pool["throughput"].idxmax()]
         row = {"arch": arch, "mode": mode, "best config": _config_text(best),
                "img/s": round(best["throughput"], 1), "p50 ms": round(best["step_ms_p50"], 2),
-               "peak MB": round(best["peak_mem_mb"], 1) if pd.notna(best["peak_mem_mb"]) else None}
+               memory: round(best["memory_mb"], 1) if pd.notna(best["memory_mb"]) else None}
         for ref in ("torchvision", "timm"):
             match = ratio[(ratio["reference"] == ref)
                           & (ratio[CONFIG_KEYS] == best[CONFIG_KEYS]).all(axis=1)]
@@ -63,8 +73,8 @@ def summary_text(df: pd.DataFrame) -> str:
     return f"cells: {counts}\n{body}\n"
 
 
-def write_report(run_dir: Path, text: str) -> Path:
-    """Write summary.txt, then the HTML report (bench.report) if it can; return the best one.
+def write_report(run_dir: Path, text: str) -> Path | None:
+    """Write summary.txt, then the HTML report (bench.report); return its path, None if it failed.
 
     A failing report must not cost the results, so its error is kept in summary.txt instead.
     """
@@ -77,7 +87,7 @@ def write_report(run_dir: Path, text: str) -> Path:
     except Exception:  # noqa: BLE001 - keep the run's outputs whatever the report does
         with open(summary, "a") as fh:
             fh.write("\nHTML report failed:\n" + traceback.format_exc(limit=3))
-        return summary
+        return None
 
 
 def update_latest(reports_dir: Path, run_dir: Path) -> None:

@@ -143,20 +143,45 @@ def timing_config(spec: SweepSpec):
     return TimingConfig(**spec.timing)
 
 
+def _archs(models: str | list[str]) -> list[str]:
+    """The block's arch names; "all" (a preset's string or `--models all`) means every registered arch."""
+    from bench.models import list_archs
+
+    return list_archs() if models == "all" or list(models) == ["all"] else list(models)
+
+
+def _check_devices(cells: list[Cell]) -> None:
+    """UsageError when this machine's GPU cannot run a cell's precision (bf16 needs sm80+).
+
+    Only checkable where CUDA is present; without it, `resolve_device` has already refused
+    every CUDA device the command line could ask for.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    from bench.build import check_device
+
+    for device, precision in dict.fromkeys((c.device, c.precision) for c in cells if c.device != "cpu"):
+        check_device(torch.device(device), precision)
+
+
 def expand(spec: SweepSpec) -> list[Cell]:
     """All cells of the spec, validated, implementations interleaved round by round.
 
     Order: for each configuration (arch, mode, precision, compile, batch), for each round, for
     each impl -> A B C A B C, so drift on a shared machine hits every impl alike. (arch, impl)
     pairs that no library provides (torchvision has no vit_tiny/vit_small) are skipped and listed
-    in `spec.skipped_pairs`. Raises UsageError on any bad name or number, or an empty sweep.
+    in `spec.skipped_pairs`. Raises UsageError on any bad name, number, image size the model
+    cannot take (ViT: a multiple of the patch) or precision the GPU lacks, or an empty sweep:
+    input that is bad up front must fail before the run starts, not become `skipped` rows.
     """
-    from bench.models import list_archs, list_entries
+    from bench.models import list_entries
 
     cells: list[Cell] = []
     skipped: set[tuple[str, str]] = set()
     for block in spec.sweeps:
-        archs = list_archs() if block["models"] == "all" else list(block["models"])
+        archs = _archs(block["models"])
         entries = {(e.arch, e.impl): e for e in list_entries(archs, list(block["impls"]))}
         for bs in block["batch_sizes"]:
             if not isinstance(bs, int) or bs < 1:
@@ -169,14 +194,16 @@ def expand(spec: SweepSpec) -> list[Cell]:
                     if entry is None:
                         skipped.add((arch, impl))
                         continue
+                    image_size = block["image_size"] or entry.image_size
+                    entry.check_image_size(image_size)
                     cells.append(Cell(
-                        arch=arch, impl=impl, batch_size=bs,
-                        image_size=block["image_size"] or entry.image_size,
+                        arch=arch, impl=impl, batch_size=bs, image_size=image_size,
                         precision=precision, channels_last=entry.family in block["channels_last"],
                         compile=compile_mode, mode=mode, device=spec.device, round=rnd,
                     ))
     for cell in cells:
         validate(cell)
+    _check_devices(cells)
     spec.skipped_pairs = sorted([list(p) for p in skipped])
     if not cells:
         raise UsageError("the sweep has no cells: no registered (arch, impl) pair matches; "

@@ -8,6 +8,10 @@ the protocol). After start-up the worker says {"ready": true}. Requests:
     {"op": "profile", "cell": {...}, "out_dir": P}    -> {"status", "message"}
 Each cell builds its model fresh, so nothing (weights, compile caches) leaks between cells.
 A crash of this process only costs the cell in flight: the runner records it and restarts us.
+A CUDA error that poisons the context (illegal memory access, device-side assert) fails every
+later CUDA call of the process, so after replying to such a cell the reply carries
+"worker_exits": true and the worker exits; the runner starts a fresh one for the next cell.
+An OOM does not poison the context (its memory is released), so the worker carries on.
 
 Test hook: RVBENCH_FAULT="KIND:SUBSTRING[@MINBATCH];..." injects a failure into every cell whose
 label contains SUBSTRING (and whose batch size is >= MINBATCH, if given). KIND is one of
@@ -15,6 +19,7 @@ label contains SUBSTRING (and whose batch size is >= MINBATCH, if given). KIND i
     oom    raises torch.cuda.OutOfMemoryError
     error  raises RuntimeError
     hang   sleeps forever (for --cell-timeout)
+    cudaerror  raises the RuntimeError of an illegal memory access (a sticky CUDA error)
 Only this module reads the variable; it exists for the runner's tests.
 """
 
@@ -33,7 +38,9 @@ from bench.cell import Cell
 from bench.errors import UsageError
 
 FAULT_ENV = "RVBENCH_FAULT"
-FAULT_KINDS = ("crash", "oom", "error", "hang")
+FAULT_KINDS = ("crash", "oom", "error", "hang", "cudaerror")
+# Messages of CUDA errors after which the process's CUDA context is unusable.
+STICKY_CUDA_ERRORS = ("cuda error", "illegal memory access", "device-side assert")
 TRACEBACK_CHARS = 2000
 
 
@@ -60,6 +67,8 @@ def _inject(kind: str, cell: Cell) -> None:
         raise RuntimeError(f"injected error in {cell.label()}")
     if kind == "hang":
         time.sleep(10**6)
+    if kind == "cudaerror":
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -69,6 +78,17 @@ def is_oom(exc: BaseException) -> bool:
     text = str(exc).lower()
     return (isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text
             or "can't allocate memory" in text)
+
+
+def is_sticky_cuda_error(exc: BaseException) -> bool:
+    """A CUDA error that leaves the context unusable (torch.AcceleratorError where torch has it)."""
+    import torch
+
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and not is_oom(exc) and any(s in text for s in STICKY_CUDA_ERRORS)
 
 
 def _free_memory() -> None:
@@ -102,8 +122,10 @@ def measure(cell: Cell, timing: dict) -> dict:
     else:
         samples = result.pop("samples_ms", [])
         return {"status": "ok", "message": "", "result": result, "samples_ms": samples}
-    # Outside the except block, so the traceback (and the tensors its frames hold) is gone.
-    _free_memory()
+    # Outside the except block, so the traceback (and the tensors its frames hold) is gone. A
+    # poisoned CUDA context would fail even this; the process exits instead.
+    if not failure.get("worker_exits"):
+        _free_memory()
     return failure
 
 
@@ -111,7 +133,15 @@ def _classify(exc: Exception, cell: Cell) -> dict:
     if is_oom(exc):
         first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         return {"status": "oom", "message": f"out of memory at batch size {cell.batch_size}: {first_line}"}
-    return {"status": "error", "message": _short_traceback(exc)}
+    return _error_reply(exc)
+
+
+def _error_reply(exc: Exception) -> dict:
+    """Status error with the traceback; flags a sticky CUDA error so the worker exits after replying."""
+    reply = {"status": "error", "message": _short_traceback(exc)}
+    if is_sticky_cuda_error(exc):
+        reply["worker_exits"] = True
+    return reply
 
 
 def profile(cell: Cell, out_dir: str) -> dict:
@@ -121,7 +151,7 @@ def profile(cell: Cell, out_dir: str) -> dict:
     try:
         profile_cell(cell, Path(out_dir))
     except Exception as exc:  # noqa: BLE001 - a failed profile must not end the run
-        return {"status": "error", "message": _short_traceback(exc)}
+        return _error_reply(exc)
     return {"status": "ok", "message": ""}
 
 
@@ -144,11 +174,16 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     import torch  # noqa: F401 - imported before "ready" so start-up is not billed to a cell's timeout
 
+    print(f"worker {os.getpid()} started", file=sys.stderr, flush=True)
     replies.write(json.dumps({"ready": True}) + "\n")
     replies.flush()
     for line in sys.stdin:
-        replies.write(json.dumps(handle(json.loads(line)), default=str) + "\n")
+        reply = handle(json.loads(line))
+        replies.write(json.dumps(reply, default=str) + "\n")
         replies.flush()
+        if reply.get("worker_exits"):
+            print(f"worker {os.getpid()}: sticky CUDA error, exiting for a fresh context", file=sys.stderr, flush=True)
+            os._exit(1)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ Failures are injected with the worker's RVBENCH_FAULT test hook (see bench/worke
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import json
 import os
 import signal
@@ -15,7 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.cli import main
 from bench.results import load, load_samples
+from bench.runner import profile_cells
+from bench.summary import summary_table, write_report
 from bench.sweep import build_spec, expand
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,9 +28,11 @@ TINY = ["--preset", "smoke", "--device", "cpu"]
 
 
 def _start(out: Path, *args: str, fault: str = "") -> subprocess.Popen:
+    """`rvbench run` into reports dir `out` (a resumed run stays where it is: no --out)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "RVBENCH_FAULT": fault}
+    where = [] if "--resume" in args else ["--out", str(out)]
     return subprocess.Popen(
-        [sys.executable, "-m", "bench", "run", "--out", str(out), *args], cwd=REPO, env=env,
+        [sys.executable, "-m", "bench", "run", *where, *args], cwd=REPO, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
 
@@ -91,15 +98,28 @@ def test_failures_become_rows_and_the_sweep_goes_on(tmp_path):
     assert pd.isna(df.loc[("timm", 2), "throughput"]) and df.loc[("timm", 1), "throughput"] > 0
 
 
+def test_sticky_cuda_error_restarts_the_worker_for_the_next_cell(tmp_path):
+    args = ["--models", "resnet18", "--impls", "rv,torchvision", "--batch-sizes", "1"]
+    res = _run(tmp_path, *TINY, *args, fault="cudaerror:resnet18 rv bs1")
+    assert res.returncode == 0, res.stderr
+    run_dir = _run_dir(tmp_path)
+    df = load(run_dir).set_index("impl")
+    assert df["status"].to_dict() == {"rv": "error", "torchvision": "ok"}
+    assert "illegal memory access" in df.loc["rv", "message"]
+    log = (run_dir / "worker-cpu.log").read_text()
+    assert log.count(" started") == 2 and "sticky CUDA error" in log  # a fresh worker ran torchvision
+
+
 def test_find_max_batch_doubles_then_bisects_and_profile_runs(tmp_path):
     args = ["--models", "resnet18", "--impls", "rv", "--batch-sizes", "1", "--find-max-batch", "--profile"]
-    res = _run(tmp_path, *TINY, *args, fault="oom:resnet18 rv@4")  # batch >= 4 "does not fit"
+    # Probes 1, 2, 4 fit; 8 crashes the worker (a CPU OOM kill) and 5+ OOMs: bisecting 4..8 finds 4.
+    res = _run(tmp_path, *TINY, *args, fault="crash:resnet18 rv bs8;oom:resnet18 rv@5")
     assert res.returncode == 0, res.stderr
     df = load(_run_dir(tmp_path))
     search = df[df["find_max_batch"] == True]  # noqa: E712
     assert len(df) == 2 and len(search) == 1
     row = search.iloc[0]
-    assert (row["status"], row["batch_size"], row["max_batch_oom_at"]) == ("ok", 3, 4)
+    assert (row["status"], row["batch_size"], row["max_batch_oom_at"]) == ("ok", 4, 5)
     assert row["throughput"] > 0
     assert (_run_dir(tmp_path) / "profiles" / "resnet18-rv" / "profile.json").exists()
 
@@ -127,3 +147,46 @@ def test_interrupt_then_kill_then_resume_runs_every_cell_once(tmp_path):
     ids = [json.loads(line)["cell_id"] for line in (run_dir / "results.jsonl").read_text().splitlines()]
     assert sorted(ids) == sorted(expected)  # every cell exactly once
     assert (load(run_dir)["status"] == "ok").all()
+
+
+def test_resume_refused_while_another_run_holds_the_lock(tmp_path, capsys):
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(build_spec("smoke", "cpu", {}).to_json()))
+    with open(run_dir / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a separate open file: flock conflicts in-process too
+        assert main(["run", "--resume", str(run_dir)]) == 2
+    assert f"run in progress in {run_dir} (another rvbench run holds its lock)" in capsys.readouterr().err
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "config.json"]
+
+
+def _rows(device: str) -> pd.DataFrame:
+    """Synthetic results: one arch, two batch sizes, three impls, two rounds; timm bs2 failed."""
+    rows = []
+    for bs, rnd, (impl, throughput) in itertools.product(
+            [1, 2], [0, 1], [("rv", 10.0), ("torchvision", 11.0), ("timm", 20.0)]):
+        ok = not (impl == "timm" and bs == 2)
+        rows.append({"arch": "resnet18", "impl": impl, "batch_size": bs, "image_size": 32, "precision": "fp32",
+                     "channels_last": False, "compile": "none", "mode": "inference", "device": device,
+                     "round": rnd, "find_max_batch": False, "status": "ok" if ok else "error",
+                     "throughput": throughput * bs + rnd if ok else None, "step_ms_p50": 1.0,
+                     "mem_rss_delta_mb": 5.0, "mem_peak_alloc_mb": None if device == "cpu" else 7.0})
+    return pd.DataFrame(rows)
+
+
+def test_profile_cells_profile_every_impl_at_the_arch_best_config():
+    # Best median of any impl: torchvision bs2 (22.5). timm, whose own best is bs1, is profiled at bs2 too.
+    cells = profile_cells(_rows("cpu"))
+    assert [(c.impl, c.batch_size, c.round) for c in cells] == [("rv", 2, 0), ("torchvision", 2, 0), ("timm", 2, 0)]
+
+
+def test_summary_labels_cpu_memory_as_rss_growth():
+    assert "RSS growth MB (approx.)" in summary_table(_rows("cpu")).columns
+    gpu = summary_table(_rows("cuda:0"))
+    assert gpu["peak MB"].tolist() == [7.0] and "RSS growth MB (approx.)" not in gpu.columns
+
+
+def test_failed_html_report_returns_none_and_keeps_summary(tmp_path):
+    assert write_report(tmp_path, "cells: none\n") is None  # no results: the HTML report cannot be built
+    text = (tmp_path / "summary.txt").read_text()
+    assert text.startswith("cells: none\n") and "HTML report failed" in text

@@ -6,6 +6,7 @@ import pytest
 
 from bench.cli import main
 from bench.errors import UsageError
+from bench.models import list_archs
 from bench.sweep import build_spec, expand, list_presets, timing_config
 
 
@@ -45,6 +46,11 @@ def test_overrides_replace_axes_in_every_block():
         ("resnet18", "rv", 4, 48, True)}
 
 
+def test_models_all_means_every_registered_arch():
+    spec = build_spec("smoke", "cpu", {"models": ["all"], "impls": ["rv"], "batch_sizes": [1], "image_size": 0})
+    assert [c.arch for c in expand(spec)] == list_archs()
+
+
 def test_only_missing_pairs_is_an_error():
     spec = build_spec("smoke", "cpu", {"models": ["vit_tiny_patch16_224"], "impls": ["torchvision"]})
     with pytest.raises(UsageError, match="no cells"):
@@ -60,6 +66,9 @@ def test_only_missing_pairs_is_an_error():
     (["--precisions", "amp-fp16"], "precision 'amp-fp16' needs CUDA; on cpu use one of"),
     (["--device", "cuda:7"], "device 'cuda:7' does not exist"),
     (["--device", "tpu"], "unknown device 'tpu'; valid: cpu, cuda:N"),
+    (["--models", "vit_tiny_patch16_224", "--image-size", "100"], "multiple of its patch size 16, got 100"),
+    (["--resume", "nowhere"], "drop --preset, --out, --device"),
+    (["--out", "/proc/forbidden"], "cannot create the run directory under --out /proc/forbidden"),
 ])
 def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, capsys, args, message):
     device = [] if "--device" in args else ["--device", "cpu"]

@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import re
 import socket
 import time
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
+from bench.cell import Cell
 from bench.cli import name_list
 from bench.errors import UsageError
 from bench.results import ResultWriter, finalize, finished_cell_ids
-from bench.runner import Runner, plan_jobs, run_jobs
+from bench.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT, Job, Runner, plan_jobs, profile_cells, run_jobs
 from bench.summary import progress_bar, summary_text, update_latest, write_report
 from bench.sweep import SweepSpec, build_spec, expand, list_presets, resolve_device, timing_config
+
+if TYPE_CHECKING:
+    from bench.timing import TimingConfig
 
 # Options that define the sweep; with --resume the sweep comes from DIR/config.json instead.
 SWEEP_OPTIONS = ("preset", "models", "impls", "batch_sizes", "precisions", "compile", "modes",
                  "channels_last", "image_size", "rounds", "find_max_batch")
+# ... and with --resume the run stays where it is.
+RESUME_CONFLICTS = SWEEP_OPTIONS + ("out",)
+DEFAULT_OUT = Path("reports")
+LOCK_FILE = ".lock"
 
 
 def _ints(text: str) -> list[int]:
@@ -50,29 +60,30 @@ def register(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--rounds", type=int, help="repeats of every cell, impls interleaved per round")
     sweep.add_argument("--find-max-batch", action="store_true", default=None,
                        help="also search the largest batch that fits for each config (own row, "
-                            "find_max_batch=true)")
+                            "find_max_batch=true); an OOM, worker crash or timeout means 'does not "
+                            f"fit'; probes stop at {MAX_BATCH_LIMIT} on a GPU, {CPU_MAX_BATCH_LIMIT} on a CPU")
     where = parser.add_argument_group("where and how")
     where.add_argument("--device", default="auto",
                        help="cpu, cuda or cuda:N; auto = cuda:0 if present, else cpu")
-    where.add_argument("--out", type=Path, default=Path("reports"),
+    where.add_argument("--out", type=Path, default=None,
                        help="reports directory: the run goes to OUT/runs/<time>-<host>-<device>/, "
-                            "OUT/latest links to it (default: reports)")
+                            f"OUT/latest links to it (default: {DEFAULT_OUT})")
     where.add_argument("--resume", type=Path, metavar="DIR",
                        help="continue the run in DIR: run only cells without a row (its config.json "
                             "defines the sweep)")
     where.add_argument("--cell-timeout", type=float, metavar="S",
                        help="kill a cell after S seconds (row status timeout, worker restarted)")
     where.add_argument("--profile", action="store_true",
-                       help="afterwards, profile the fastest cell of each arch x impl into "
-                            "RUN_DIR/profiles/<arch>-<impl>/")
+                       help="afterwards, profile every impl of each arch at the arch's fastest "
+                            "config into RUN_DIR/profiles/<arch>-<impl>/")
     parser.set_defaults(func=run)
 
 
 def _resume_spec(args: argparse.Namespace) -> tuple[SweepSpec, Path]:
-    given = [o for o in SWEEP_OPTIONS if getattr(args, o) is not None]
+    given = [o for o in RESUME_CONFLICTS if getattr(args, o) is not None]
     if given or args.device != "auto":
         flags = ", ".join("--" + o.replace("_", "-") for o in given + (["device"] if args.device != "auto" else []))
-        raise UsageError(f"--resume takes the sweep from DIR/config.json; drop {flags}")
+        raise UsageError(f"--resume continues DIR where it is, as DIR/config.json says; drop {flags}")
     config = args.resume / "config.json"
     if not config.exists():
         raise UsageError(f"{args.resume} is not a run directory (no config.json)")
@@ -96,8 +107,26 @@ def _new_run_dir(reports_dir: Path, device: str) -> Path:
     while run_dir.exists():
         n += 1
         run_dir = reports_dir / "runs" / f"{name}-{n}"
-    run_dir.mkdir(parents=True)
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the run directory under --out {reports_dir}: {exc.strerror}") from None
     return run_dir
+
+
+def _lock(run_dir: Path) -> IO[str]:
+    """Hold RUN_DIR/.lock (flock) until the process ends, so two runs never append to one directory.
+
+    Returns the open lock file, which the caller keeps for the whole run. Raises UsageError,
+    before anything is written, when another run holds it.
+    """
+    fh = open(run_dir / LOCK_FILE, "a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise UsageError(f"run in progress in {run_dir} (another rvbench run holds its lock)") from None
+    return fh
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,12 +136,22 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         spec, reports_dir = _resume_spec(args)
     else:
-        spec, reports_dir = _new_spec(args), args.out
+        spec, reports_dir = _new_spec(args), args.out or DEFAULT_OUT
     timing = timing_config(spec)
     cells = expand(spec)
     jobs = plan_jobs(cells, spec.find_max_batch)
 
     run_dir = args.resume or _new_run_dir(reports_dir, spec.device)
+    lock = _lock(run_dir)
+    try:
+        return _sweep(args, spec, timing, cells, jobs, run_dir, reports_dir)
+    finally:
+        lock.close()
+
+
+def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, cells: list[Cell], jobs: list[Job],
+           run_dir: Path, reports_dir: Path | None) -> int:
+    """Run the jobs not yet recorded in run_dir, then write the tables, report and summary."""
     if not args.resume:
         config = {**spec.to_json(), "cells": len(cells), "jobs": len(jobs)}
         (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -133,13 +172,14 @@ def run(args: argparse.Namespace) -> int:
 
     df = finalize(run_dir)
     if completed and args.profile:
-        print("\n".join(runner.profile_best(df, run_dir / "profiles")))
+        print("\n".join(runner.profile(profile_cells(df), run_dir / "profiles")))
         runner.close()
     text = summary_text(df)
     report = write_report(run_dir, text)
     if reports_dir is not None:
         update_latest(reports_dir, run_dir)
-    print(text + f"run directory: {run_dir}\nreport: {report}")
+    report_line = f"report: {report}" if report else "HTML report failed (see summary.txt)"
+    print(text + f"run directory: {run_dir}\n{report_line}")
     if not completed:
         print(f"interrupted: {len(df)} of {len(jobs)} cells recorded; continue with: "
               f"rvbench run --resume {run_dir}")

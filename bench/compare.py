@@ -20,7 +20,8 @@ from scipy.stats import mannwhitneyu
 
 from bench import results
 from bench.report import load_run
-from bench.report.data import is_max_batch_search, variant_of
+from bench.report.data import variant_of
+from bench.results import is_max_batch_search
 from bench.report.render import render
 from bench.report.tables import Table
 

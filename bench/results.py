@@ -133,6 +133,16 @@ def load_samples(run_dir: str | Path) -> dict[str, list[float]]:
     return {r["cell_id"]: r["samples_ms"] for r in _read_jsonl(Path(run_dir) / SAMPLES_JSONL)}
 
 
+def is_max_batch_search(df: pd.DataFrame) -> pd.Series:
+    """Rows of `--find-max-batch` searches: they say what fits, but their timing is a single probe."""
+    return df["find_max_batch"].fillna(False).astype(bool)
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Sweep rows (not max-batch searches) whose cell measured successfully."""
+    return df[(df["status"] == "ok") & ~is_max_batch_search(df)]
+
+
 def ratios(df: pd.DataFrame) -> pd.DataFrame:
     """rv / reference throughput per (config, round), then median and IQR per config.
 
@@ -140,7 +150,7 @@ def ratios(df: pd.DataFrame) -> pd.DataFrame:
     of a shared machine cancels. Columns: CONFIG_KEYS, reference, ratio_median, ratio_iqr,
     n_rounds. Configs where rv or the reference has no ok row in a round are left out.
     """
-    ok = df[(df["status"] == "ok") & ~df["find_max_batch"].fillna(False).astype(bool)]
+    ok = ok_rows(df)
     keys = CONFIG_KEYS + ["round"]
     per_impl = ok.pivot_table(index=keys, columns="impl", values="throughput", aggfunc="first")
     frames = []

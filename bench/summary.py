@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from bench.results import CONFIG_KEYS, ratios
+from bench.results import CONFIG_KEYS, ok_rows, ratios
 
 
 def progress_bar(total: int, done: int) -> tqdm:
@@ -32,7 +32,7 @@ def ok_medians(df: pd.DataFrame) -> pd.DataFrame:
     Only ok sweep cells count (not --find-max-batch rows). Memory is the CUDA peak allocation,
     or on a CPU run the process's RSS growth: what a CPU can tell, too coarse to compare impls.
     """
-    ok = df[(df["status"] == "ok") & ~df["find_max_batch"].fillna(False).astype(bool)]
+    ok = ok_rows(df)
     memory = "mem_rss_delta_mb" if (ok["device"] == "cpu").all() else "mem_peak_alloc_mb"
     return (ok.assign(memory_mb=ok[memory]).groupby(CONFIG_KEYS + ["impl"], dropna=False)
             [["throughput", "step_ms_p50", "memory_mb"]].median().reset_index())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.cell import IMPLS, MODES
+from bench.results import ok_rows
 
 CONFIG_KEYS = ["arch", "impl", "batch_size", "image_size", "precision", "channels_last", "compile", "mode"]
 
@@ -47,16 +48,6 @@ def variant_of(precision: str, channels_last: bool, compile_mode: str) -> str:
 def is_baseline(precision: str, channels_last: bool, compile_mode: str) -> bool:
     """fp32 eager with the default memory format: the reference every speedup is measured against."""
     return precision == BASELINE_PRECISION and not channels_last and compile_mode == "none"
-
-
-def is_max_batch_search(df: pd.DataFrame) -> pd.Series:
-    """Rows of `--find-max-batch` searches: they say what fits, but their timing is a single probe."""
-    return df["find_max_batch"].fillna(False).astype(bool)
-
-
-def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Sweep rows (not max-batch searches) whose cell measured successfully."""
-    return df[(df["status"] == "ok") & ~is_max_batch_search(df)]
 
 
 def failed_rows(df: pd.DataFrame) -> pd.DataFrame:

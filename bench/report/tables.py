@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from bench.cell import IMPLS
-from bench.report.data import failed_rows, is_max_batch_search, memory_column, panels, variant_of
+from bench.report.data import failed_rows, memory_column, panels, variant_of
+from bench.results import is_max_batch_search
 
 
 @dataclass

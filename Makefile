@@ -52,7 +52,7 @@ test: $(SETUP) browser
 
 # After an intended change to a model, regenerate the deterministic gate's expected counts.
 counts: $(SETUP)
-	$(PY) -c "from bench.flops import write_expected_counts; write_expected_counts()"
+	$(PY) -c "from bench.counting.flops import write_expected_counts; write_expected_counts()"
 
 # Baseline gate: step times against the baseline committed for this machine class
 # (cpu-<N>core, or the GPU's name). Meaningful on a quiet, dedicated machine only.

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from bench.cell import validate_device
+from bench.config.cell import validate_device
 from bench.errors import UsageError
 
 

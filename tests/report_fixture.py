@@ -13,7 +13,7 @@ import random
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from bench.cell import Cell
+from bench.config.cell import Cell
 
 ENV = {
     "env_torch": "2.11.0+cu128",
@@ -129,7 +129,7 @@ def _failed_row(status: str, message: str) -> dict:
 
 
 def _profile_details(arch: str, impl: str, batch: int, vit: bool) -> dict:
-    """The top_ops, modules and per-phase memory of a profile summary (see bench.profile), with a
+    """The top_ops, modules and per-phase memory of a profile summary (see bench.profiling.profile), with a
     hostile operator name so the report's escaping of profile tables is exercised."""
     ops = [("aten::addmm" if vit else "aten::convolution", "matmul" if vit else "convolution", 4.2, 52.5, 24.0)]
     ops += [(f"<b>kernel_{i}</b>", "elementwise", 0.1, 1.25, 2.0) for i in range(24)]
@@ -151,7 +151,7 @@ def _profile_details(arch: str, impl: str, batch: int, vit: bool) -> dict:
 
 
 def _write_profiles(run_dir: Path, archs, impls, batch: int, precision: str) -> None:
-    """profiles/<arch>-<impl>/profile.json with the fields the report reads (see bench.profile)."""
+    """profiles/<arch>-<impl>/profile.json with the fields the report reads (see bench.profiling.profile)."""
     for arch, impl in itertools.product(archs, impls):
         cell = Cell(arch, impl, batch, 224, precision=precision, device="cuda:0")
         vit = arch.startswith("vit")

@@ -8,7 +8,7 @@ import pytest
 from report_fixture import write_run
 
 from bench.cli import main
-from bench.compare import compare_runs, smallest_p
+from bench.regress.compare import compare_runs, smallest_p
 
 SMALL = {"archs": ("resnet50",), "batches": (8, 64), "precisions": ("fp32",), "rounds": 2, "failures": {}}
 SLOW_KEY = ("resnet50", "timm", 8, "fp32")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 
-from bench.flops import EXPECTED_COUNTS, expected_counts
+from bench.counting.flops import EXPECTED_COUNTS, expected_counts
 
-REGENERATE = 'python -c "from bench.flops import write_expected_counts; write_expected_counts()"'
+REGENERATE = 'python -c "from bench.counting.flops import write_expected_counts; write_expected_counts()"'
 
 
 def test_counts_equal_the_committed_expected_values() -> None:

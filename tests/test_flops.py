@@ -11,10 +11,10 @@ import pytest
 import torch
 import torchvision.models
 
-from bench import fvcore_count as fvc
-from bench.analytic import VITS, analytic_macs, vit_attention_macs, vit_projection_macs
+from bench.counting import fvcore_count as fvc
+from bench.counting.analytic import VITS, analytic_macs, vit_attention_macs, vit_projection_macs
 from bench.cli import main
-from bench.flops import count, count_params, forward_flops, module_flops, train_flops, tv_published
+from bench.counting.flops import count, count_params, forward_flops, module_flops, train_flops, tv_published
 from bench.models import get_entry, list_entries
 
 ENTRIES = list_entries()

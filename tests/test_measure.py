@@ -9,14 +9,14 @@ import json
 import pytest
 import torch
 
-from bench.cell import Cell
+from bench.config.cell import Cell
 from bench.errors import UsageError
-from bench.measure import measure_cell
+from bench.measure.cell import measure_cell
 from bench.models import get_entry
 from bench.results import MEASURE_COLUMNS
-from bench.precision import numerics, numerics_state, plan_for
-from bench.step import graphs_compiled, make_optimizer, make_step, prepare_mode
-from bench.timing import TimingConfig
+from bench.config.precision import numerics, numerics_state, plan_for
+from bench.execute.step import graphs_compiled, make_optimizer, make_step, prepare_mode
+from bench.measure.timing import TimingConfig
 
 
 QUICK = TimingConfig(warmup_iters=1, warmup_s=0.0, min_iters=2, min_s=0.0, max_iters=3)

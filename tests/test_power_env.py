@@ -12,11 +12,11 @@ import warnings
 import pytest
 import torch
 
-from bench import power
-from bench.devices import H100_NVL, H100_PCIE, H100_SXM, H200_NVL, H200_SXM, match_device, peak_tflops_for
-from bench.env import collect_env
+from bench.measure import power
+from bench.hardware.gpus import H100_NVL, H100_PCIE, H100_SXM, H200_NVL, H200_SXM, match_device, peak_tflops_for
+from bench.measure.env import collect_env
 from bench.errors import UsageError
-from bench.memory import RssPeak, weights_bytes
+from bench.measure.memory import RssPeak, weights_bytes
 
 ENV_KEYS = [
     "env_torch", "env_torchvision", "env_timm", "env_fvcore", "env_cuda", "env_cudnn", "env_gpu_name",

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.cell import Cell
-from bench.devices import match_device, peak_tflops_for
+from bench.config.cell import Cell
+from bench.hardware.gpus import match_device, peak_tflops_for
 from bench.errors import UsageError
-from bench.flops import module_flops
+from bench.counting.flops import module_flops
 from bench.models import get_entry
-from bench.opcats import CATEGORIES, classify
-from bench.profile import profile_cell
-from bench.roofline import count_bytes, place, point
+from bench.profiling.opcats import CATEGORIES, classify
+from bench.profiling.profile import profile_cell
+from bench.profiling.roofline import count_bytes, place, point
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64

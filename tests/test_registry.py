@@ -10,7 +10,7 @@ import torchvision.models
 
 from bench.cli import main
 from bench.errors import UsageError
-from bench.flops import count_params
+from bench.counting.flops import count_params
 from bench.models import IMPLS, get_entry, list_archs, list_entries
 
 ENTRIES = list_entries()

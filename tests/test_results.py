@@ -71,7 +71,7 @@ def test_ratios_per_round_then_median_and_iqr():
     rows = []
     for rnd, (rv, tv) in enumerate([(100.0, 50.0), (90.0, 60.0), (120.0, 40.0)]):
         rows += [_row(f"rv{rnd}", "rv", rnd, rv), _row(f"tv{rnd}", "torchvision", rnd, tv)]
-    ratio = results.ratios(results._tidy(rows))
+    ratio = results.ratios(results.store._tidy(rows))
     assert list(ratio["reference"]) == ["torchvision"]  # no timm rows -> no rv/timm ratio
     per_round = pd.Series([2.0, 1.5, 3.0])
     assert ratio.loc[0, "ratio_median"] == pytest.approx(per_round.median())

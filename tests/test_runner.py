@@ -19,9 +19,9 @@ import pandas as pd
 
 from bench.cli import main
 from bench.results import load, load_samples
-from bench.runner import profile_cells
+from bench.runner.runner import profile_cells
 from bench.summary import summary_table, write_report
-from bench.sweep import build_spec, expand
+from bench.config.sweep import build_spec, expand
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--preset", "smoke", "--device", "cpu"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.timing import TimingConfig, summarize, time_callable, warm_up
+from bench.measure.timing import TimingConfig, summarize, time_callable, warm_up
 
 CPU = torch.device("cpu")
 

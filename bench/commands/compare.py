@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT, compare_runs, format_table, write_html
+from bench.regress.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT, compare_runs, format_table, write_html
 from bench.errors import UsageError
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from bench.cli import name_list
-from bench.flops import count
+from bench.counting.flops import count
 from bench.models import list_entries
 
 # (header, key, format) of the table; the JSON has every field of bench.flops.count.

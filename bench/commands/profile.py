@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.cell import COMPILE_MODES, IMPLS, MODES, PRECISIONS, Cell
+from bench.config.cell import COMPILE_MODES, IMPLS, MODES, PRECISIONS, Cell
 from bench.models import get_entry
-from bench.sweep import resolve_device
+from bench.config.sweep import resolve_device
 
 NAME_WIDTH = 70  # kernel names run to hundreds of characters; the JSON keeps them whole
 
@@ -78,7 +78,7 @@ def _print_summary(s: dict, out_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the cell from the arguments, profile it, print the summary."""
-    from bench.profile import profile_cell
+    from bench.profiling.profile import profile_cell
 
     entry = get_entry(args.arch, args.impl)
     cell = Cell(args.arch, args.impl, args.batch_size, args.image_size or entry.image_size,

@@ -11,16 +11,16 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from bench.cell import Cell
+from bench.config.cell import Cell
 from bench.cli import name_list
 from bench.errors import UsageError
 from bench.results import ResultWriter, finalize, finished_cell_ids
-from bench.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT, Job, Runner, plan_jobs, profile_cells, run_jobs
+from bench.runner.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT, Job, Runner, plan_jobs, profile_cells, run_jobs
 from bench.summary import progress_bar, summary_text, update_latest, write_report
-from bench.sweep import SweepSpec, build_spec, expand, list_presets, resolve_device, timing_config
+from bench.config.sweep import SweepSpec, build_spec, expand, list_presets, resolve_device, timing_config
 
 if TYPE_CHECKING:
-    from bench.timing import TimingConfig
+    from bench.measure.timing import TimingConfig
 
 # Options that define the sweep; with --resume the sweep comes from DIR/config.json instead.
 SWEEP_OPTIONS = ("preset", "models", "impls", "batch_sizes", "precisions", "compile", "modes",

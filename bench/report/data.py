@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.cell import IMPLS, MODES
+from bench.config.cell import IMPLS, MODES
 from bench.results import ok_rows
 
 CONFIG_KEYS = ["arch", "impl", "batch_size", "image_size", "precision", "channels_last", "compile", "mode"]

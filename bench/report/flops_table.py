@@ -6,8 +6,8 @@ import functools
 
 import pandas as pd
 
-from bench import flops
-from bench.cell import IMPLS
+from bench.counting import flops
+from bench.config.cell import IMPLS
 from bench.models import get_entry
 from bench.report.tables import Table, fmt
 

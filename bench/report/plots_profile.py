@@ -12,8 +12,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from bench.cell import IMPLS
-from bench.opcats import CATEGORIES
+from bench.config.cell import IMPLS
+from bench.profiling.opcats import CATEGORIES
 from bench.report.style import IMPL_COLORS, Plot, encode, skipped, theme
 
 # bench.opcats.CATEGORIES keys -> (legend label, colour)

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
-from bench.cell import IMPLS  # noqa: E402
+from bench.config.cell import IMPLS  # noqa: E402
 
 IMPL_COLORS = {"rv": "#c0392b", "torchvision": "#2471a3", "timm": "#229954"}
 assert set(IMPL_COLORS) == set(IMPLS), "every implementation needs a fixed colour"

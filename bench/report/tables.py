@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bench.cell import IMPLS
+from bench.config.cell import IMPLS
 from bench.report.data import failed_rows, memory_column, panels, variant_of
 from bench.results import is_max_batch_search
 

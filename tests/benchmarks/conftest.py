@@ -3,7 +3,7 @@
 The CI set is small enough for two shared CPU cores: four archs at 64 px, batch 2, fp32, one
 torch thread on CPU. ViTs are built for that size (their position embedding follows
 `image_size`), so every impl runs the same network on the same input. A workload is one
-synchronised step of the harness's own step code (`bench.step`), so the gates time exactly what
+synchronised step of the harness's own step code (`bench.execute.step`), so the gates time exactly what
 a sweep times. The `--device` option (or $RVBENCH_DEVICE) is defined in tests/conftest.py.
 """
 
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from bench.env import collect_env
-from bench.flops import count_params, forward_flops, train_flops
+from bench.measure.env import collect_env
+from bench.counting.flops import count_params, forward_flops, train_flops
 from bench.models import ModelEntry, list_entries
-from bench.precision import PrecisionPlan, numerics, plan_for
-from bench.step import make_optimizer, make_step, prepare_mode
+from bench.config.precision import PrecisionPlan, numerics, plan_for
+from bench.execute.step import make_optimizer, make_step, prepare_mode
 
 CI_IMAGE_SIZE: dict[str, int] = {
     "resnet18": 64,

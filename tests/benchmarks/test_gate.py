@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from bench.errors import UsageError
-from bench.gate import GateRule, decide, ratio_gate
+from bench.regress.gate import GateRule, decide, ratio_gate
 from bench.models import get_entry
 
 RULE = GateRule(clock=time.process_time)  # the fakes are single-threaded CPU work

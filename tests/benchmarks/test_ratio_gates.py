@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.gate import GateRule, ratio_gate
+from bench.regress.gate import GateRule, ratio_gate
 from bench.models import list_entries
 
 ROUNDS_ITERS = {"inference": (15, 3), "train": (9, 1)}

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import torch
 
-from bench.cell import PRECISIONS
+from bench.config.cell import PRECISIONS
 from bench.errors import UsageError
 
 

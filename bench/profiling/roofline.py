@@ -5,8 +5,8 @@ dispatch mode that sees every aten op with its real input and output tensors (sh
 after autocast), and each op is charged for reading all its tensor inputs and writing all its
 outputs. Views and allocations move nothing and are not charged. This is the unfused, cache-less
 traffic: real kernels fuse ops and hit in cache, so the estimate over-counts bytes and the
-intensity is a lower bound. FLOPs come from the measurement core (bench.flops); the roofline
-ceilings come from the known-device table (bench.devices). Unknown devices, and the CPU, get no
+intensity is a lower bound. FLOPs come from the measurement core (bench.counting.flops); the roofline
+ceilings come from the known-device table (bench.hardware.gpus). Unknown devices, and the CPU, get no
 roofline rather than a guessed one.
 """
 
@@ -18,7 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from bench.devices import match_device, peak_tflops_for
+from bench.hardware.gpus import match_device, peak_tflops_for
 
 BYTES_METHOD = (
     "unfused estimate: every aten op reads its tensor inputs and writes its outputs once "

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from bench.power import open_nvml
+from bench.measure.power import open_nvml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _version(dist: str) -> str | None:

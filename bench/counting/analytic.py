@@ -4,7 +4,7 @@ This is the reference the measured counters are checked against. It counts exact
 torchvision's published `_ops` count and FlopCounterMode counts: convolutions, linear layers
 (patch embedding and head included) and the two attention matmuls QK^T and AV. Norms,
 activations, pools, softmax and residual adds are not counted. Biases are not counted.
-Results are per image and split into the canonical groups of `bench.groups`, so the per-module
+Results are per image and split into the canonical groups of `bench.models.groups`, so the per-module
 breakdown of any implementation can be checked group by group.
 """
 

@@ -22,7 +22,7 @@ RESULTS_JSONL = "results.jsonl"
 SAMPLES_JSONL = "samples.jsonl"
 
 # The columns every row has (null where a cell did not produce them), in table order; the
-# measurement columns come from bench.measure, the env_* columns (appended) from bench.env.
+# measurement columns come from bench.measure.cell, the env_* columns (appended) from bench.env.
 # find_max_batch marks the row of a --find-max-batch search (its batch_size is the largest that
 # fits; max_batch_oom_at the smallest probed batch that did not, null if the limit was reached).
 # The measurement columns, exactly what bench.measure.measure_cell returns (less "samples_ms").

@@ -1,6 +1,6 @@
 """Worker process: measures cells sent by the runner, one at a time, on one device.
 
-Run as `python -m bench.worker`. Protocol: one JSON request per line on stdin, one JSON reply
+Run as `python -m bench.runner.worker`. Protocol: one JSON request per line on stdin, one JSON reply
 per line on the original stdout (library prints are redirected to stderr so they cannot corrupt
 the protocol). After start-up the worker says {"ready": true}. Requests:
     {"op": "env", "device": D}                        -> {"env": {...}}
@@ -34,7 +34,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.cell import Cell
+from bench.config.cell import Cell
 from bench.errors import UsageError
 
 FAULT_ENV = "RVBENCH_FAULT"
@@ -111,8 +111,8 @@ def measure(cell: Cell, timing: dict) -> dict:
         fault = _injected_fault(cell)
         if fault:
             _inject(fault, cell)
-        from bench.measure import measure_cell
-        from bench.timing import TimingConfig
+        from bench.measure.cell import measure_cell
+        from bench.measure.timing import TimingConfig
 
         result = measure_cell(cell, TimingConfig(**timing))
     except UsageError as exc:
@@ -145,8 +145,8 @@ def _error_reply(exc: Exception) -> dict:
 
 
 def profile(cell: Cell, out_dir: str) -> dict:
-    """Profile one cell into out_dir with bench.profile (engineer G's module)."""
-    from bench.profile import profile_cell
+    """Profile one cell into out_dir with bench.profiling.profile (engineer G's module)."""
+    from bench.profiling.profile import profile_cell
 
     try:
         profile_cell(cell, Path(out_dir))
@@ -158,7 +158,7 @@ def profile(cell: Cell, out_dir: str) -> dict:
 def handle(request: dict) -> dict:
     """Dispatch one request."""
     if request["op"] == "env":
-        from bench.env import collect_env
+        from bench.measure.env import collect_env
 
         return {"env": collect_env(request["device"])}
     cell = Cell(**request["cell"])

@@ -2,13 +2,13 @@
 
 Conventions: a MAC is one multiply-accumulate; FLOPs = 2 x MACs. torchvision's published `_ops`
 ("GFLOPS" in its docs) are GMACs. The counters:
-- analytic (bench.analytic): closed form from the architecture; the reference.
+- analytic (bench.counting.analytic): closed form from the architecture; the reference.
 - flopcounter: torch.utils.flop_counter.FlopCounterMode on a model built on the meta device, so no
   real compute happens. On meta, scaled_dot_product_attention runs its math decomposition (two
   bmm) and nn.MultiheadAttention never takes its inference fast path (the fast path accepts only
   cpu/cuda tensors), so attention is counted for every impl. On a real CPU it would be missed.
 - fvcore: FlopCountAnalysis, reported as fvcore defines it (1 per multiply-add, norms and pools
-  counted, no handler for attention kernels) on a real CPU forward (see bench.fvcore_count).
+  counted, no handler for attention kernels) on a real CPU forward (see bench.counting.fvcore_count).
 analytic and flopcounter agree exactly; tests pin that and torchvision's published numbers.
 """
 
@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.analytic import analytic_macs
-from bench.fvcore_count import fvcore_count, fvcore_note
-from bench.groups import module_groups
+from bench.counting.analytic import analytic_macs
+from bench.counting.fvcore_count import fvcore_count, fvcore_note
+from bench.models.groups import module_groups
 from bench.models import ModelEntry, get_entry, list_entries
 
 EXPECTED_COUNTS = Path(__file__).with_name("expected_counts.json")
@@ -90,7 +90,7 @@ def train_flops(arch: str, impl: str, image_size: int) -> int:
 
 
 def module_flops(model: nn.Module, arch: str, impl: str, image_size: int) -> dict[str, int]:
-    """Forward FLOPs per image for each canonical group (bench.groups), in forward order.
+    """Forward FLOPs per image for each canonical group (bench.models.groups), in forward order.
 
     A model with real weights is not run: its arch is counted on the meta device instead.
     """

@@ -2,17 +2,17 @@
 
 After warm-up, torch.profiler records a few steps (CPU activity, plus CUDA kernels on a GPU, with
 input shapes). From those events:
-- device time per operator category (bench.opcats): self CPU time of each op on the CPU, kernel
+- device time per operator category (bench.profiling.opcats): self CPU time of each op on the CPU, kernel
   time on CUDA (a kernel the name rules cannot place takes the category of the op launching it);
   user ranges (ProfilerStep, our module ranges) are not operators and are left out;
 - the top operators (CPU) or kernels (CUDA) by that time;
-- forward time of each canonical module group (bench.groups): forward hooks wrap each of the
+- forward time of each canonical module group (bench.models.groups): forward hooks wrap each of the
   group's modules in a `module::<group>` profiler range; joined with the group's FLOPs
-  (bench.flops) into achieved TFLOP/s. Under torch.compile the graph fuses across module boundaries, so there is no
+  (bench.counting.flops) into achieved TFLOP/s. Under torch.compile the graph fuses across module boundaries, so there is no
   per-module time then;
 - peak memory per phase (forward / backward / optimizer) on CUDA, read from the caching allocator
   by hooks on the model and the optimizer around one step, and optionally a memory snapshot;
-- the step's arithmetic intensity and achieved TFLOP/s, on the device's roofline (bench.roofline).
+- the step's arithmetic intensity and achieved TFLOP/s, on the device's roofline (bench.profiling.roofline).
 
 Times are per step (profiled total / steps). Step time is the median profiled step, synchronised
 on CUDA, so it includes the profiler's own overhead. Writes trace.json.gz (open it in Perfetto or
@@ -31,17 +31,17 @@ from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
-from bench.build import BuiltCell, build_cell, check_device, flops_per_image, release
-from bench.cell import Cell, validate
+from bench.execute.prepare import BuiltCell, build_cell, check_device, flops_per_image, release
+from bench.config.cell import Cell, validate
 from bench.errors import UsageError
-from bench.flops import module_flops
-from bench.groups import module_groups
-from bench.memory import MB
+from bench.counting.flops import module_flops
+from bench.models.groups import module_groups
+from bench.measure.memory import MB
 from bench.models import ModelEntry, get_entry
-from bench.opcats import CATEGORIES, classify
-from bench.precision import numerics, plan_for
-from bench.roofline import BYTES_METHOD, count_bytes, place, point
-from bench.timing import TimingConfig, synchronize, warm_up
+from bench.profiling.opcats import CATEGORIES, classify
+from bench.config.precision import numerics, plan_for
+from bench.profiling.roofline import BYTES_METHOD, count_bytes, place, point
+from bench.measure.timing import TimingConfig, synchronize, warm_up
 
 SCHEMA_VERSION = 1
 TOP_N = 20
@@ -55,14 +55,14 @@ _MODULES_NOTE = (
     "(per image x batch size), so achieved TFLOP/s = GFLOP / forward ms"
 )
 _COMPILED_NOTE = "no per-module time under torch.compile: the compiled graph fuses across module boundaries"
-_NO_ROOFLINE_NOTE = "no roofline: the device (or its peak for this precision) is not in bench.devices"
-_CPU_ROOFLINE_NOTE = "no roofline on CPU: bench.devices has peaks for GPUs only"
+_NO_ROOFLINE_NOTE = "no roofline: the device (or its peak for this precision) is not in bench.hardware.gpus"
+_CPU_ROOFLINE_NOTE = "no roofline on CPU: bench.hardware.gpus has peaks for GPUs only"
 _CPU_MEMORY_NOTE = "no per-phase peaks on CPU: its allocator keeps no peak statistics (see mem_rss_delta_mb)"
 
 
 def _group_ranges(groups: dict[str, list[nn.Module]]) -> list:
     """Wrap each module of each group in a `module::<group>` profiler range (a group's time is the
-    sum of its modules' ranges, as its FLOPs are the sum of its modules' FLOPs in bench.flops)."""
+    sum of its modules' ranges, as its FLOPs are the sum of its modules' FLOPs in bench.counting.flops)."""
     handles = []
     for name, modules in groups.items():
         for module in modules:

@@ -1,6 +1,6 @@
 """Set up one cell for running: the model in its mode, precision and layout, a fixed random batch,
-the optimizer and the step closure. Shared by measurement (bench.measure) and profiling
-(bench.profile) so both run exactly the same program."""
+the optimizer and the step closure. Shared by measurement (bench.measure.cell) and profiling
+(bench.profiling.profile) so both run exactly the same program."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from bench.cell import Cell
+from bench.config.cell import Cell
 from bench.errors import UsageError
-from bench.flops import forward_flops, train_flops
+from bench.counting.flops import forward_flops, train_flops
 from bench.models import ModelEntry
-from bench.precision import PrecisionPlan
-from bench.step import compile_model, make_optimizer, make_step, prepare_mode
+from bench.config.precision import PrecisionPlan
+from bench.execute.step import compile_model, make_optimizer, make_step, prepare_mode
 
 NUM_CLASSES = 1000
 SEED = 0
@@ -76,7 +76,7 @@ def build_cell(cell: Cell, entry: ModelEntry, plan: PrecisionPlan, device: torch
 def flops_per_image(cell: Cell) -> tuple[int, int]:
     """(forward FLOPs per image, FLOPs per image of one step in this cell's mode).
 
-    Finetune counts forward only: the frozen backbone runs no backward (see bench.measure).
+    Finetune counts forward only: the frozen backbone runs no backward (see bench.measure.cell).
     """
     forward = forward_flops(cell.arch, cell.impl, cell.image_size)
     return forward, train_flops(cell.arch, cell.impl, cell.image_size) if cell.mode == "train" else forward

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.precision import PrecisionPlan, autocast
+from bench.config.precision import PrecisionPlan, autocast
 from rv_models.transfer import freeze_backbone
 
 # Learning rates only need to move the weights; the values are the usual ones per family.

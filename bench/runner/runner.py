@@ -26,7 +26,7 @@ from typing import Protocol
 
 import pandas as pd
 
-from bench.cell import IMPLS, Cell
+from bench.config.cell import IMPLS, Cell
 from bench.results import CONFIG_KEYS, SCHEMA_VERSION, ResultWriter
 from bench.summary import ok_medians
 
@@ -35,7 +35,7 @@ MAX_BATCH_LIMIT = 4096
 # ... nor beyond this one on a CPU: a CPU pages to swap long before it runs out of memory, each
 # probe of a larger model at batch 512+ takes minutes, and CPU throughput is flat well before 256.
 CPU_MAX_BATCH_LIMIT = 256
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class WorkerLost(Exception):
@@ -47,7 +47,7 @@ class WorkerLost(Exception):
 
 
 class Worker:
-    """One `python -m bench.worker` process; its stderr goes to a log file in the run directory."""
+    """One `python -m bench.runner.worker` process; its stderr goes to a log file in the run directory."""
 
     def __init__(self, log_path: Path) -> None:
         self._log_path = log_path
@@ -59,7 +59,7 @@ class Worker:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         with open(self._log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [sys.executable, "-m", "bench.runner.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=log, env=env, text=True, bufsize=1,
             )
         self._replies = queue.Queue()
@@ -245,7 +245,7 @@ class Runner:
         return best, oom_at, None
 
     def profile(self, cells: list[Cell], profiles_dir: Path) -> list[str]:
-        """Profile each cell into profiles_dir/<arch>-<impl>/ with bench.profile in its worker.
+        """Profile each cell into profiles_dir/<arch>-<impl>/ with bench.profiling.profile in its worker.
 
         Returns one line per profile for the terminal (failures included, never raised).
         """

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from bench.sampler import BackgroundSampler
+from bench.measure.sampler import BackgroundSampler
 
 POWER_INTERVAL_S = 0.05
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bench.cell import PRECISIONS
+from bench.config.cell import PRECISIONS
 from bench.errors import UsageError
 
 

@@ -27,17 +27,17 @@ from typing import Iterator
 
 import torch
 
-from bench.build import build_cell, check_device, flops_per_image, release
-from bench.cell import Cell, validate
-from bench.devices import peak_tflops_for
-from bench.env import collect_env
-from bench.flops import count_params
-from bench.memory import CudaPeak, RssPeak, weights_bytes
+from bench.execute.prepare import build_cell, check_device, flops_per_image, release
+from bench.config.cell import Cell, validate
+from bench.hardware.gpus import peak_tflops_for
+from bench.measure.env import collect_env
+from bench.counting.flops import count_params
+from bench.measure.memory import CudaPeak, RssPeak, weights_bytes
 from bench.models import ModelEntry, get_entry
-from bench.power import PowerMonitor, empty_columns, power_monitor
-from bench.precision import PrecisionPlan, numerics, numerics_state, plan_for
-from bench.step import graphs_compiled
-from bench.timing import TimingConfig, summarize, synchronize, time_callable
+from bench.measure.power import PowerMonitor, empty_columns, power_monitor
+from bench.config.precision import PrecisionPlan, numerics, numerics_state, plan_for
+from bench.execute.step import graphs_compiled
+from bench.measure.timing import TimingConfig, summarize, synchronize, time_callable
 
 @contextlib.contextmanager
 def _timed_window(device: torch.device, window: dict) -> Iterator[None]:

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.cell import IMPLS, Cell, validate, validate_device
+from bench.config.cell import IMPLS, Cell, validate, validate_device
 from bench.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -134,7 +134,7 @@ def build_spec(preset: str, device: str, overrides: dict, find_max_batch: bool =
 
 def timing_config(spec: SweepSpec):
     """The spec's bench.timing.TimingConfig; unknown fields are a UsageError."""
-    from bench.timing import TimingConfig
+    from bench.measure.timing import TimingConfig
 
     names = [f.name for f in dataclasses.fields(TimingConfig)]
     unknown = set(spec.timing) - set(names)
@@ -160,7 +160,7 @@ def _check_devices(cells: list[Cell]) -> None:
 
     if not torch.cuda.is_available():
         return
-    from bench.build import check_device
+    from bench.execute.prepare import check_device
 
     for device, precision in dict.fromkeys((c.device, c.precision) for c in cells if c.device != "cpu"):
         check_device(torch.device(device), precision)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.sampler import BackgroundSampler
+from bench.measure.sampler import BackgroundSampler
 
 MB = float(2**20)
 RSS_INTERVAL_S = 0.01

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from bench.cell import IMPLS
+from bench.config.cell import IMPLS
 from bench.errors import UsageError
 
 __all__ = ["IMPLS", "ModelEntry", "get_entry", "list_archs", "list_entries"]

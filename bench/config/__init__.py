@@ -1,0 +1,1 @@
+"""Stage 2: what to measure: cells, precisions, sweep specs and presets."""

@@ -1,0 +1,1 @@
+"""Stage 3: static counts: parameters and FLOPs from three counters, and the pinned expected counts."""

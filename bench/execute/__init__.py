@@ -1,0 +1,1 @@
+"""Stage 4: turn a cell into a runnable step: build, mode, precision, layout, compile, release."""

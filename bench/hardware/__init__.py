@@ -1,0 +1,1 @@
+"""Stage 1: devices: resolution, validation, capability checks and known GPU specifications."""

@@ -1,0 +1,1 @@
+"""Stage 5: instruments (timing, memory, power, environment) and the measurement of one cell."""

@@ -1,8 +1,8 @@
 """Translate state dicts between rv, torchvision and timm naming.
 
 rv is the hub: every conversion maps source keys to rv keys, then rv keys to destination keys. rv and timm share
-names for all archs and torchvision shares ResNet names, so only torchvision's ViT needs renaming. Tensors are passed
-through untouched: torchvision's packed `in_proj_weight` stacks q, k, v exactly like rv's fused qkv.
+names for all archs and torchvision shares ResNet names, so only torchvision's ViT needs renaming (the renames are
+in the family's spec). Tensors are passed through untouched.
 """
 
 from __future__ import annotations
@@ -13,45 +13,15 @@ from collections.abc import Mapping
 
 import torch
 
-from rv_models.registry import create_model, list_models
+from rv_models.family import LIBRARIES
+from rv_models.registry import FAMILIES, create_model, family_of, library_archs
 
-LIBRARIES = ("rv", "torchvision", "timm")
+__all__ = ["LIBRARIES", "TORCHVISION_NAMES", "convert_state_dict", "library_archs"]
 
 # rv arch -> torchvision builder name (torchvision has no tiny/small ViT); timm uses the rv names themselves
 TORCHVISION_NAMES: dict[str, str] = {
-    "resnet18": "resnet18",
-    "resnet34": "resnet34",
-    "resnet50": "resnet50",
-    "resnet101": "resnet101",
-    "resnet152": "resnet152",
-    "vit_base_patch16_224": "vit_b_16",
-    "vit_base_patch32_224": "vit_b_32",
-    "vit_large_patch16_224": "vit_l_16",
-    "vit_large_patch32_224": "vit_l_32",
-    "vit_huge_patch14_224": "vit_h_14",
+    arch: family.library_name(arch, "torchvision") for family in FAMILIES for arch in family.archs("torchvision")
 }
-
-# rv key pattern -> torchvision key; the first match wins, keys matching none are named alike in both
-_TORCHVISION_RENAMES: tuple[tuple[str, str], ...] = (
-    (r"^cls_token$", "class_token"),
-    (r"^pos_embed$", "encoder.pos_embedding"),
-    (r"^patch_embed\.proj\.", "conv_proj."),
-    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.encoder_layer_\1.ln_1."),
-    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.encoder_layer_\1.ln_2."),
-    (r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_\2"),
-    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.encoder_layer_\1.self_attention.out_proj."),
-    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"encoder.layers.encoder_layer_\1.mlp.0."),
-    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"encoder.layers.encoder_layer_\1.mlp.3."),
-    (r"^norm\.", "encoder.ln."),
-    (r"^head\.", "heads.head."),
-)
-
-
-def library_archs(library: str) -> list[str]:
-    """The rv arch names that `library` also implements."""
-    if library not in LIBRARIES:
-        raise ValueError(f"unknown library {library!r}; valid: {', '.join(LIBRARIES)}")
-    return list(TORCHVISION_NAMES) if library == "torchvision" else list_models()
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,8 +31,8 @@ def _rv_keys(arch: str) -> tuple[str, ...]:
         return tuple(create_model(arch).state_dict())
 
 
-def _torchvision_key(rv_key: str) -> str:
-    for pattern, replacement in _TORCHVISION_RENAMES:
+def _torchvision_key(rv_key: str, renames: tuple[tuple[str, str], ...]) -> str:
+    for pattern, replacement in renames:
         new_key, count = re.subn(pattern, replacement, rv_key)
         if count:
             return new_key
@@ -75,7 +45,8 @@ def _key_map(arch: str, library: str) -> dict[str, str]:
         raise ValueError(f"{library} has no {arch!r}; valid: {', '.join(library_archs(library))}")
     keys = _rv_keys(arch)
     if library == "torchvision":
-        return {key: _torchvision_key(key) for key in keys}
+        renames = family_of(arch).torchvision_renames
+        return {key: _torchvision_key(key, renames) for key in keys}
     return {key: key for key in keys}
 
 

@@ -2,15 +2,17 @@
 
 Module and parameter names match torchvision's ResNet, so a torchvision or timm state dict loads unchanged.
 Every layer keeps the input's memory format, so the model runs channels_last without layout copies.
+The family's spec (`FAMILY`: configs, library names and layouts, optimizer, closed-form MACs) closes the module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+
+from rv_models.family import LIBRARIES, Family, Layout
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -141,35 +143,122 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+# arch -> architecture; the other ResNetConfig fields are per-model options (see create)
+CONFIGS: dict[str, ResNetConfig] = {
+    "resnet18": ResNetConfig(BasicBlock, (2, 2, 2, 2)),
+    "resnet34": ResNetConfig(BasicBlock, (3, 4, 6, 3)),
+    "resnet50": ResNetConfig(Bottleneck, (3, 4, 6, 3)),
+    "resnet101": ResNetConfig(Bottleneck, (3, 4, 23, 3)),
+    "resnet152": ResNetConfig(Bottleneck, (3, 8, 36, 3)),
+}
+
+
+def create(arch: str, *, num_classes: int = 1000, in_chans: int = 3, zero_init_residual: bool = False) -> ResNet:
+    """Build the ResNet `arch` (a CONFIGS name) with random weights and these options."""
+    options = {"num_classes": num_classes, "in_chans": in_chans, "zero_init_residual": zero_init_residual}
+    return ResNet(replace(CONFIGS[arch], **options))
+
+
 def resnet18(*, num_classes: int = 1000, in_chans: int = 3, zero_init_residual: bool = False) -> ResNet:
     """ResNet-18: basic blocks (2, 2, 2, 2), 11.7M parameters."""
-    return ResNet(ResNetConfig(BasicBlock, (2, 2, 2, 2), num_classes, in_chans, zero_init_residual))
+    return create("resnet18", num_classes=num_classes, in_chans=in_chans, zero_init_residual=zero_init_residual)
 
 
 def resnet34(*, num_classes: int = 1000, in_chans: int = 3, zero_init_residual: bool = False) -> ResNet:
     """ResNet-34: basic blocks (3, 4, 6, 3), 21.8M parameters."""
-    return ResNet(ResNetConfig(BasicBlock, (3, 4, 6, 3), num_classes, in_chans, zero_init_residual))
+    return create("resnet34", num_classes=num_classes, in_chans=in_chans, zero_init_residual=zero_init_residual)
 
 
 def resnet50(*, num_classes: int = 1000, in_chans: int = 3, zero_init_residual: bool = False) -> ResNet:
     """ResNet-50: bottleneck blocks (3, 4, 6, 3), 25.6M parameters."""
-    return ResNet(ResNetConfig(Bottleneck, (3, 4, 6, 3), num_classes, in_chans, zero_init_residual))
+    return create("resnet50", num_classes=num_classes, in_chans=in_chans, zero_init_residual=zero_init_residual)
 
 
 def resnet101(*, num_classes: int = 1000, in_chans: int = 3, zero_init_residual: bool = False) -> ResNet:
     """ResNet-101: bottleneck blocks (3, 4, 23, 3), 44.5M parameters."""
-    return ResNet(ResNetConfig(Bottleneck, (3, 4, 23, 3), num_classes, in_chans, zero_init_residual))
+    return create("resnet101", num_classes=num_classes, in_chans=in_chans, zero_init_residual=zero_init_residual)
 
 
 def resnet152(*, num_classes: int = 1000, in_chans: int = 3, zero_init_residual: bool = False) -> ResNet:
     """ResNet-152: bottleneck blocks (3, 8, 36, 3), 60.2M parameters."""
-    return ResNet(ResNetConfig(Bottleneck, (3, 8, 36, 3), num_classes, in_chans, zero_init_residual))
+    return create("resnet152", num_classes=num_classes, in_chans=in_chans, zero_init_residual=zero_init_residual)
 
 
-MODELS: dict[str, Callable[..., ResNet]] = {
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "resnet50": resnet50,
-    "resnet101": resnet101,
-    "resnet152": resnet152,
-}
+def _out(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def _conv_macs(size: int, c_in: int, c_out: int, kernel: int, stride: int, pad: int) -> tuple[int, int]:
+    """(MACs, output side) of a square convolution on a square input."""
+    out = _out(size, kernel, stride, pad)
+    return out * out * c_out * c_in * kernel * kernel, out
+
+
+def resnet_macs(config: ResNetConfig, image_size: int, num_classes: int = 1000) -> dict[str, int]:
+    """MACs per image by group: stem, layer1..layer4, head (convs and the fc; norms, pools and adds are free).
+
+    Mirrors ResNet.__init__: the stride of a stage's first block sits on its 3x3 conv (v1.5).
+    """
+    groups: dict[str, int] = {}
+    groups["stem"], size = _conv_macs(image_size, config.in_chans, 64, 7, 2, 3)
+    size = _out(size, 3, 2, 1)  # max pool
+    bottleneck = config.block is Bottleneck
+    in_ch = 64
+    for stage, depth in enumerate(config.layers):
+        planes = 64 * 2**stage
+        out_ch = planes * config.block.expansion
+        total = 0
+        for block in range(depth):
+            stride = 2 if stage > 0 and block == 0 else 1
+            if bottleneck:
+                a, _ = _conv_macs(size, in_ch, planes, 1, 1, 0)
+                b, new_size = _conv_macs(size, planes, planes, 3, stride, 1)
+                c, _ = _conv_macs(new_size, planes, out_ch, 1, 1, 0)
+                total += a + b + c
+            else:
+                a, new_size = _conv_macs(size, in_ch, planes, 3, stride, 1)
+                b, _ = _conv_macs(new_size, planes, planes, 3, 1, 1)
+                total += a + b
+            if stride != 1 or in_ch != out_ch:
+                total += _conv_macs(size, in_ch, out_ch, 1, stride, 0)[0]
+            in_ch, size = out_ch, new_size
+        groups[f"layer{stage + 1}"] = total
+    groups["head"] = in_ch * num_classes
+    return groups
+
+
+def sgd(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The usual ResNet optimizer: SGD with momentum (the values only need to move the weights in a benchmark)."""
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+
+# rv and torchvision name everything alike; timm calls the stem activation act1 and the pool global_pool.
+_LAYOUT = Layout(
+    {
+        "conv1": "stem", "bn1": "stem", "relu": "stem", "act1": "stem", "maxpool": "stem",
+        "layer1": "layer1", "layer2": "layer2", "layer3": "layer3", "layer4": "layer4",
+        "avgpool": "head", "global_pool": "head", "fc": "head",
+    },
+    head="fc",
+    body="layer4",
+)  # fmt: skip
+
+FAMILY = Family(
+    name="resnet",
+    title="ResNet",
+    configs=CONFIGS,
+    create=create,
+    layouts=dict.fromkeys(LIBRARIES, _LAYOUT),
+    torchvision={
+        "resnet18": ("resnet18", "ResNet18_Weights"),
+        "resnet34": ("resnet34", "ResNet34_Weights"),
+        "resnet50": ("resnet50", "ResNet50_Weights"),
+        "resnet101": ("resnet101", "ResNet101_Weights"),
+        "resnet152": ("resnet152", "ResNet152_Weights"),
+    },
+    torchvision_renames=(),  # torchvision's ResNet keys are rv's
+    optimizer=sgd,
+    input_multiple=lambda config: 1,  # any side works: convs and the adaptive pool take any input
+    takes_image_size=False,
+    macs=resnet_macs,
+)

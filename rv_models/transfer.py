@@ -1,7 +1,7 @@
 """Transfer learning helpers: swap the classifier, freeze the backbone, unfreeze it group by group.
 
 They work on the ResNets and ViTs of rv_models, torchvision and timm alike, because the harness fine-tunes all
-three. Parameter groups run from input to output:
+three. Parameter groups are the canonical groups of the family's layout (rv_models.family), input to output:
     ResNet: stem (conv1, bn1), layer1, layer2, layer3, layer4, head (fc)
     ViT:    patch_embed (patch projection, class token, position embedding), the blocks in BLOCK_GROUPS
             consecutive chunks ("blocks.0-2", ...), head (final norm and classifier)
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from rv_models.convert import TORCHVISION_NAMES, library_archs
-from rv_models.registry import create_model
+from rv_models.family import BLOCKS
+from rv_models.registry import create_model, layout_of
 
 BLOCK_GROUPS = 4  # ViT blocks unfreeze in this many chunks, mirroring ResNet's four stages
 
@@ -30,65 +31,42 @@ class ParamGroup:
     params: tuple[nn.Parameter, ...]
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """Where a model family keeps its classifier and which parameter-name prefixes form each group."""
-
-    head: str  # dotted path of the classifier nn.Linear
-    groups: tuple[tuple[str, tuple[str, ...]], ...]  # (group name, parameter-name prefixes), input to output
-
-
-def _vit_layout(embed: tuple[str, ...], block: str, depth: int, top: tuple[str, ...],
-                head: str) -> _Layout:
-    """ViT groups; `block` formats a block index into that block's parameter-name prefix."""
-    groups = [("patch_embed", embed)]
+def _chunk_blocks(groups: dict[str, list[nn.Parameter]]) -> list[ParamGroup]:
+    """The groups in order, with the per-block ones (blocks.0 .. blocks.N-1) merged into BLOCK_GROUPS
+    consecutive chunks named blocks.first-last."""
+    blocks = [params for name, params in groups.items() if name.startswith(f"{BLOCKS}.")]
+    chunks = []
     for g in range(BLOCK_GROUPS):
-        first, end = g * depth // BLOCK_GROUPS, (g + 1) * depth // BLOCK_GROUPS
+        first, end = g * len(blocks) // BLOCK_GROUPS, (g + 1) * len(blocks) // BLOCK_GROUPS
         if end > first:
-            groups.append((f"blocks.{first}-{end - 1}", tuple(block.format(i) for i in range(first, end))))
-    groups.append(("head", top))
-    return _Layout(head, tuple(groups))
-
-
-def _layout(model: nn.Module) -> _Layout:
-    """Recognise rv / torchvision / timm ResNets and ViTs by their module names."""
-    if hasattr(model, "layer4") and hasattr(model, "fc"):
-        stages = tuple((f"layer{i}", (f"layer{i}",)) for i in range(1, 5))
-        return _Layout("fc", (("stem", ("conv1", "bn1")), *stages, ("head", ("fc",))))
-    if hasattr(model, "patch_embed") and hasattr(model, "blocks"):  # rv and timm
-        return _vit_layout(("patch_embed", "cls_token", "pos_embed"), "blocks.{}", len(model.blocks),
-                           ("norm", "fc_norm", "head"), "head")
-    if hasattr(model, "conv_proj") and hasattr(model, "encoder"):  # torchvision
-        return _vit_layout(("conv_proj", "class_token", "encoder.pos_embedding"),
-                           "encoder.layers.encoder_layer_{}", len(model.encoder.layers), ("encoder.ln", "heads"),
-                           "heads.head")
-    raise ValueError(
-        f"unsupported model {type(model).__name__}: expected a ResNet or ViT from rv_models, torchvision or timm"
-    )
-
-
-def _matches(name: str, prefixes: tuple[str, ...]) -> bool:
-    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+            chunks.append(ParamGroup(f"{BLOCKS}.{first}-{end - 1}", tuple(p for b in blocks[first:end] for p in b)))
+    merged: list[ParamGroup] = []
+    for name, params in groups.items():
+        if not name.startswith(f"{BLOCKS}."):
+            merged.append(ParamGroup(name, tuple(params)))
+        elif name == f"{BLOCKS}.0":
+            merged += chunks
+    return merged
 
 
 def param_groups(model: nn.Module) -> list[ParamGroup]:
-    """The model's parameters split into unfreezing groups, input to output (see the module docstring)."""
-    layout = _layout(model)
-    named = list(model.named_parameters())
-    groups = [
-        ParamGroup(group, tuple(p for name, p in named if _matches(name, prefixes)))
-        for group, prefixes in layout.groups
-    ]
-    grouped = {id(p) for group in groups for p in group.params}
-    stray = [name for name, p in named if id(p) not in grouped]
+    """The model's parameters split into unfreezing groups, input to output (see the module docstring).
+
+    The groups are the canonical groups of the model's layout (rv_models.family.Layout), blocks chunked.
+    """
+    groups: dict[str, list[nn.Parameter]] = {}
+    for group, part in layout_of(model).parts(model):
+        groups.setdefault(group, []).extend(part.parameters() if isinstance(part, nn.Module) else [part])
+    grouped = {id(p) for params in groups.values() for p in params}
+    stray = [name for name, p in model.named_parameters() if id(p) not in grouped]
     if stray:
         raise ValueError(f"parameters of {type(model).__name__} in no group: {', '.join(stray)}")
-    return groups
+    return _chunk_blocks(groups)
 
 
 def classifier(model: nn.Module) -> nn.Linear:
     """The model's final classification layer (fc, head or heads.head)."""
-    return model.get_submodule(_layout(model).head)
+    return model.get_submodule(layout_of(model).head)
 
 
 def _train_only(model: nn.Module, params: Iterable[nn.Parameter]) -> None:
@@ -104,7 +82,7 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     Returns the model.
     """
     old = classifier(model)
-    parent, _, attr = _layout(model).head.rpartition(".")
+    parent, _, attr = layout_of(model).head.rpartition(".")
     new = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
     setattr(model.get_submodule(parent), attr, new)
     if hasattr(model, "num_classes"):  # torchvision and timm ViTs and rv ViTs record it

@@ -1,18 +1,22 @@
 """Vision Transformer (Dosovitskiy et al. 2020): patch embedding, class token, pre-norm encoder blocks, linear head.
 
 Module and parameter names match timm's VisionTransformer, so a timm state dict loads unchanged and a torchvision
-one only needs its keys renamed (rv_models.convert).
+one only needs its keys renamed (rv_models.convert, with the renames of the family's spec `FAMILY`, which closes the
+module along with the configs, library names and layouts, optimizer and closed-form MACs).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from operator import attrgetter
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rv_models.family import BLOCKS, Family, Layout
 
 
 @dataclass(frozen=True)
@@ -178,52 +182,155 @@ class VisionTransformer(nn.Module):
         return self.head(self.head_drop(self.forward_features(x)[:, 0]))
 
 
-def _vit(patch_size: int, embed_dim: int, depth: int, num_heads: int, **kwargs: Any) -> VisionTransformer:
-    config = ViTConfig(patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads, **kwargs)
-    return VisionTransformer(config)
+# arch -> architecture; the other ViTConfig fields are per-model options (see create)
+CONFIGS: dict[str, ViTConfig] = {
+    "vit_tiny_patch16_224": ViTConfig(patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16_224": ViTConfig(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16_224": ViTConfig(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "vit_base_patch32_224": ViTConfig(patch_size=32, embed_dim=768, depth=12, num_heads=12),
+    "vit_large_patch16_224": ViTConfig(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+    "vit_large_patch32_224": ViTConfig(patch_size=32, embed_dim=1024, depth=24, num_heads=16),
+    "vit_huge_patch14_224": ViTConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
+}
+_ARCH_FIELDS = ("patch_size", "embed_dim", "depth", "num_heads")  # the ViTConfig fields an arch name fixes
+
+
+def create(arch: str, **kwargs: Any) -> VisionTransformer:
+    """Build the ViT `arch` (a CONFIGS name) with random weights.
+
+    kwargs: any ViTConfig field but the four that define the arch (img_size, in_chans, num_classes, mlp_ratio,
+    drop_rate, drop_path_rate).
+    """
+    fixed = [name for name in _ARCH_FIELDS if name in kwargs]
+    if fixed:
+        raise TypeError(f"{arch} fixes {', '.join(fixed)}; it cannot be passed")
+    return VisionTransformer(replace(CONFIGS[arch], **kwargs))
 
 
 def vit_tiny_patch16_224(**kwargs: Any) -> VisionTransformer:
-    """ViT-Ti/16: width 192, 12 blocks, 3 heads. kwargs: any ViTConfig field but the four that define the arch."""
-    return _vit(16, 192, 12, 3, **kwargs)
+    """ViT-Ti/16: width 192, 12 blocks, 3 heads. kwargs: the options of `create`."""
+    return create("vit_tiny_patch16_224", **kwargs)
 
 
 def vit_small_patch16_224(**kwargs: Any) -> VisionTransformer:
     """ViT-S/16: width 384, 12 blocks, 6 heads."""
-    return _vit(16, 384, 12, 6, **kwargs)
+    return create("vit_small_patch16_224", **kwargs)
 
 
 def vit_base_patch16_224(**kwargs: Any) -> VisionTransformer:
     """ViT-B/16 (torchvision vit_b_16): width 768, 12 blocks, 12 heads."""
-    return _vit(16, 768, 12, 12, **kwargs)
+    return create("vit_base_patch16_224", **kwargs)
 
 
 def vit_base_patch32_224(**kwargs: Any) -> VisionTransformer:
     """ViT-B/32 (torchvision vit_b_32): width 768, 12 blocks, 12 heads."""
-    return _vit(32, 768, 12, 12, **kwargs)
+    return create("vit_base_patch32_224", **kwargs)
 
 
 def vit_large_patch16_224(**kwargs: Any) -> VisionTransformer:
     """ViT-L/16 (torchvision vit_l_16): width 1024, 24 blocks, 16 heads."""
-    return _vit(16, 1024, 24, 16, **kwargs)
+    return create("vit_large_patch16_224", **kwargs)
 
 
 def vit_large_patch32_224(**kwargs: Any) -> VisionTransformer:
     """ViT-L/32 (torchvision vit_l_32): width 1024, 24 blocks, 16 heads."""
-    return _vit(32, 1024, 24, 16, **kwargs)
+    return create("vit_large_patch32_224", **kwargs)
 
 
 def vit_huge_patch14_224(**kwargs: Any) -> VisionTransformer:
     """ViT-H/14 (torchvision vit_h_14): width 1280, 32 blocks, 16 heads, MLP 5120."""
-    return _vit(14, 1280, 32, 16, **kwargs)
+    return create("vit_huge_patch14_224", **kwargs)
 
 
-MODELS: dict[str, Callable[..., VisionTransformer]] = {
-    "vit_tiny_patch16_224": vit_tiny_patch16_224,
-    "vit_small_patch16_224": vit_small_patch16_224,
-    "vit_base_patch16_224": vit_base_patch16_224,
-    "vit_base_patch32_224": vit_base_patch32_224,
-    "vit_large_patch16_224": vit_large_patch16_224,
-    "vit_large_patch32_224": vit_large_patch32_224,
-    "vit_huge_patch14_224": vit_huge_patch14_224,
-}
+def vit_tokens(config: ViTConfig, image_size: int) -> int:
+    """Sequence length: one token per whole patch plus the class token."""
+    return (image_size // config.patch_size) ** 2 + 1
+
+
+def vit_attention_macs(config: ViTConfig, image_size: int) -> int:
+    """MACs of QK^T and AV in one block (they do not depend on the head count)."""
+    n = vit_tokens(config, image_size)
+    return 2 * n * n * config.embed_dim
+
+
+def vit_projection_macs(config: ViTConfig, image_size: int) -> int:
+    """MACs of the fused qkv and the output projection of one block's attention."""
+    return vit_tokens(config, image_size) * 4 * config.embed_dim * config.embed_dim
+
+
+def vit_macs(config: ViTConfig, image_size: int, num_classes: int = 1000) -> dict[str, int]:
+    """MACs per image by group: patch_embed, blocks.0..blocks.N-1, head (class-token pooling).
+
+    Counts the patch conv, the linears and the attention matmuls; norms, softmax and adds are free.
+    """
+    n = vit_tokens(config, image_size)
+    d = config.embed_dim
+    groups = {"patch_embed": (n - 1) * d * config.in_chans * config.patch_size**2}
+    mlp = 2 * n * d * int(d * config.mlp_ratio)  # the hidden width as Block builds it
+    block = vit_projection_macs(config, image_size) + vit_attention_macs(config, image_size) + mlp
+    for i in range(config.depth):
+        groups[f"blocks.{i}"] = block
+    groups["head"] = d * num_classes
+    return groups
+
+
+def adamw(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The usual ViT optimizer: AdamW (the values only need to move the weights in a benchmark)."""
+    # AdamW's default eps (1e-8) is 0 in fp16, which turns fp16-cast weights into inf/NaN.
+    eps = 1e-4 if params and params[0].dtype == torch.float16 else 1e-8
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05, eps=eps)
+
+
+# rv uses timm's names; patch_drop, norm_pre and fc_norm exist in timm only (identities for these archs).
+_TIMM_LAYOUT = Layout(
+    {
+        "cls_token": "patch_embed", "pos_embed": "patch_embed",
+        "patch_embed": "patch_embed", "pos_drop": "patch_embed", "patch_drop": "patch_embed", "norm_pre": "patch_embed",
+        "blocks": BLOCKS,
+        "norm": "head", "fc_norm": "head", "head_drop": "head", "head": "head",
+    },
+    head="head",
+    body="blocks",
+)  # fmt: skip
+_TORCHVISION_LAYOUT = Layout(
+    {
+        "class_token": "patch_embed", "encoder.pos_embedding": "patch_embed",
+        "conv_proj": "patch_embed", "encoder.dropout": "patch_embed",
+        "encoder.layers": BLOCKS,
+        "encoder.ln": "head", "heads": "head",
+    },
+    head="heads.head",
+    body="encoder.layers",
+)  # fmt: skip
+
+FAMILY = Family(
+    name="vit",
+    title="ViT",
+    configs=CONFIGS,
+    create=create,
+    layouts={"rv": _TIMM_LAYOUT, "torchvision": _TORCHVISION_LAYOUT, "timm": _TIMM_LAYOUT},
+    torchvision={  # torchvision has no ViT-Tiny or ViT-Small
+        "vit_base_patch16_224": ("vit_b_16", "ViT_B_16_Weights"),
+        "vit_base_patch32_224": ("vit_b_32", "ViT_B_32_Weights"),
+        "vit_large_patch16_224": ("vit_l_16", "ViT_L_16_Weights"),
+        "vit_large_patch32_224": ("vit_l_32", "ViT_L_32_Weights"),
+        "vit_huge_patch14_224": ("vit_h_14", "ViT_H_14_Weights"),
+    },
+    torchvision_renames=(  # torchvision's packed in_proj_weight stacks q, k, v exactly like rv's fused qkv
+        (r"^cls_token$", "class_token"),
+        (r"^pos_embed$", "encoder.pos_embedding"),
+        (r"^patch_embed\.proj\.", "conv_proj."),
+        (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.encoder_layer_\1.ln_1."),
+        (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.encoder_layer_\1.ln_2."),
+        (r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_\2"),
+        (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.encoder_layer_\1.self_attention.out_proj."),
+        (r"^blocks\.(\d+)\.mlp\.fc1\.", r"encoder.layers.encoder_layer_\1.mlp.0."),
+        (r"^blocks\.(\d+)\.mlp\.fc2\.", r"encoder.layers.encoder_layer_\1.mlp.3."),
+        (r"^norm\.", "encoder.ln."),
+        (r"^head\.", "heads.head."),
+    ),
+    optimizer=adamw,
+    input_multiple=attrgetter("patch_size"),  # whole patches only (torchvision refuses anything else)
+    takes_image_size=True,  # the position embedding is sized for one patch grid
+    macs=vit_macs,
+)

@@ -1,7 +1,7 @@
 """Deterministic gate: parameter and FLOP counts of every registered model equal the committed values.
 
 A difference is either a regression (a model lost or gained a layer) or an intended change, in
-which case regenerate bench/expected_counts.json (command in the failure message) and commit it.
+which case regenerate bench/counting/expected_counts.json (command in the failure message) and commit it.
 """
 
 from __future__ import annotations

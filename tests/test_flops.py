@@ -12,10 +12,12 @@ import torch
 import torchvision.models
 
 from bench.counting import fvcore_count as fvc
-from bench.counting.analytic import VITS, analytic_macs, vit_attention_macs, vit_projection_macs
 from bench.cli import main
-from bench.counting.flops import count, count_params, forward_flops, module_flops, train_flops, tv_published
+from bench.counting.flops import (
+    analytic_macs, count, count_params, forward_flops, module_flops, train_flops, tv_published,
+)
 from bench.models import get_entry, list_entries
+from rv_models.vit import CONFIGS as VITS, vit_attention_macs, vit_projection_macs
 
 ENTRIES = list_entries()
 ids = lambda e: f"{e.arch}-{e.impl}"  # noqa: E731

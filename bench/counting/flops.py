@@ -2,7 +2,11 @@
 
 Conventions: a MAC is one multiply-accumulate; FLOPs = 2 x MACs. torchvision's published `_ops`
 ("GFLOPS" in its docs) are GMACs. The counters:
-- analytic (bench.counting.analytic): closed form from the architecture; the reference.
+- analytic (`analytic_macs`): closed form from the architecture, by the MAC function of the family's
+  spec (rv_models.family); the reference. It counts exactly what torchvision's published `_ops` and
+  FlopCounterMode count: convolutions, linear layers (patch embedding and head included) and the
+  two attention matmuls QK^T and AV; norms, activations, pools, softmax, residual adds and biases
+  are not counted.
 - flopcounter: torch.utils.flop_counter.FlopCounterMode on a model built on the meta device, so no
   real compute happens. On meta, scaled_dot_product_attention runs its math decomposition (two
   bmm) and nn.MultiheadAttention never takes its inference fast path (the fast path accepts only
@@ -23,10 +27,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.counting.analytic import analytic_macs
 from bench.counting.fvcore_count import fvcore_count, fvcore_note
+from bench.errors import UsageError
 from bench.models.groups import module_groups
-from bench.models import ModelEntry, get_entry, list_entries
+from bench.models import ModelEntry, get_entry, list_archs, list_entries
+from rv_models.registry import family_of
 
 EXPECTED_COUNTS = Path(__file__).with_name("expected_counts.json")
 
@@ -36,6 +41,14 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+def analytic_macs(arch: str, image_size: int, num_classes: int = 1000) -> dict[str, int]:
+    """Closed-form MACs per image for a registered arch at a square input size, by canonical group
+    (bench.models.groups), so the per-module breakdown of any implementation can be checked group by group."""
+    if arch not in list_archs():
+        raise UsageError(f"no analytic model for {arch!r}; valid: {', '.join(list_archs())}")
+    return family_of(arch).analytic_macs(arch, image_size, num_classes)
 
 
 def _meta_model(arch: str, impl: str, image_size: int) -> nn.Module:
@@ -197,7 +210,7 @@ def count(entry: ModelEntry, image_size: int | None = None, fvcore: bool = True)
 
 
 def expected_counts() -> dict[str, dict[str, int]]:
-    """The deterministic counts pinned in bench/expected_counts.json, for every registered entry."""
+    """The deterministic counts pinned in bench/counting/expected_counts.json, for every registered entry."""
     out = {}
     for entry in list_entries():
         meta = meta_counts(entry.arch, entry.impl, entry.image_size)

@@ -2,8 +2,8 @@
 
 - inference: `eval()` and `torch.inference_mode`, forward only.
 - train: `train()`, forward + cross-entropy on fixed random labels + backward + optimizer step
-  over every parameter. The optimizer is the family's usual one: SGD with momentum for ResNets,
-  AdamW for ViTs (their optimizer state, and so their memory, differs).
+  over every parameter. The optimizer is the family's usual one, from its spec (rv_models.family):
+  SGD with momentum for ResNets, AdamW for ViTs (their optimizer state, and so their memory, differs).
 - finetune: the transfer-learning setup. `rv_models.transfer.freeze_backbone` leaves only the head
   trainable; modules without trainable parameters run in eval mode, so the frozen backbone's
   BatchNorm statistics stay fixed too. Because no backbone parameter requires grad and the input
@@ -25,11 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.config.precision import PrecisionPlan, autocast
+from bench.models import family_spec
 from rv_models.transfer import freeze_backbone
-
-# Learning rates only need to move the weights; the values are the usual ones per family.
-_SGD = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}
-_ADAMW = {"lr": 1e-3, "weight_decay": 0.05}
 
 
 def prepare_mode(model: nn.Module, mode: str) -> None:
@@ -47,13 +44,9 @@ def prepare_mode(model: nn.Module, mode: str) -> None:
 
 
 def make_optimizer(model: nn.Module, family: str) -> torch.optim.Optimizer:
-    """The family's usual optimizer over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if family == "resnet":
-        return torch.optim.SGD(params, **_SGD)
-    # AdamW's default eps (1e-8) is 0 in fp16, which turns fp16-cast weights into inf/NaN.
-    eps = 1e-4 if params and params[0].dtype == torch.float16 else 1e-8
-    return torch.optim.AdamW(params, eps=eps, **_ADAMW)
+    """The usual optimizer of the model's family (named as in ModelEntry.family), from the family's
+    spec, over the trainable parameters."""
+    return family_spec(family).optimizer([p for p in model.parameters() if p.requires_grad])
 
 
 def compile_model(model: nn.Module, compile_mode: str) -> nn.Module:

@@ -1,39 +1,26 @@
 """The model registry: which (arch, impl) pairs exist and how to build each one.
 
 Arch names are timm-style (resnet50, vit_base_patch16_224); every library's own name for the
-same network is mapped here, so the rest of the harness speaks one vocabulary. A pair exists
-only where the library really has that network (torchvision has no ViT-Tiny or ViT-Small).
+same network comes from the family specs of rv_models (rv_models.family), so the rest of the
+harness speaks one vocabulary. A pair exists only where the library really has that network
+(torchvision has no ViT-Tiny or ViT-Small).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from torch import nn
 
-from bench.config.cell import IMPLS
 from bench.errors import UsageError
+from rv_models.family import LIBRARIES, Family
+from rv_models.registry import FAMILIES, family_of, list_models
 
-__all__ = ["IMPLS", "ModelEntry", "get_entry", "list_archs", "list_entries"]
+__all__ = ["FAMILY_NAMES", "IMPLS", "ModelEntry", "family_spec", "get_entry", "list_archs", "list_entries"]
 
+IMPLS = LIBRARIES  # the implementations compared: rv and the two libraries it mirrors
+FAMILY_NAMES = tuple(family.name for family in FAMILIES)  # "resnet", "vit"
 DEFAULT_IMAGE_SIZE = 224
-
-# arch -> (family, torchvision builder name or None, torchvision weights enum name or None)
-_ARCHS: dict[str, tuple[str, str | None, str | None]] = {
-    "resnet18": ("resnet", "resnet18", "ResNet18_Weights"),
-    "resnet34": ("resnet", "resnet34", "ResNet34_Weights"),
-    "resnet50": ("resnet", "resnet50", "ResNet50_Weights"),
-    "resnet101": ("resnet", "resnet101", "ResNet101_Weights"),
-    "resnet152": ("resnet", "resnet152", "ResNet152_Weights"),
-    "vit_tiny_patch16_224": ("vit", None, None),
-    "vit_small_patch16_224": ("vit", None, None),
-    "vit_base_patch16_224": ("vit", "vit_b_16", "ViT_B_16_Weights"),
-    "vit_base_patch32_224": ("vit", "vit_b_32", "ViT_B_32_Weights"),
-    "vit_large_patch16_224": ("vit", "vit_l_16", "ViT_L_16_Weights"),
-    "vit_large_patch32_224": ("vit", "vit_l_32", "ViT_L_32_Weights"),
-    "vit_huge_patch14_224": ("vit", "vit_h_14", "ViT_H_14_Weights"),
-}
 
 
 @dataclass(frozen=True)
@@ -47,6 +34,11 @@ class ModelEntry:
     image_size: int = DEFAULT_IMAGE_SIZE  # default square input side
     tv_weights: str | None = None  # torchvision weights enum name: its meta has published ops
 
+    @property
+    def spec(self) -> Family:
+        """The spec of the arch's family (rv_models.family): layouts, optimizer, image-size rule, MACs."""
+        return family_of(self.arch)
+
     def check_image_size(self, image_size: int) -> None:
         """UsageError unless the input side is one every impl of this arch accepts.
 
@@ -55,7 +47,7 @@ class ModelEntry:
         """
         if image_size < 16:
             raise UsageError(f"image size must be >= 16 px, got {image_size}")
-        patch = int(re.search(r"patch(\d+)", self.arch).group(1)) if self.family == "vit" else 1
+        patch = self.spec.input_multiple_of(self.arch)
         if image_size % patch:
             raise UsageError(
                 f"{self.arch} needs an image size that is a multiple of its patch size {patch}, got {image_size}"
@@ -64,45 +56,52 @@ class ModelEntry:
     def build(self, num_classes: int = 1000, image_size: int | None = None) -> nn.Module:
         """Build the model with random weights (train mode, as constructed).
 
-        `image_size` matters only for ViTs, whose position embedding is sized for one input
-        side; None means the entry's default. Build under `torch.device("meta")` to get a
-        weightless model for counting.
+        `image_size` matters only for families whose models are sized for one input side (a ViT's
+        position embedding); None means the entry's default. Build under `torch.device("meta")` to
+        get a weightless model for counting.
         """
         size = self.image_size if image_size is None else image_size
         self.check_image_size(size)
-        vit_kwargs = {"img_size": size} if self.family == "vit" else {}
+        sized = self.spec.takes_image_size
         if self.impl == "rv":
-            import rv_models
-
-            return rv_models.create_model(self.lib_name, num_classes=num_classes, **vit_kwargs)
+            return self.spec.create(self.lib_name, num_classes=num_classes, **({"img_size": size} if sized else {}))
         if self.impl == "torchvision":
             import torchvision.models
 
             builder = getattr(torchvision.models, self.lib_name)
-            tv_kwargs = {"image_size": size} if self.family == "vit" else {}
-            return builder(weights=None, num_classes=num_classes, **tv_kwargs)
+            return builder(weights=None, num_classes=num_classes, **({"image_size": size} if sized else {}))
         import timm
 
         # num_classes always explicit: timm's default head for some ViTs (large/32, huge/14) is empty.
-        return timm.create_model(self.lib_name, pretrained=False, num_classes=num_classes, **vit_kwargs)
+        return timm.create_model(
+            self.lib_name, pretrained=False, num_classes=num_classes, **({"img_size": size} if sized else {})
+        )
 
 
 def _make_entries() -> dict[tuple[str, str], ModelEntry]:
     entries = {}
-    for arch, (family, tv_name, tv_weights) in _ARCHS.items():
-        entries[(arch, "rv")] = ModelEntry(arch, "rv", family, arch)
-        if tv_name is not None:
-            entries[(arch, "torchvision")] = ModelEntry(arch, "torchvision", family, tv_name, tv_weights=tv_weights)
-        entries[(arch, "timm")] = ModelEntry(arch, "timm", family, arch)
+    for family in FAMILIES:
+        for arch in family.archs():
+            for impl in IMPLS:
+                if arch in family.archs(impl):
+                    tv_weights = family.torchvision[arch][1] if impl == "torchvision" else None
+                    lib_name = family.library_name(arch, impl)
+                    entries[(arch, impl)] = ModelEntry(arch, impl, family.name, lib_name, tv_weights=tv_weights)
     return entries
 
 
 _ENTRIES = _make_entries()
 
 
+def family_spec(name: str) -> Family:
+    """The spec of the family called `name` ("resnet", "vit"); UsageError naming the valid ones otherwise."""
+    _check_names("model family", [name], list(FAMILY_NAMES))
+    return FAMILIES[FAMILY_NAMES.index(name)]
+
+
 def list_archs() -> list[str]:
     """All registered arch names, ResNets then ViTs, small to large."""
-    return list(_ARCHS)
+    return list_models()
 
 
 def _check_names(what: str, names: list[str], valid: list[str]) -> None:

@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from bench.config.cell import validate_device
 from bench.errors import UsageError
+from bench.hardware.device import resolve_device
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -23,23 +23,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Normalise --device to "cpu" or "cuda:N" for the fixtures; reject a bad or absent device
-    once, before any test runs, instead of failing every test."""
-    device = config.getoption("--device")
-    device = "cuda:0" if device == "cuda" else device
+    """Resolve --device to "cpu" or "cuda:N" for the fixtures, as the CLI does; reject a bad or
+    absent device once, before any test runs, instead of failing every test."""
     try:
-        validate_device(device)
+        config.option.device = resolve_device(config.getoption("--device"))
     except UsageError as err:
         raise pytest.UsageError(f"--device: {err}") from None
-    config.option.device = device
-    if device != "cpu":
-        import torch
-
-        index = int(device.split(":")[1])
-        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            raise pytest.UsageError(
-                f"--device {device}: no such CUDA device here "
-                f"({torch.cuda.device_count()} visible); valid: cpu"
-                + "".join(f", cuda:{i}" for i in range(torch.cuda.device_count()))
-            )
-

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.measure.timing import TimingConfig, summarize, time_callable, warm_up
+from bench.config.sweep import TimingConfig
+from bench.measure.timing import summarize, time_callable, warm_up
 
 CPU = torch.device("cpu")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench.config.cell import COMPILE_MODES, IMPLS, MODES, PRECISIONS, Cell
 from bench.models import get_entry
-from bench.config.sweep import resolve_device
+from bench.hardware.device import resolve_device
 
 NAME_WIDTH = 70  # kernel names run to hundreds of characters; the JSON keeps them whole
 

@@ -10,19 +10,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bench.errors import UsageError
+from bench.hardware.device import check_support, validate_device
+from bench.models import IMPLS
 
-IMPLS = ("rv", "torchvision", "timm")
 PRECISIONS = ("fp32", "tf32", "amp-fp16", "amp-bf16", "fp16", "bf16")
 COMPILE_MODES = ("none", "default", "max-autotune", "reduce-overhead")
 MODES = ("inference", "train", "finetune")
-
-# Precisions and compile modes that need CUDA: the CPU has no TF32, its fp16 kernels are
-# reference-quality only, and reduce-overhead means CUDA graphs.
-CUDA_ONLY_PRECISIONS = ("tf32", "amp-fp16", "fp16")
-CUDA_ONLY_COMPILE = ("reduce-overhead",)
 
 
 @dataclass(frozen=True)
@@ -51,14 +48,50 @@ class Cell:
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
     def label(self) -> str:
-        """Human-readable one-liner for progress bars and messages."""
-        parts = [self.arch, self.impl, f"bs{self.batch_size}", f"{self.image_size}px", self.precision]
-        if self.channels_last:
-            parts.append("cl")
-        if self.compile != "none":
-            parts.append(f"compile={self.compile}")
-        parts += [self.mode, self.device, f"r{self.round}"]
-        return " ".join(parts)
+        """Human-readable one-liner for progress bars and messages (see `config_label`)."""
+        return config_label(self.config(), sep=" ")
+
+
+def config_keys(*, impl: bool = False, device: bool = False) -> list[str]:
+    """The columns that identify a configuration, in Cell field order: every field but impl, device and round.
+
+    The one definition of a configuration's identity. A configuration is what implementations are
+    compared at and what rounds repeat, so impl, device and round are not part of it; `impl` and
+    `device` add those fields back for views that key on them (per-impl medians, ratios on a device).
+    """
+    keep = {"impl": impl, "device": device, "round": False}
+    return [f.name for f in dataclasses.fields(Cell) if keep.get(f.name, True)]
+
+
+def variant_label(precision: str, channels_last: bool, compile: str) -> str:
+    """Short label of a precision/layout/compile variant, e.g. "amp-bf16 +cl +compile", "fp32 +compile:max-autotune"."""
+    label = precision
+    if channels_last:
+        label += " +cl"
+    if compile != "none":
+        label += " +compile" if compile == "default" else f" +compile:{compile}"
+    return label
+
+
+_VARIANT_FIELDS = ("precision", "channels_last", "compile")
+_FIELD_FORMATS = {"batch_size": "bs{}", "image_size": "{}px", "round": "r{}"}
+
+
+def config_label(config: Mapping[str, object], sep: str = " · ") -> str:
+    """Label of a cell or configuration from whichever Cell fields `config` holds, in field order.
+
+    The one label format: arch, impl, "bs<N>", "<N>px", the variant (`variant_label`, when all three
+    of its fields are given), mode, device, "r<N>". Views leave out fields they show elsewhere; cells
+    in progress bars use sep=" " (RVBENCH_FAULT matches on that text), tables and pages " · ".
+    """
+    parts = []
+    for name in (f.name for f in dataclasses.fields(Cell)):
+        if name == "precision" and all(k in config for k in _VARIANT_FIELDS):
+            precision, channels_last, compile_mode = (config[k] for k in _VARIANT_FIELDS)
+            parts.append(variant_label(str(precision), bool(channels_last), str(compile_mode)))
+        elif name not in _VARIANT_FIELDS and name in config:
+            parts.append(_FIELD_FORMATS.get(name, "{}").format(config[name]))
+    return sep.join(parts)
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
@@ -66,19 +99,11 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
         raise UsageError(f"unknown {what} {value!r}; valid: {', '.join(choices)}")
 
 
-def validate_device(device: str) -> None:
-    """Accept "cpu" or "cuda:N" (N >= 0); a bare "cuda" must be resolved to an index first."""
-    if device == "cpu":
-        return
-    if device.startswith("cuda:") and device[5:].isdigit():
-        return
-    raise UsageError(f"unknown device {device!r}; valid: cpu, cuda:N (N = GPU index)")
-
-
 def validate(cell: Cell) -> None:
     """Raise UsageError naming the valid choices if the cell cannot be measured as specified.
 
-    Checks names, numbers and device capability; the (arch, impl) pair is checked by the model
+    Checks names, numbers and what the device kind supports (bench.hardware.device; whether a
+    CUDA device is present and capable is checked where it runs); the (arch, impl) pair is checked by the model
     registry (`bench.models.get_entry`), which knows which library has which arch.
     """
     _check_choice("impl", cell.impl, IMPLS)
@@ -90,14 +115,4 @@ def validate(cell: Cell) -> None:
         raise UsageError(f"batch size must be >= 1, got {cell.batch_size}")
     if cell.image_size < 16:
         raise UsageError(f"image size must be >= 16 px, got {cell.image_size}")
-    if cell.device == "cpu":
-        if cell.precision in CUDA_ONLY_PRECISIONS:
-            raise UsageError(
-                f"precision {cell.precision!r} needs CUDA; on cpu use one of: "
-                + ", ".join(p for p in PRECISIONS if p not in CUDA_ONLY_PRECISIONS)
-            )
-        if cell.compile in CUDA_ONLY_COMPILE:
-            raise UsageError(
-                f"compile mode {cell.compile!r} uses CUDA graphs and needs CUDA; on cpu use one of: "
-                + ", ".join(c for c in COMPILE_MODES if c not in CUDA_ONLY_COMPILE)
-            )
+    check_support(cell.device, cell.precision, cell.compile, PRECISIONS, COMPILE_MODES)

@@ -1,6 +1,6 @@
 """Sweep specs: load a preset, apply command-line overrides, expand into validated cells.
 
-A preset (bench/presets/<name>.toml) holds the timing config, the number of rounds and one or
+A preset (bench/config/presets/<name>.toml) holds the timing config, the number of rounds and one or
 more `[[sweep]]` blocks; each block is a cartesian product of axes. Blocks exist because a
 useful GPU sweep is not one product (compile and train cells need fewer batch sizes than eager
 inference). Everything is validated here, before a run directory exists, so bad input fails
@@ -15,8 +15,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.config.cell import IMPLS, Cell, validate, validate_device
+from bench.config.cell import IMPLS, Cell, validate
 from bench.errors import UsageError
+from bench.hardware.device import check_capability, cuda_count
+from bench.models import FAMILY_NAMES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,12 +39,23 @@ BLOCK_DEFAULTS: dict[str, object] = {
     "channels_last": [],
 }
 BLOCK_REQUIRED = ("models", "batch_sizes")
-FAMILIES = ("resnet", "vit")
+FAMILIES = FAMILY_NAMES  # what `channels_last` may list
 
 
 def list_presets() -> list[str]:
-    """Names of the presets shipped in bench/presets."""
+    """Names of the presets shipped in bench/config/presets."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How long to warm up and to time (bench.measure.timing applies it); presets set these by name."""
+
+    warmup_iters: int = 3
+    warmup_s: float = 0.5
+    min_iters: int = 10
+    min_s: float = 1.0
+    max_iters: int = 1000
 
 
 @dataclass
@@ -68,25 +81,8 @@ class SweepSpec:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def resolve_device(device: str) -> str:
-    """Turn "auto", "cuda" or "cuda:N" into a concrete device that exists, or raise UsageError."""
-    import torch
-
-    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if device == "auto":
-        return "cuda:0" if n_gpus else "cpu"
-    if device == "cuda":
-        device = "cuda:0"
-    validate_device(device)
-    if device != "cpu" and int(device[5:]) >= n_gpus:
-        have = f"GPUs 0..{n_gpus - 1}" if n_gpus else "no GPU"
-        raise UsageError(f"device {device!r} does not exist: this machine has {have}; valid: cpu"
-                         + "".join(f", cuda:{i}" for i in range(n_gpus)))
-    return device
-
-
 def load_preset(name: str) -> dict:
-    """Parse bench/presets/<name>.toml, or raise UsageError naming the presets that exist."""
+    """Parse bench/config/presets/<name>.toml, or raise UsageError naming the presets that exist."""
     path = PRESET_DIR / f"{name}.toml"
     if not path.exists():
         raise UsageError(f"unknown preset {name!r}; valid: {', '.join(list_presets())}")
@@ -132,10 +128,8 @@ def build_spec(preset: str, device: str, overrides: dict, find_max_batch: bool =
                      sweeps=blocks, find_max_batch=find_max_batch)
 
 
-def timing_config(spec: SweepSpec):
-    """The spec's bench.timing.TimingConfig; unknown fields are a UsageError."""
-    from bench.measure.timing import TimingConfig
-
+def timing_config(spec: SweepSpec) -> TimingConfig:
+    """The spec's TimingConfig; unknown fields are a UsageError."""
     names = [f.name for f in dataclasses.fields(TimingConfig)]
     unknown = set(spec.timing) - set(names)
     if unknown:
@@ -151,19 +145,15 @@ def _archs(models: str | list[str]) -> list[str]:
 
 
 def _check_devices(cells: list[Cell]) -> None:
-    """UsageError when this machine's GPU cannot run a cell's precision (bf16 needs sm80+).
+    """UsageError when a CUDA device the cells name cannot run their precision (bf16 needs sm80+).
 
-    Only checkable where CUDA is present; without it, `resolve_device` has already refused
-    every CUDA device the command line could ask for.
+    Only checkable where CUDA is present: a spec for a GPU can be expanded anywhere, and the CLI
+    has resolved (`resolve_device`) every device it runs on.
     """
-    import torch
-
-    if not torch.cuda.is_available():
+    if not cuda_count():
         return
-    from bench.execute.prepare import check_device
-
     for device, precision in dict.fromkeys((c.device, c.precision) for c in cells if c.device != "cpu"):
-        check_device(torch.device(device), precision)
+        check_capability(device, precision)
 
 
 def expand(spec: SweepSpec) -> list[Cell]:

@@ -1,22 +1,29 @@
-"""Set up one cell for running: the model in its mode, precision and layout, a fixed random batch,
-the optimizer and the step closure. Shared by measurement (bench.measure.cell) and profiling
-(bench.profiling.profile) so both run exactly the same program."""
+"""Prepare one cell for running, the one path every caller takes: measurement (bench.measure.cell),
+profiling (bench.profiling.profile) and the pytest-benchmark gates all enter `prepared_cell`, so they
+run exactly the same program.
+
+`prepared_cell` validates the cell, resolves its (arch, impl) entry and precision plan, checks the
+device can run it, sets the precision's global switches, builds the seeded model in its mode,
+precision and layout with a fixed random batch, the optimizer and the step closure, and on exit
+releases the model, compile caches and CUDA cache and restores the switches, whatever happened.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-from bench.config.cell import Cell
-from bench.errors import UsageError
+from bench.config.cell import Cell, validate
+from bench.config.precision import PrecisionPlan, numerics, plan_for
 from bench.counting.flops import forward_flops, train_flops
-from bench.models import ModelEntry
-from bench.config.precision import PrecisionPlan
 from bench.execute.step import compile_model, make_optimizer, make_step, prepare_mode
+from bench.hardware.device import check_capability
+from bench.models import ModelEntry, get_entry
 
 NUM_CLASSES = 1000
 SEED = 0
@@ -26,6 +33,10 @@ SEED = 0
 class BuiltCell:
     """Everything a cell runs: `step()` is one inference forward or one training step."""
 
+    cell: Cell
+    entry: ModelEntry
+    plan: PrecisionPlan
+    device: torch.device
     model: nn.Module  # the eager model (also the one the compiled wrapper calls)
     runnable: nn.Module | Callable  # the model as the step calls it: compiled or eager
     optimizer: torch.optim.Optimizer | None  # None for inference
@@ -33,28 +44,12 @@ class BuiltCell:
     y: torch.Tensor  # the fixed random labels
     step: Callable[[], object]
 
-    def eager_step(self, cell: Cell, plan: PrecisionPlan) -> Callable[[], object]:
+    def eager_step(self) -> Callable[[], object]:
         """The same step on the uncompiled model, for op-by-op accounting."""
-        return make_step(self.model, cell.mode, self.x, self.y, plan, self.optimizer, cudagraph_steps=False)
+        return make_step(self.model, self.cell.mode, self.x, self.y, self.plan, self.optimizer, cudagraph_steps=False)
 
 
-def check_device(device: torch.device, precision: str) -> None:
-    """UsageError when the device is not there or cannot run the precision."""
-    if device.type != "cuda":
-        return
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if device.index >= count:
-        raise UsageError(f"device {device} is not available; this machine has {count} CUDA device(s)")
-    # bf16 and TF32 tensor cores start with Ampere (sm80); older GPUs emulate bf16 and ignore TF32,
-    # so such a row would be mislabelled.
-    if ("bf16" in precision or precision == "tf32") and torch.cuda.get_device_capability(device) < (8, 0):
-        raise UsageError(
-            f"{torch.cuda.get_device_name(device)} (sm{''.join(map(str, torch.cuda.get_device_capability(device)))}) "
-            f"has no {precision} tensor cores (needs sm80+); use fp32, amp-fp16 or fp16"
-        )
-
-
-def build_cell(cell: Cell, entry: ModelEntry, plan: PrecisionPlan, device: torch.device) -> BuiltCell:
+def _build(cell: Cell, entry: ModelEntry, plan: PrecisionPlan, device: torch.device) -> BuiltCell:
     """Build the seeded model, batch, optimizer and step of `cell` on `device`."""
     torch.manual_seed(SEED)
     model = entry.build(num_classes=NUM_CLASSES, image_size=cell.image_size)
@@ -70,7 +65,8 @@ def build_cell(cell: Cell, entry: ModelEntry, plan: PrecisionPlan, device: torch
     # Both modes replay CUDA graphs on CUDA, so each step must be marked as a new graph iteration.
     cudagraphs = device.type == "cuda" and cell.compile in ("reduce-overhead", "max-autotune")
     step = make_step(runnable, cell.mode, x, y, plan, optimizer, cudagraph_steps=cudagraphs)
-    return BuiltCell(model=model, runnable=runnable, optimizer=optimizer, x=x, y=y, step=step)
+    return BuiltCell(cell=cell, entry=entry, plan=plan, device=device, model=model, runnable=runnable,
+                     optimizer=optimizer, x=x, y=y, step=step)
 
 
 def flops_per_image(cell: Cell) -> tuple[int, int]:
@@ -82,10 +78,37 @@ def flops_per_image(cell: Cell) -> tuple[int, int]:
     return forward, train_flops(cell.arch, cell.impl, cell.image_size) if cell.mode == "train" else forward
 
 
-def release(device: torch.device, compiled: bool) -> None:
+def _release(device: torch.device, compiled: bool) -> None:
     """Free what the cell left behind so the next cell starts from the same state."""
     if compiled:
         torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def check_cell(cell: Cell) -> ModelEntry:
+    """Everything that can refuse a cell before any work: names, numbers, the (arch, impl) pair, the
+    image size the model takes, and the device. Returns the cell's registry entry."""
+    validate(cell)
+    entry = get_entry(cell.arch, cell.impl)
+    entry.check_image_size(cell.image_size)
+    check_capability(cell.device, cell.precision)
+    return entry
+
+
+@contextlib.contextmanager
+def prepared_cell(cell: Cell) -> Iterator[BuiltCell]:
+    """The cell checked (UsageError before anything is built), built, and released on exit.
+
+    The precision's global switches (TF32, cudnn.benchmark) hold for the whole block and are
+    restored after it; so is the memory the cell held, compile caches included.
+    """
+    entry = check_cell(cell)
+    plan = plan_for(cell.precision)
+    device = torch.device(cell.device)
+    try:
+        with numerics(plan, device):
+            yield _build(cell, entry, plan, device)
+    finally:
+        _release(device, cell.compile != "none")

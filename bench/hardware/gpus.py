@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bench.config.cell import PRECISIONS
 from bench.errors import UsageError
 
 
@@ -95,6 +94,6 @@ def match_device(gpu_name: str | None) -> DeviceSpec | None:
 def peak_tflops_for(gpu_name: str | None, precision: str) -> float | None:
     """Dense peak TFLOP/s of that device at that cell precision; None for unknown devices."""
     if precision not in _PEAK_KEY:
-        raise UsageError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        raise UsageError(f"unknown precision {precision!r}; valid: {', '.join(_PEAK_KEY)}")
     spec = match_device(gpu_name)
     return None if spec is None else spec.peak_tflops[_PEAK_KEY[precision]]

@@ -2,11 +2,11 @@
 one flat row of measurement columns (the configuration, status and env_* columns are the runner's).
 
 Order of events in a cell:
-1. validate the cell and its (arch, impl) pair; set the precision's global switches;
-2. build (seeded), set the mode, cast and lay out the model, make the fixed random batch;
+1-2. `bench.execute.prepare.prepared_cell`: check the cell, set the precision's global switches,
+   build (seeded), set the mode, cast and lay out the model, make the fixed random batch;
 3. compiled cells only: the first step, synchronised, is `compile_s` (it also compiles backward);
 4. warm-up, then the timed loop, around which CUDA memory peaks and NVML power are sampled;
-5. release the model, the compile caches and the CUDA cache; restore the global switches.
+5. `prepared_cell` releases the model, compile caches and CUDA cache and restores the switches.
 
 Recompilations are dynamo graphs compiled after the first step: `recompiles` counts those in
 warm-up and timing, `recompiles_timed` those inside the timed loop (its samples then include
@@ -27,17 +27,17 @@ from typing import Iterator
 
 import torch
 
-from bench.execute.prepare import build_cell, check_device, flops_per_image, release
-from bench.config.cell import Cell, validate
-from bench.hardware.gpus import peak_tflops_for
-from bench.measure.env import collect_env
+from bench.config.cell import Cell
+from bench.config.precision import numerics_state
+from bench.config.sweep import TimingConfig
 from bench.counting.flops import count_params
-from bench.measure.memory import CudaPeak, RssPeak, weights_bytes
-from bench.models import ModelEntry, get_entry
-from bench.measure.power import PowerMonitor, empty_columns, power_monitor
-from bench.config.precision import PrecisionPlan, numerics, numerics_state, plan_for
+from bench.execute.prepare import BuiltCell, flops_per_image, prepared_cell
 from bench.execute.step import graphs_compiled
-from bench.measure.timing import TimingConfig, summarize, synchronize, time_callable
+from bench.hardware.gpus import peak_tflops_for
+from bench.measure.memory import CudaPeak, RssPeak, weights_bytes
+from bench.measure.power import PowerMonitor, empty_columns, power_monitor
+from bench.measure.timing import summarize, synchronize, time_callable
+
 
 @contextlib.contextmanager
 def _timed_window(device: torch.device, window: dict) -> Iterator[None]:
@@ -55,9 +55,8 @@ def _timed_window(device: torch.device, window: dict) -> Iterator[None]:
         window["graphs_after"] = graphs_compiled()
 
 
-def _measure(cell: Cell, timing: TimingConfig, entry: ModelEntry, plan: PrecisionPlan,
-             device: torch.device) -> dict:
-    built = build_cell(cell, entry, plan, device)
+def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
+    cell, device = built.cell, built.device
     params_total, params_trainable = count_params(built.model)
     weights = weights_bytes(built.model)
     step = built.step
@@ -108,19 +107,11 @@ def _measure(cell: Cell, timing: TimingConfig, entry: ModelEntry, plan: Precisio
 
 
 def measure_cell(cell: Cell, timing: TimingConfig) -> dict:
-    """Measure one cell; returns the measurement and env_* columns of its results row plus "samples_ms".
+    """Measure one cell; returns the measurement columns of its results row plus "samples_ms".
 
-    The environment travels with every measurement, so a cell measured from Python is as
-    self-describing as a sweep row. Raises UsageError for cells that cannot run here (bad names, precision/device combinations,
+    The env_* columns are the run's, collected once per run (bench.measure.env), not per cell.
+    Raises UsageError for cells that cannot run here (bad names, precision/device combinations,
     missing devices) and lets torch.OutOfMemoryError propagate for the runner to classify.
     """
-    validate(cell)
-    entry = get_entry(cell.arch, cell.impl)
-    plan = plan_for(cell.precision)
-    device = torch.device(cell.device)
-    check_device(device, cell.precision)
-    try:
-        with numerics(plan, device):
-            return {**_measure(cell, timing, entry, plan, device), **collect_env(cell.device)}
-    finally:
-        release(device, cell.compile != "none")
+    with prepared_cell(cell) as built:
+        return _measure(built, timing)

@@ -22,21 +22,12 @@ from typing import Callable, ContextManager
 import numpy as np
 import torch
 
+from bench.config.sweep import TimingConfig
+
 # Steps the host may run ahead of the GPU in the timed loop (see module docstring).
 MAX_IN_FLIGHT = 4
 # A cell is flagged noisy when IQR / median reaches this.
 NOISY_IQR_RATIO = 0.10
-
-
-@dataclass(frozen=True)
-class TimingConfig:
-    """How long to warm up and to time; the sweep presets set these fields by name."""
-
-    warmup_iters: int = 3
-    warmup_s: float = 0.5
-    min_iters: int = 10
-    min_s: float = 1.0
-    max_iters: int = 1000
 
 
 @dataclass(frozen=True)

@@ -31,17 +31,16 @@ from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
-from bench.execute.prepare import BuiltCell, build_cell, check_device, flops_per_image, release
-from bench.config.cell import Cell, validate
-from bench.errors import UsageError
+from bench.config.cell import Cell
+from bench.config.sweep import TimingConfig
 from bench.counting.flops import module_flops
-from bench.models.groups import module_groups
+from bench.errors import UsageError
+from bench.execute.prepare import BuiltCell, check_cell, flops_per_image, prepared_cell
 from bench.measure.memory import MB
-from bench.models import ModelEntry, get_entry
+from bench.measure.timing import synchronize, warm_up
+from bench.models.groups import module_groups
 from bench.profiling.opcats import CATEGORIES, classify
-from bench.config.precision import numerics, plan_for
 from bench.profiling.roofline import BYTES_METHOD, count_bytes, place, point
-from bench.measure.timing import TimingConfig, synchronize, warm_up
 
 SCHEMA_VERSION = 1
 TOP_N = 20
@@ -206,8 +205,8 @@ def _step_ms(events: list) -> float:
     return statistics.median(e.cpu_time_total / 1000.0 for e in events if e.name.startswith("ProfilerStep"))
 
 
-def _profile(cell: Cell, entry: ModelEntry, built: BuiltCell, device: torch.device, out_dir: Path,
-             steps: int, memory_snapshot: bool) -> dict:
+def _profile(built: BuiltCell, out_dir: Path, steps: int, memory_snapshot: bool) -> dict:
+    cell, device = built.cell, built.device
     on_cuda = device.type == "cuda"
     warm_up(built.step, device, _WARMUP)
     memory = _phase_memory(built, device) if on_cuda else {
@@ -217,7 +216,7 @@ def _profile(cell: Cell, entry: ModelEntry, built: BuiltCell, device: torch.devi
         _memory_snapshot(built, device, out_dir / SNAPSHOT_NAME)
         memory["snapshot"] = SNAPSHOT_NAME
     eager = cell.compile == "none"
-    handles = _group_ranges(module_groups(built.model, entry.family, cell.impl)) if eager else []
+    handles = _group_ranges(module_groups(built.model, built.entry.family, cell.impl)) if eager else []
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     try:
         with profile(activities=activities, record_shapes=True,
@@ -230,7 +229,7 @@ def _profile(cell: Cell, entry: ModelEntry, built: BuiltCell, device: torch.devi
         for handle in handles:
             handle.remove()
     prof.export_chrome_trace(str(out_dir / TRACE_NAME))
-    bytes_per_step = count_bytes(built.eager_step(cell, plan_for(cell.precision)))
+    bytes_per_step = count_bytes(built.eager_step())
     synchronize(device)
 
     events = list(prof.events())
@@ -272,22 +271,14 @@ def profile_cell(cell: Cell, out_dir: Path, steps: int = 5, memory_snapshot: boo
     Raises UsageError, before anything is written, for an invalid cell, a device that is not
     there, a bad step count, or a memory snapshot off CUDA.
     """
-    validate(cell)
-    entry = get_entry(cell.arch, cell.impl)
-    plan = plan_for(cell.precision)
-    device = torch.device(cell.device)
-    check_device(device, cell.precision)
+    check_cell(cell)
     if steps < 1:
         raise UsageError(f"steps must be >= 1, got {steps}")
-    if memory_snapshot and device.type != "cuda":
+    if memory_snapshot and not cell.device.startswith("cuda"):
         raise UsageError("--memory-snapshot needs a CUDA device (the snapshot records the CUDA allocator)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with numerics(plan, device):
-            summary = _profile(cell, entry, build_cell(cell, entry, plan, device), device, out_dir, steps,
-                               memory_snapshot)
-    finally:
-        release(device, cell.compile != "none")
+    with prepared_cell(cell) as built:
+        summary = _profile(built, out_dir, steps, memory_snapshot)
     (out_dir / "profile.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -112,7 +112,7 @@ def measure(cell: Cell, timing: dict) -> dict:
         if fault:
             _inject(fault, cell)
         from bench.measure.cell import measure_cell
-        from bench.measure.timing import TimingConfig
+        from bench.config.sweep import TimingConfig
 
         result = measure_cell(cell, TimingConfig(**timing))
     except UsageError as exc:

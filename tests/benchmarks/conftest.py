@@ -9,8 +9,7 @@ a sweep times. The `--device` option (or $RVBENCH_DEVICE) is defined in tests/co
 
 from __future__ import annotations
 
-import copy
-import functools
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,11 +17,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from bench.config.cell import Cell
+from bench.counting.flops import count_params
+from bench.execute.prepare import flops_per_image, prepared_cell
 from bench.measure.env import collect_env
-from bench.counting.flops import count_params, forward_flops, train_flops
 from bench.models import ModelEntry, list_entries
-from bench.config.precision import PrecisionPlan, numerics, plan_for
-from bench.execute.step import make_optimizer, make_step, prepare_mode
 
 CI_IMAGE_SIZE: dict[str, int] = {
     "resnet18": 64,
@@ -84,24 +83,16 @@ def bench_device(pytestconfig: pytest.Config) -> torch.device:
     return torch.device(pytestconfig.getoption("--device"))
 
 
-@functools.lru_cache(maxsize=None)
-def _initial_model(entry: ModelEntry) -> torch.nn.Module:
-    """`entry` built once at its CI size on the CPU: random init costs seconds, a copy does not."""
-    torch.manual_seed(0)
-    return entry.build(image_size=CI_IMAGE_SIZE[entry.arch])
+def build_workload(entry: ModelEntry, mode: str, device: torch.device, stack: contextlib.ExitStack) -> Workload:
+    """`entry` at its CI size on `device`, in one step of `mode` (untimed, not warmed up).
 
-
-def build_workload(entry: ModelEntry, mode: str, device: torch.device, plan: PrecisionPlan) -> Workload:
-    """A fresh copy of `entry` at its CI size on `device`, wrapped in one step of `mode`
-    (untimed, not warmed up)."""
+    The cell is prepared exactly as a sweep prepares it (`bench.execute.prepare.prepared_cell`) and
+    stays prepared, precision switches included, until `stack` closes at the end of the test.
+    """
     size = CI_IMAGE_SIZE[entry.arch]
-    model = copy.deepcopy(_initial_model(entry)).to(device)
-    torch.manual_seed(0)
-    prepare_mode(model, mode)
-    x = torch.randn(CI_BATCH, 3, size, size, device=device)
-    y = torch.randint(0, 1000, (CI_BATCH,), device=device)
-    optimizer = None if mode == "inference" else make_optimizer(model, entry.family)
-    step = make_step(model, mode, x, y, plan, optimizer, cudagraph_steps=False)
+    cell = Cell(entry.arch, entry.impl, CI_BATCH, size, precision=CI_PRECISION, mode=mode, device=str(device))
+    built = stack.enter_context(prepared_cell(cell))
+    step = built.step
     if device.type == "cuda":
 
         def synced_step() -> None:
@@ -110,9 +101,8 @@ def build_workload(entry: ModelEntry, mode: str, device: torch.device, plan: Pre
 
     else:
         synced_step = step
-    total, trainable = count_params(model)
-    forward = forward_flops(entry.arch, entry.impl, size)
-    per_image_step = forward if mode == "inference" else train_flops(entry.arch, entry.impl, size)
+    total, trainable = count_params(built.model)
+    forward, per_image_step = flops_per_image(cell)
     info = {
         "arch": entry.arch,
         "impl": entry.impl,
@@ -133,15 +123,14 @@ def build_workload(entry: ModelEntry, mode: str, device: torch.device, plan: Pre
 
 @pytest.fixture
 def make_workload(bench_device: torch.device) -> Iterator[Callable[[ModelEntry, str], Workload]]:
-    """Factory of workloads on the --device, with fp32 numerics (no TF32) and, on CPU, torch
-    pinned to CPU_THREADS threads, both held for the test and restored after it."""
-    plan = plan_for(CI_PRECISION)
+    """Factory of workloads on the --device; on CPU torch is pinned to CPU_THREADS threads. The
+    workloads' cells stay prepared for the test and are released, threads restored, after it."""
     saved_threads = torch.get_num_threads()
     if bench_device.type == "cpu":
         torch.set_num_threads(CPU_THREADS)
     try:
-        with numerics(plan, bench_device):
-            yield lambda entry, mode: build_workload(entry, mode, bench_device, plan)
+        with contextlib.ExitStack() as stack:
+            yield lambda entry, mode: build_workload(entry, mode, bench_device, stack)
     finally:
         torch.set_num_threads(saved_threads)
 

@@ -1,6 +1,6 @@
 """Same-run ratio gates: rv must not be more than 10% slower than the faster reference.
 
-The rule (`bench.gate.GateRule`): rv, torchvision (where it has the arch) and timm are built for
+The rule (`bench.regress.gate.GateRule`): rv, torchvision (where it has the arch) and timm are built for
 the same arch, mode and input (conftest's CI set: 64 px, batch 2, fp32), warmed up with 2
 untimed steps each, then timed interleaved in this one process for R rounds; the start of each
 round rotates (A B C, B C A, C A B, ...) and in a round each impl runs k steps back to back, its

@@ -1,0 +1,90 @@
+"""The one place devices are named, resolved and checked: the CLI, the sweep, cell set-up and the
+tests all go through these functions, so a device means the same thing everywhere.
+
+A device is "cpu" or "cuda:N". `resolve_device` turns what a user typed ("auto", "cuda") into one
+that exists here; `validate_device` checks the spelling only (a cell may be written on one machine
+and run on another); `check_support` refuses what the device kind can never run (fp16 on a CPU);
+`check_capability` asks the CUDA device itself (is it there, has it bf16/TF32 tensor cores).
+"""
+
+from __future__ import annotations
+
+from bench.errors import UsageError
+
+# Precisions and compile modes that need CUDA: the CPU has no TF32, its fp16 kernels are
+# reference-quality only, and reduce-overhead means CUDA graphs.
+CUDA_ONLY_PRECISIONS = ("tf32", "amp-fp16", "fp16")
+CUDA_ONLY_COMPILE = ("reduce-overhead",)
+
+
+def validate_device(device: str) -> None:
+    """Accept "cpu" or "cuda:N" (N >= 0); a bare "cuda" must be resolved to an index first."""
+    if device == "cpu":
+        return
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return
+    raise UsageError(f"unknown device {device!r}; valid: cpu, cuda:N (N = GPU index)")
+
+
+def cuda_count() -> int:
+    """CUDA devices visible to this process (0 without a driver or a CUDA build of torch)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(device: str) -> str:
+    """Turn "auto", "cuda" or "cuda:N" into a concrete device that exists here, or raise UsageError."""
+    n_gpus = cuda_count()
+    if device == "auto":
+        return "cuda:0" if n_gpus else "cpu"
+    if device == "cuda":
+        device = "cuda:0"
+    validate_device(device)
+    if device != "cpu" and int(device[5:]) >= n_gpus:
+        have = f"GPUs 0..{n_gpus - 1}" if n_gpus else "no GPU"
+        raise UsageError(f"device {device!r} does not exist: this machine has {have}; valid: cpu"
+                         + "".join(f", cuda:{i}" for i in range(n_gpus)))
+    return device
+
+
+def check_support(device: str, precision: str, compile_mode: str, precisions: tuple[str, ...],
+                  compile_modes: tuple[str, ...]) -> None:
+    """UsageError when the device kind can never run this precision or compile mode.
+
+    `precisions` and `compile_modes` are all valid names, so the message can list the ones that do run.
+    """
+    if device != "cpu":
+        return
+    if precision in CUDA_ONLY_PRECISIONS:
+        raise UsageError(
+            f"precision {precision!r} needs CUDA; on cpu use one of: "
+            + ", ".join(p for p in precisions if p not in CUDA_ONLY_PRECISIONS)
+        )
+    if compile_mode in CUDA_ONLY_COMPILE:
+        raise UsageError(
+            f"compile mode {compile_mode!r} uses CUDA graphs and needs CUDA; on cpu use one of: "
+            + ", ".join(c for c in compile_modes if c not in CUDA_ONLY_COMPILE)
+        )
+
+
+def check_capability(device: str, precision: str) -> None:
+    """UsageError when a CUDA device is not there or its hardware cannot run the precision.
+
+    bf16 and TF32 tensor cores start with Ampere (sm80); older GPUs emulate bf16 and ignore TF32,
+    so such a row would be mislabelled. A no-op for the CPU.
+    """
+    if device == "cpu":
+        return
+    import torch
+
+    count = cuda_count()
+    index = int(device.split(":")[1])
+    if index >= count:
+        raise UsageError(f"device {device} is not available; this machine has {count} CUDA device(s)")
+    capability = torch.cuda.get_device_capability(index)
+    if ("bf16" in precision or precision == "tf32") and capability < (8, 0):
+        raise UsageError(
+            f"{torch.cuda.get_device_name(index)} (sm{''.join(map(str, capability))}) "
+            f"has no {precision} tensor cores (needs sm80+); use fp32, amp-fp16 or fp16"
+        )

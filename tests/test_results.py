@@ -1,4 +1,5 @@
-"""The results store: durable appends, torn-line tolerance, tidy tables, timm export, ratios."""
+"""The results store and analysis: durable appends, torn-line tolerance, tidy tables, timm export, ratios,
+the best config."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from bench import results
 from bench.results import COLUMNS, TIMM_COLUMNS, ResultWriter, finalize, finished_cell_ids, load, load_samples
+from bench.results.analysis import best_configs, config_medians
 
 
 def _row(cell_id: str, impl: str, rnd: int, throughput: float, mode: str = "inference", status: str = "ok") -> dict:
@@ -102,3 +104,15 @@ def test_finalize_survives_a_parquet_failure_and_leaves_no_temp_files(tmp_path, 
     assert list(pd.read_csv(tmp_path / "results.csv")["cell_id"]) == ["a"]
     assert not list(tmp_path.glob(".*.tmp"))
     assert list(load(tmp_path)["cell_id"]) == ["a"]
+
+
+def test_best_config_is_the_fastest_of_any_impl_whatever_the_row_order():
+    rows = [_row("a", "rv", 0, 100.0), _row("b", "timm", 0, 120.0), _row("c", "timm", 1, 130.0),
+            _row("d", "torchvision", 0, 50.0, mode="train"), _row("e", "rv", 0, 50.0, mode="train")]
+    medians = config_medians(results.store._tidy(rows))
+    assert medians.loc[medians["impl"] == "timm", ["throughput", "rounds"]].values.tolist() == [[125.0, 2]]
+    best = best_configs(medians)
+    # timm wins inference although rv ran; the train tie goes to the first impl in key order.
+    assert best[["mode", "impl"]].values.tolist() == [["inference", "timm"], ["train", "rv"]]
+    assert best.equals(best_configs(medians.iloc[::-1]))
+    assert best_configs(medians, by=["arch"])[["mode", "impl"]].values.tolist() == [["inference", "timm"]]

@@ -20,7 +20,8 @@ import pandas as pd
 from bench.cli import main
 from bench.results import load, load_samples
 from bench.runner.runner import profile_cells
-from bench.summary import summary_table, write_report
+from bench.report.summary import write_run_report as write_report
+from bench.results.analysis import summary_table
 from bench.config.sweep import build_spec, expand
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.regress.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT, compare_runs, format_table, write_html
 from bench.errors import UsageError
+from bench.regress.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT, compare_runs
+from bench.report.compare_page import comparison_text, write_html
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threshold < 0 or (args.fail_on_regression is not None and args.fail_on_regression < 0):
         raise UsageError("--threshold and --fail-on-regression are percentages >= 0")
     cmp = compare_runs(args.run_a, args.run_b, alpha=args.alpha, threshold_pct=args.threshold)
-    print(format_table(cmp))
+    print(comparison_text(cmp))
     print(f"wrote {write_html(cmp, args.out)}")
     reason = cmp.failure(args.fail_on_regression) if args.fail_on_regression is not None else None
     if reason:

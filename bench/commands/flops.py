@@ -8,8 +8,9 @@ import json
 from bench.cli import name_list
 from bench.counting.flops import count
 from bench.models import list_entries
+from bench.report.text import format_table
 
-# (header, key, format) of the table; the JSON has every field of bench.flops.count.
+# (header, key, format) of the table; the JSON has every field of bench.counting.flops.count.
 _TABLE = (
     ("arch", "arch", "{}"),
     ("impl", "impl", "{}"),
@@ -32,10 +33,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def _cell(row: dict, key: str, fmt: str) -> str:
+def _cell(row: dict, key: str, fmt: str) -> str | None:
     value = row[key]
     if value is None:
-        return "-"
+        return None
     return fmt.format(value / 1e6 if key == "params" else value)
 
 
@@ -46,10 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    table = [[h for h, _, _ in _TABLE]] + [[_cell(r, k, f) for _, k, f in _TABLE] for r in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(_TABLE))]
-    for line in table:
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+    print(format_table([h for h, _, _ in _TABLE], [[_cell(r, k, f) for _, k, f in _TABLE] for r in rows], left=2))
     print("\nGMACs: multiply-accumulates per image (FLOPs = 2 x MACs); torchvision's published _ops are GMACs.")
     print("fvcore counts 1 per multiply-add, adds norms/pools and drops fused attention; per model:")
     for r in rows:

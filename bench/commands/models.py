@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 from bench.models import list_entries
+from bench.report.text import format_table
 
 _COLUMNS = ("arch", "impl", "family", "lib_name", "image_size", "tv_weights")
 
@@ -23,8 +24,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    table = [list(_COLUMNS)] + [[str(r[c] if r[c] is not None else "-") for c in _COLUMNS] for r in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
-    for line in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+    print(format_table(_COLUMNS, [[r[c] for c in _COLUMNS] for r in rows]))
     return 0

@@ -14,13 +14,15 @@ from typing import IO, TYPE_CHECKING
 from bench.config.cell import Cell
 from bench.cli import name_list
 from bench.errors import UsageError
-from bench.results import ResultWriter, finalize, finished_cell_ids
+from bench.report.summary import summary_text, write_run_report
+from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest
 from bench.runner.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT, Job, Runner, plan_jobs, profile_cells, run_jobs
-from bench.summary import progress_bar, summary_text, update_latest, write_report
-from bench.config.sweep import SweepSpec, build_spec, expand, list_presets, resolve_device, timing_config
+from bench.runner.progress import progress_bar
+from bench.config.sweep import SweepSpec, build_spec, expand, list_presets, timing_config
+from bench.hardware.device import resolve_device
 
 if TYPE_CHECKING:
-    from bench.measure.timing import TimingConfig
+    from bench.config.sweep import TimingConfig
 
 # Options that define the sweep; with --resume the sweep comes from DIR/config.json instead.
 SWEEP_OPTIONS = ("preset", "models", "impls", "batch_sizes", "precisions", "compile", "modes",
@@ -45,7 +47,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                      "(finished cells kept; continue with --resume).")
     sweep = parser.add_argument_group("sweep (preset and overrides)")
     sweep.add_argument("--preset", choices=list_presets(), default=None,
-                       help="sweep preset from bench/presets (default: gpu on CUDA, else cpu)")
+                       help="sweep preset from bench/config/presets (default: gpu on CUDA, else cpu)")
     sweep.add_argument("--models", type=name_list, help="archs to run, e.g. resnet50,vit_base_patch16_224")
     sweep.add_argument("--impls", type=name_list, help="implementations: rv, torchvision, timm")
     sweep.add_argument("--batch-sizes", type=_ints, help="batch sizes, e.g. 1,32,256 (never reduced on OOM)")
@@ -175,7 +177,7 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, cell
         print("\n".join(runner.profile(profile_cells(df), run_dir / "profiles")))
         runner.close()
     text = summary_text(df)
-    report = write_report(run_dir, text)
+    report = write_run_report(run_dir, text)
     if reports_dir is not None:
         update_latest(reports_dir, run_dir)
     report_line = f"report: {report}" if report else "HTML report failed (see summary.txt)"

@@ -7,6 +7,7 @@ only when the difference is both statistically significant (p < alpha) and large
 threshold: with thousands of samples, a 0.3% difference is significant but not interesting.
 With very few samples the test cannot reach p < alpha at all (3 against 3: p >= 0.1 whatever the
 data), so such a config is "underpowered", not "unchanged": nothing was shown either way.
+This module holds the statistics only; bench.report.compare_page prints and renders them.
 """
 
 from __future__ import annotations
@@ -19,13 +20,10 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from bench import results
-from bench.report import load_run
-from bench.report.data import variant_of
-from bench.results import is_max_batch_search
-from bench.report.render import render
-from bench.report.tables import Table
+from bench.config.cell import config_keys, config_label
+from bench.results import is_max_batch_search, load_run
 
-MATCH_KEYS = ["arch", "impl", "batch_size", "image_size", "precision", "channels_last", "compile", "mode"]
+MATCH_KEYS = config_keys(impl=True)  # a configuration and its implementation, on any device
 DEFAULT_ALPHA = 0.01
 DEFAULT_THRESHOLD_PCT = 2.0
 VERDICTS = ("regressed", "improved", "unchanged", "underpowered")
@@ -47,7 +45,7 @@ class CellDelta:
 
 @dataclass
 class Comparison:
-    """Everything `rvbench compare` prints and renders."""
+    """Everything `rvbench compare` prints and renders (bench.report.compare_page)."""
 
     run_a: Path
     run_b: Path
@@ -81,9 +79,7 @@ class Comparison:
 
 
 def _label(config: tuple) -> str:
-    c = dict(zip(MATCH_KEYS, config))
-    variant = variant_of(c["precision"], bool(c["channels_last"]), c["compile"])
-    return f"{c['arch']} · {c['impl']} · bs{c['batch_size']} · {c['image_size']}px · {variant} · {c['mode']}"
+    return config_label(dict(zip(MATCH_KEYS, config)))
 
 
 def _about(df: pd.DataFrame) -> str:
@@ -153,53 +149,4 @@ def compare_runs(
         else:
             out.broken.append((label, status_a.get(config, "ok"), status_b.get(config, "ok")))
     out.cells.sort(key=lambda c: (VERDICTS.index(c.verdict), -abs(c.change_pct)))
-    return out
-
-
-def format_table(cmp: Comparison) -> str:
-    """Plain-text table for the terminal, regressions first, then a one-line tally."""
-    header = ["config", "img/s A", "img/s B", "B/A", "p50 A ms", "p50 B ms", "B/A", "p", "verdict"]
-    rows = [
-        [
-            c.label, f"{c.throughput_a:,.1f}", f"{c.throughput_b:,.1f}", f"{c.throughput_b / c.throughput_a:.3f}",
-            f"{c.p50_a:.3f}", f"{c.p50_b:.3f}", f"{c.p50_b / c.p50_a:.3f}", f"{c.p_value:.1e}", c.verdict,
-        ]
-        for c in cmp.cells
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    for title, labels in (("only in A", cmp.only_a), ("only in B", cmp.only_b)):
-        lines += [f"{title}: {label}" for label in labels]
-    lines += [f"not comparable: {label} (A: {a}, B: {b})" for label, a, b in cmp.broken]
-    tally = ", ".join(f"{n} {v}" for v, n in cmp.counts().items())
-    lines.append(
-        f"{len(cmp.cells)} cells compared: {tally}; {len(cmp.only_a)} only in A, {len(cmp.only_b)} only in B, "
-        f"{len(cmp.broken)} not comparable (Mann-Whitney U p < {cmp.alpha:g} and |change| >= {cmp.threshold_pct:g}%)"
-    )
-    if cmp.counts()["underpowered"]:
-        lines.append(f"underpowered: too few samples for the test to ever reach p < {cmp.alpha:g}; collect more iterations")
-    return "\n".join(lines)
-
-
-def write_html(cmp: Comparison, out: Path) -> Path:
-    """Render compare.html (same look as the run report, self-contained) and return its path."""
-    table = Table(["config", "img/s A", "img/s B", "throughput B/A", "p50 A (ms)", "p50 B (ms)", "p50 change", "p-value", "verdict"])
-    for c in cmp.cells:
-        table.rows.append([
-            c.label, f"{c.throughput_a:,.1f}", f"{c.throughput_b:,.1f}", f"{c.throughput_b / c.throughput_a:.3f}x",
-            f"{c.p50_a:.3f}", f"{c.p50_b:.3f}", f"{c.change_pct:+.1f}%", f"{c.p_value:.1e}", c.verdict,
-        ])
-    broken = Table(["config", "status in A", "status in B"], [list(b) for b in cmp.broken])
-    html = render(
-        "compare.html.j2",
-        title=f"rvbench compare · {cmp.run_a.name} vs {cmp.run_b.name}",
-        cmp=cmp,
-        counts=cmp.counts(),
-        table=table,
-        broken=broken,
-        plot_count=0,
-    )
-    out = Path(out)
-    out.write_text(html, encoding="utf-8")
     return out

@@ -9,9 +9,10 @@ from matplotlib.lines import Line2D
 import pandas as pd
 import seaborn as sns
 
-from bench.report.data import has_values, is_baseline, panels, variant_order
+from bench.report.data import is_baseline, panels, variant_order
 from bench.report.plots_perf import MAX_COLS, facet_lines
 from bench.report.style import IMPL_COLORS, Plot, encode, facet_size, impl_palette, log2_batch_axis, skipped, theme
+from bench.results.analysis import PEAK_MEMORY, has_values
 
 _MATCH = ["arch", "impl", "mode", "batch_size", "image_size"]
 
@@ -117,8 +118,8 @@ def finetune_vs_train(configs: pd.DataFrame) -> Plot:
         modes["arch"] + "\n" + modes["variant"] + " · bs" + modes["batch_size"].astype(str) + "\n" + modes["mode"]
     )
     modes = modes.sort_values(["arch", "variant", "mode"], ascending=[True, True, False])
-    memory = "mem_peak_alloc_mb" if has_values(modes, "mem_peak_alloc_mb") else None
-    panels = [("ms_per_image", "step time per image (ms)")] + ([(memory, "peak allocated memory (MiB)")] if memory else [])
+    memory = [(PEAK_MEMORY.column, PEAK_MEMORY.axis_label)] if has_values(modes, PEAK_MEMORY.column) else []
+    panels = [("ms_per_image", "step time per image (ms)"), *memory]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
     palette = impl_palette(modes["impl"])
     for ax, (column, label) in zip(axes[0], panels):

@@ -6,8 +6,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from bench.report.data import has_values, memory_column, panels, variant_order
+from bench.report.data import panels, variant_order
 from bench.report.style import Plot, encode, facet_size, impl_palette, log2_batch_axis, skipped, theme
+from bench.results.analysis import has_values, memory_column
 
 MAX_COLS = 3  # panels per row before wrapping
 
@@ -67,11 +68,10 @@ def throughput(configs: pd.DataFrame) -> Plot:
 def memory(configs: pd.DataFrame) -> Plot:
     """Peak memory vs batch size (CUDA allocator peak, or CPU RSS growth when that is all there is)."""
     title = "Peak memory vs batch size"
-    found = memory_column(configs)
-    if found is None:
+    memory = memory_column(configs)
+    if memory is None:
         return skipped("memory", title, "No memory measurement in this run.")
-    column, label = found
-    return facet_lines(configs, column, label, "memory", title, "Median over rounds.")
+    return facet_lines(configs, memory.column, memory.axis_label, "memory", title, "Median over rounds.")
 
 
 def _band(ax, rows: pd.DataFrame, color: str) -> None:

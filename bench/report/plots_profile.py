@@ -16,7 +16,7 @@ from bench.config.cell import IMPLS
 from bench.profiling.opcats import CATEGORIES
 from bench.report.style import IMPL_COLORS, Plot, encode, skipped, theme
 
-# bench.opcats.CATEGORIES keys -> (legend label, colour)
+# bench.profiling.opcats.CATEGORIES keys -> (legend label, colour)
 CATEGORY_STYLE = {
     "convolution": ("convolution", "#4c72b0"),
     "matmul": ("matmul / linear", "#dd8452"),

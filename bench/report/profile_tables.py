@@ -10,13 +10,12 @@ from bench.report.plots_profile import label
 from bench.report.tables import Table, fmt
 
 PHASES = ("forward", "backward", "optimizer")
-TOP_N = 20
 
 
 def _top_ops(profile: dict) -> Table:
-    """The profile's top operators (or kernels on CUDA) by device time per step."""
+    """The profile's top operators (or kernels on CUDA) by device time per step, as many as it recorded."""
     table = Table(["operator", "category", "ms / step", "% of time", "calls / step"])
-    for op in profile.get("top_ops", [])[:TOP_N]:
+    for op in profile.get("top_ops", []):
         table.rows.append([
             op["name"], op["category"], fmt(op["ms"], 3), fmt(op["pct"], 1), fmt(op["calls_per_step"], 1),
         ])

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bench.config.cell import IMPLS
-from bench.report.data import failed_rows, memory_column, panels, variant_of
-from bench.results import is_max_batch_search
+from bench.config.cell import IMPLS, config_keys, variant_label
+from bench.report.data import failed_rows, panels
+from bench.results.analysis import at_config, best_configs, best_label, is_max_batch_search, memory_column
 
 
 @dataclass
@@ -82,29 +82,25 @@ def wall_time(df: pd.DataFrame) -> str:
     return f"{_duration(elapsed)} elapsed (first cell start to last cell end) · {total}"
 
 
-def summary(configs: pd.DataFrame, on_cpu: bool) -> list[dict]:
-    """Per arch and mode: the fastest config, and every impl measured at that same config.
+def summary(configs: pd.DataFrame) -> list[dict]:
+    """Per arch and mode: the best config (bench.results.analysis.best_configs), every impl measured at it.
 
-    Comparing impls at one config (batch, precision, layout, compile) keeps the comparison fair;
-    the best config is the one with the highest median throughput of any implementation. On the CPU
-    the memory column is the process's RSS growth, not an allocator peak, and is labelled so.
+    Comparing impls at one config (batch, precision, layout, compile) keeps the comparison fair.
+    The memory column is the one `memory_column` picks, labelled as it says (approximate on a CPU).
     """
-    mem = memory_column(configs)
-    mem_label = "RSS growth MiB (approx.)" if on_cpu else "peak MiB"
+    memory = memory_column(configs)
+    winners = {(b["arch"], b["mode"]): b for _, b in best_configs(configs).iterrows()}
     out = []
     for arch, mode in panels(configs, ["arch", "mode"]):
-        rows = configs[(configs["arch"] == arch) & (configs["mode"] == mode)]
-        best = rows.loc[rows["throughput"].idxmax()]
-        same = rows[
-            (rows["batch_size"] == best["batch_size"])
-            & (rows["variant"] == best["variant"])
-            & (rows["image_size"] == best["image_size"])
-        ]
-        table = Table(["impl", "img/s", "vs best", "p50 ms", "p99 ms", mem_label])
+        if (arch, mode) not in winners:
+            continue  # no throughput measured in this group
+        best = winners[(arch, mode)]
+        same = at_config(configs, best)
+        table = Table(["impl", "img/s", "vs best", "p50 ms", "p99 ms", *([memory.header()] if memory else [])])
         for impl in IMPLS:
             hit = same[same["impl"] == impl]
             if hit.empty:
-                table.rows.append([impl, "not measured", "", "", "", ""])
+                table.rows.append([impl, "not measured"] + [""] * (len(table.columns) - 2))
                 continue
             r = hit.iloc[0]
             table.rows.append([
@@ -113,12 +109,12 @@ def summary(configs: pd.DataFrame, on_cpu: bool) -> list[dict]:
                 f"{r['throughput'] / best['throughput']:.2f}x",
                 fmt(r["step_ms_p50"], 2),
                 fmt(r["step_ms_p99"], 2),
-                fmt(r[mem[0]] if mem else None, 0),
+                *([fmt(r[memory.column], 0)] if memory else []),
             ])
         out.append({
             "arch": arch,
             "mode": mode,
-            "best": f"{best['impl']} · batch {best['batch_size']} · {best['image_size']} px · {best['variant']}",
+            "best": best_label(best),
             "throughput": fmt(best["throughput"]),
             "table": table,
         })
@@ -143,11 +139,11 @@ def failures(df: pd.DataFrame) -> Table:
     """Every config that failed, once per distinct status and message, with the rounds it failed in."""
     table = Table(["arch", "impl", "batch", "precision / layout", "compile", "mode", "rounds", "status", "message"])
     failed = failed_rows(df).assign(message=lambda d: d["message"].fillna("").astype(str))
-    keys = ["arch", "impl", "batch_size", "image_size", "precision", "channels_last", "compile", "mode", "status", "message"]
+    keys = [*config_keys(impl=True), "status", "message"]
     for key, rows in failed.groupby(keys, sort=True, dropna=False):
         r = dict(zip(keys, key))
         table.rows.append([
-            r["arch"], r["impl"], str(r["batch_size"]), variant_of(r["precision"], bool(r["channels_last"]), "none"),
+            r["arch"], r["impl"], str(r["batch_size"]), variant_label(r["precision"], bool(r["channels_last"]), "none"),
             r["compile"], r["mode"], ", ".join(str(i) for i in sorted(rows["round"])), r["status"], r["message"],
         ])
     if not table.rows:
@@ -162,7 +158,7 @@ def max_batches(df: pd.DataFrame) -> Table:
     oom_at = found["max_batch_oom_at"] if "max_batch_oom_at" in found else pd.Series(index=found.index, dtype=float)
     for (_, r), oom in zip(found.iterrows(), oom_at):
         table.rows.append([
-            r["arch"], r["impl"], variant_of(r["precision"], bool(r["channels_last"]), r["compile"]), r["mode"],
+            r["arch"], r["impl"], variant_label(r["precision"], bool(r["channels_last"]), r["compile"]), r["mode"],
             fmt(int(r["batch_size"])), fmt(None if pd.isna(oom) else int(oom)),
         ])
     return table

@@ -1,13 +1,14 @@
 """Stage 7: the results store of a run directory, and the analysis every view of a run shares."""
 
+from bench.results.analysis import CONFIG_KEYS, is_max_batch_search, ok_rows, ratios
 from bench.results.store import (
-    COLUMNS, CONFIG_KEYS, MEASURE_COLUMNS, RESULTS_JSONL, SAMPLES_JSONL, SCHEMA_VERSION, TIMM_COLUMNS,
-    ResultWriter, finalize, finished_cell_ids, is_max_batch_search, load, load_samples, ok_rows, ratios,
-    timm_table,
+    COLUMNS, MEASURE_COLUMNS, RESULTS_JSONL, SAMPLES_JSONL, SCHEMA_VERSION, ResultWriter, finalize,
+    finished_cell_ids, load, load_run, load_samples, update_latest,
 )  # fmt: skip
+from bench.results.timm import TIMM_COLUMNS, timm_table
 
 __all__ = [
     "COLUMNS", "CONFIG_KEYS", "MEASURE_COLUMNS", "RESULTS_JSONL", "SAMPLES_JSONL", "SCHEMA_VERSION",
-    "TIMM_COLUMNS", "ResultWriter", "finalize", "finished_cell_ids", "is_max_batch_search", "load",
-    "load_samples", "ok_rows", "ratios", "timm_table",
+    "TIMM_COLUMNS", "ResultWriter", "finalize", "finished_cell_ids", "is_max_batch_search", "load", "load_run",
+    "load_samples", "ok_rows", "ratios", "timm_table", "update_latest",
 ]  # fmt: skip

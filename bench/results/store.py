@@ -2,8 +2,10 @@
 
 Rows are appended one json line per finished cell, flushed and fsynced, so a run killed at any
 moment loses at most the cell in flight. `load` reads a finished run (parquet) or an unfinished
-one (jsonl, tolerating a torn last line). `finalize` writes the tidy tables and the export in
-timm's benchmark-CSV layout; `ratios` compares rv against the reference implementations.
+one (jsonl, tolerating a torn last line); `load_run` is the same for a directory given by a user.
+`finalize` writes the tidy tables and the export in timm's benchmark-CSV layout (bench.results.timm);
+`update_latest` points the reports directory's `latest` link at a run. Analysis lives in
+bench.results.analysis.
 """
 
 from __future__ import annotations
@@ -16,16 +18,19 @@ from typing import IO, Callable
 
 import pandas as pd
 
+from bench.errors import UsageError
+from bench.results.timm import timm_table
+
 SCHEMA_VERSION = 1
 
 RESULTS_JSONL = "results.jsonl"
 SAMPLES_JSONL = "samples.jsonl"
 
 # The columns every row has (null where a cell did not produce them), in table order; the
-# measurement columns come from bench.measure.cell, the env_* columns (appended) from bench.env.
+# measurement columns come from bench.measure.cell, the env_* columns (appended) from bench.measure.env.
 # find_max_batch marks the row of a --find-max-batch search (its batch_size is the largest that
 # fits; max_batch_oom_at the smallest probed batch that did not, null if the limit was reached).
-# The measurement columns, exactly what bench.measure.measure_cell returns (less "samples_ms").
+# The measurement columns, exactly what bench.measure.cell.measure_cell returns (less "samples_ms").
 MEASURE_COLUMNS = (
     "params_total", "params_trainable", "gflops_per_image", "gflops_per_step",
     "n_iters", "timed_s", "warmup_iters", "step_ms_p50", "step_ms_p90", "step_ms_p95", "step_ms_p99",
@@ -43,10 +48,6 @@ COLUMNS = (
     "status", "message", "started_at", "wall_s",
     *MEASURE_COLUMNS,
 )  # fmt: skip
-
-# What identifies a configuration across implementations and rounds (for ratios and exports).
-CONFIG_KEYS = ["arch", "batch_size", "image_size", "precision", "channels_last", "compile", "mode", "device"]
-REFERENCES = ("torchvision", "timm")
 
 
 def _open_append(path: Path) -> IO[str]:
@@ -133,86 +134,16 @@ def load_samples(run_dir: str | Path) -> dict[str, list[float]]:
     return {r["cell_id"]: r["samples_ms"] for r in _read_jsonl(Path(run_dir) / SAMPLES_JSONL)}
 
 
-def is_max_batch_search(df: pd.DataFrame) -> pd.Series:
-    """Rows of `--find-max-batch` searches: they say what fits, but their timing is a single probe."""
-    return df["find_max_batch"].fillna(False).astype(bool)
-
-
-def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Sweep rows (not max-batch searches) whose cell measured successfully."""
-    return df[(df["status"] == "ok") & ~is_max_batch_search(df)]
-
-
-def ratios(df: pd.DataFrame) -> pd.DataFrame:
-    """rv / reference throughput per (config, round), then median and IQR per config.
-
-    Ratios are taken within a round, where the implementations ran back to back, so slow drift
-    of a shared machine cancels. Columns: CONFIG_KEYS, reference, ratio_median, ratio_iqr,
-    n_rounds. Configs where rv or the reference has no ok row in a round are left out.
-    """
-    ok = ok_rows(df)
-    keys = CONFIG_KEYS + ["round"]
-    per_impl = ok.pivot_table(index=keys, columns="impl", values="throughput", aggfunc="first")
-    frames = []
-    for ref in REFERENCES:
-        if "rv" not in per_impl or ref not in per_impl:
-            continue
-        per_round = (per_impl["rv"] / per_impl[ref]).dropna().rename("ratio").reset_index()
-        agg = per_round.groupby(CONFIG_KEYS, dropna=False)["ratio"].agg(
-            ratio_median="median",
-            ratio_iqr=lambda r: r.quantile(0.75) - r.quantile(0.25),
-            n_rounds="count",
-        )
-        frames.append(agg.reset_index().assign(reference=ref))
-    cols = CONFIG_KEYS + ["reference", "ratio_median", "ratio_iqr", "n_rounds"]
-    if not frames:
-        return pd.DataFrame(columns=cols)
-    return pd.concat(frames, ignore_index=True)[cols]
-
-
-# timm's benchmark.py columns (inference then train; param_count last, as in its "both" mode).
-# infer_gmacs is MACs per image / 1e9; infer_macts (activation count, millions, from fvcore)
-# is not measured here and left empty.
-TIMM_COLUMNS = [
-    "model", "infer_samples_per_sec", "infer_step_time", "infer_batch_size", "infer_img_size",
-    "infer_gmacs", "infer_macts", "train_samples_per_sec", "train_step_time", "train_batch_size",
-    "train_img_size", "param_count",
-]  # fmt: skip
-_TIMM_EXTRA = ["impl", "precision", "channels_last", "compile", "device"]
-
-
-def timm_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The ok inference/train cells in timm's benchmark-CSV layout, median over rounds.
-
-    One row per (arch, impl, precision, layout, compile, device, batch, image size); `model` is
-    the arch name and the identifying columns (impl, precision, ...) follow timm's columns.
-    Like timm: samples/s over the timed wall time, step time = mean ms per step, params in
-    millions.
-    """
-    ok = df[(df["status"] == "ok") & df["mode"].isin(["inference", "train"])]
-    keys = ["arch", "batch_size", "image_size"] + _TIMM_EXTRA
-    out = None
-    for mode, prefix in (("inference", "infer"), ("train", "train")):
-        part = ok[ok["mode"] == mode].groupby(keys, dropna=False).agg(
-            samples_per_sec=("throughput_wall", "median"),
-            step_time=("step_ms_mean", "median"),
-            gmacs=("gflops_per_image", "first"),
-            param_count=("params_total", "first"),
-        )
-        part["gmacs"] = (part["gmacs"] / 2).round(2)
-        part["param_count"] = (part["param_count"] / 1e6).round(2)
-        part = part.reset_index()
-        part[f"{prefix}_batch_size"] = part["batch_size"]
-        part[f"{prefix}_img_size"] = part["image_size"]
-        part = part.rename(columns={c: f"{prefix}_{c}" for c in ("samples_per_sec", "step_time", "gmacs")})
-        if prefix == "train":
-            part = part.drop(columns="train_gmacs")
-        out = part if out is None else out.merge(part, on=keys, how="outer", suffixes=("", "_train"))
-    if "param_count_train" in out:
-        out["param_count"] = out["param_count"].fillna(out.pop("param_count_train"))
-    out["model"] = out["arch"]
-    out["infer_macts"] = None
-    return out.reindex(columns=TIMM_COLUMNS + _TIMM_EXTRA)
+def load_run(run_dir: Path) -> pd.DataFrame:
+    """`load` for a directory a user named: UsageError when it is not a run directory with results."""
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is not a directory; give a run directory such as reports/latest")
+    if not (run_dir / RESULTS_JSONL).exists() and not (run_dir / "results.parquet").exists():
+        raise UsageError(f"{run_dir} has no results.jsonl or results.parquet: not a run directory")
+    df = load(run_dir)
+    if df.empty:
+        raise UsageError(f"{run_dir} has no result rows yet")
+    return df
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -243,3 +174,12 @@ def finalize(run_dir: str | Path) -> pd.DataFrame:
         warnings.warn(f"results.parquet not written ({type(exc).__name__}: {exc}); results.csv and "
                       "results.jsonl hold the same rows")
     return df
+
+
+def update_latest(reports_dir: Path, run_dir: Path) -> None:
+    """Point reports_dir/latest at run_dir (relative link, replaced atomically)."""
+    link = reports_dir / "latest"
+    tmp = reports_dir / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(os.path.relpath(run_dir.resolve(), reports_dir.resolve()))
+    os.replace(tmp, link)

@@ -28,7 +28,7 @@ import pandas as pd
 
 from bench.config.cell import IMPLS, Cell
 from bench.results import CONFIG_KEYS, SCHEMA_VERSION, ResultWriter
-from bench.summary import ok_medians
+from bench.results.analysis import best_configs, config_medians
 
 # --find-max-batch never probes beyond this batch size on a GPU.
 MAX_BATCH_LIMIT = 4096
@@ -172,7 +172,7 @@ class Runner:
         self.env: dict = {}
 
     def collect_env(self, device: str) -> dict:
-        """Ask the device's worker for bench.env.collect_env; rows carry it from then on."""
+        """Ask the device's worker for bench.measure.env.collect_env, once per run; every row carries it."""
         self.env = self._pool.request(device, {"op": "env", "device": device}, self._timeout)["env"]
         return self.env
 
@@ -267,15 +267,12 @@ class Runner:
 
 
 def profile_cells(df: pd.DataFrame) -> list[Cell]:
-    """Per arch, its best configuration once - the highest median throughput over rounds among
-    the ok cells of any impl - as one cell for every impl that ran the arch, so the profiles
-    of an arch compare like with like."""
-    med = ok_medians(df)
+    """Per arch, its best configuration (bench.results.analysis.best_configs, grouped by arch alone)
+    as one cell for every impl that ran the arch, so the profiles of an arch compare like with like."""
     cells = []
-    for arch, group in med.groupby("arch"):
-        best = group.loc[group["throughput"].idxmax()]
+    for _, best in best_configs(config_medians(df), by=["arch"]).iterrows():
         config = {key: _plain(best[key]) for key in CONFIG_KEYS}
-        ran = set(df.loc[df["arch"] == arch, "impl"])
+        ran = set(df.loc[df["arch"] == best["arch"], "impl"])
         cells += [Cell(**config, impl=impl) for impl in IMPLS if impl in ran]
     return cells
 

@@ -1,0 +1,90 @@
+"""The run report page: one self-contained index.html (inline CSS, inline PNG plots).
+
+It only reads the run directory (results, samples, env.json, config.json, profiles/) and writes
+index.html; what it summarises comes from bench.results.analysis, like every other view of a run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+import bench
+from bench import results
+from bench.report import plots_derived, plots_perf, plots_profile, tables
+from bench.report.data import per_config, variants
+from bench.report.flops_table import flops_table
+from bench.report.profile_tables import profile_details
+from bench.report.render import render
+from bench.results.analysis import BEST_CONFIG_RULE
+
+REPORT_NAME = "index.html"
+CSV_NAME = "results.csv"
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _env(run_dir: Path, df: pd.DataFrame) -> dict:
+    """env.json, or the env_* columns of the first row for a run whose env.json is missing."""
+    env = _read_json(run_dir / "env.json")
+    if env or df.empty:
+        return env
+    return {k: v for k, v in df.iloc[0].items() if k.startswith("env_")}
+
+
+def _ratios(df: pd.DataFrame) -> pd.DataFrame:
+    """bench.results.ratios with the report's variant label added."""
+    out = results.ratios(df)
+    out["variant"] = variants(out)
+    return out
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write RUN_DIR/index.html from the run's results and return its path."""
+    run_dir = Path(run_dir)
+    df = results.load_run(run_dir)
+    env = _env(run_dir, df)
+    config = _read_json(run_dir / "config.json")
+    configs = per_config(df)
+    perf = [plots_perf.throughput(configs), plots_perf.latency(configs), plots_perf.memory(configs)]
+    derived = [
+        plots_derived.speedup(configs),
+        plots_derived.reference_ratio(_ratios(df)),
+        plots_derived.finetune_vs_train(configs),
+        plots_derived.mfu(configs),
+        plots_derived.energy(configs),
+    ]
+    profiles = plots_profile.load_profiles(run_dir)
+    profile = [plots_profile.categories(profiles), plots_profile.roofline(profiles)] if profiles else []
+    flops, flops_numeric = flops_table(df)
+    failures = tables.failures(df)
+    html = render(
+        "index.html.j2",
+        title=f"rvbench report · {run_dir.name}",
+        run_name=run_dir.name,
+        facts=tables.header(env, config, df),
+        best_rule=BEST_CONFIG_RULE,
+        summaries=tables.summary(configs),
+        perf_plots=perf,
+        derived_plots=derived,
+        profile_plots=profile,
+        n_profiles=len(profiles),
+        profile_details=profile_details(profiles),
+        plot_count=sum(p.png_b64 is not None for p in perf + derived + profile),
+        flops=flops,
+        flops_numeric=flops_numeric,
+        compile=tables.compile_times(configs),
+        max_batches=tables.max_batches(df),
+        failures=failures,
+        n_failed=len(failures.rows),
+        environment=tables.environment(env),
+        csv_name=CSV_NAME if (run_dir / CSV_NAME).exists() else None,
+        version=bench.__version__,
+    )
+    out = run_dir / REPORT_NAME
+    out.write_text(html, encoding="utf-8")
+    return out

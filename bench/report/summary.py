@@ -1,0 +1,43 @@
+"""The run's closing summary: status counts and the best-config table, printed and kept as summary.txt.
+
+The table is bench.results.analysis.summary_table, so it names the same best config per arch and
+mode as the report's summary cards.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import pandas as pd
+
+from bench.report import write_report
+from bench.report.text import format_table
+from bench.results.analysis import summary_table
+
+SUMMARY_NAME = "summary.txt"
+
+
+def summary_text(df: pd.DataFrame) -> str:
+    """Status counts and the summary table as plain text (terminal and summary.txt)."""
+    counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) or "no cells"
+    table = summary_table(df)
+    if table.empty:
+        return f"cells: {counts}\n(no ok cells)\n"
+    # arch, mode and best config read as text; the numbers after them line up right.
+    return f"cells: {counts}\n{format_table(list(table.columns), table.itertuples(index=False), left=3)}\n"
+
+
+def write_run_report(run_dir: Path, text: str) -> Path | None:
+    """Write summary.txt, then the HTML report; return the report's path, None if it failed.
+
+    A failing report must not cost the results, so its error is kept in summary.txt instead.
+    """
+    summary = run_dir / SUMMARY_NAME
+    summary.write_text(text, encoding="utf-8")
+    try:
+        return Path(write_report(run_dir))
+    except Exception:  # noqa: BLE001 - keep the run's outputs whatever the report does
+        with open(summary, "a", encoding="utf-8") as fh:
+            fh.write("\nHTML report failed:\n" + traceback.format_exc(limit=3))
+        return None

@@ -1,0 +1,52 @@
+"""The export of a run's results in the layout of timm's benchmark CSV (results_timm.csv).
+
+So that numbers measured here can be put next to the ones timm's own benchmark.py publishes.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+# timm's benchmark.py columns (inference then train; param_count last, as in its "both" mode).
+# infer_gmacs is MACs per image / 1e9; infer_macts (activation count, millions, from fvcore)
+# is not measured here and left empty.
+TIMM_COLUMNS = [
+    "model", "infer_samples_per_sec", "infer_step_time", "infer_batch_size", "infer_img_size",
+    "infer_gmacs", "infer_macts", "train_samples_per_sec", "train_step_time", "train_batch_size",
+    "train_img_size", "param_count",
+]  # fmt: skip
+_TIMM_EXTRA = ["impl", "precision", "channels_last", "compile", "device"]
+
+
+def timm_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The ok inference/train cells in timm's benchmark-CSV layout, median over rounds.
+
+    One row per (arch, impl, precision, layout, compile, device, batch, image size); `model` is
+    the arch name and the identifying columns (impl, precision, ...) follow timm's columns.
+    Like timm: samples/s over the timed wall time, step time = mean ms per step, params in
+    millions.
+    """
+    ok = df[(df["status"] == "ok") & df["mode"].isin(["inference", "train"])]
+    keys = ["arch", "batch_size", "image_size"] + _TIMM_EXTRA
+    out = None
+    for mode, prefix in (("inference", "infer"), ("train", "train")):
+        part = ok[ok["mode"] == mode].groupby(keys, dropna=False).agg(
+            samples_per_sec=("throughput_wall", "median"),
+            step_time=("step_ms_mean", "median"),
+            gmacs=("gflops_per_image", "first"),
+            param_count=("params_total", "first"),
+        )
+        part["gmacs"] = (part["gmacs"] / 2).round(2)
+        part["param_count"] = (part["param_count"] / 1e6).round(2)
+        part = part.reset_index()
+        part[f"{prefix}_batch_size"] = part["batch_size"]
+        part[f"{prefix}_img_size"] = part["image_size"]
+        part = part.rename(columns={c: f"{prefix}_{c}" for c in ("samples_per_sec", "step_time", "gmacs")})
+        if prefix == "train":
+            part = part.drop(columns="train_gmacs")
+        out = part if out is None else out.merge(part, on=keys, how="outer", suffixes=("", "_train"))
+    if "param_count_train" in out:
+        out["param_count"] = out["param_count"].fillna(out.pop("param_count_train"))
+    out["model"] = out["arch"]
+    out["infer_macts"] = None
+    return out.reindex(columns=TIMM_COLUMNS + _TIMM_EXTRA)

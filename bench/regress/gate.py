@@ -3,7 +3,12 @@
 Absolute step times drift with the machine (shared CI cores, clocks, other jobs), so the gate
 never compares against a stored number. It times the subject and its references interleaved in
 one process, round by round, so every round sees the same machine state, and gates the median of
-the per-round ratios. A failing first attempt is re-measured once; only a confirmed failure fails.
+the per-round ratios. A failing attempt is re-measured, and only a failure every attempt confirms
+fails. The confirmations must be independent of the first attempt: a state that one process
+happened to get (where the allocator placed the weights, which kernels oneDNN chose and cached)
+would repeat itself in the same process. So the caller can have them measured elsewhere, in a
+fresh process with fresh allocations (`rerun`), and every attempt runs the candidates in another
+order (`attempt_order`).
 
 The module knows nothing about models or torch: a candidate is any zero-argument callable that
 runs one step and returns when the work is done (a CUDA caller synchronises inside it).
@@ -40,7 +45,7 @@ class GateRule:
     rounds: int = 15
     iters: int = 3
     warmup: int = 2
-    attempts: int = 2
+    attempts: int = 3
     clock: Callable[[], float] = time.perf_counter
 
     def __post_init__(self) -> None:
@@ -99,14 +104,23 @@ class GateResult:
         )
 
 
-def interleaved_times(steps: Mapping[str, Step], rule: GateRule) -> dict[str, list[float]]:
+def attempt_order(names: list[str], attempt: int) -> list[str]:
+    """The candidates' order in attempt `attempt` (0, 1, ...): every attempt starts from another
+    candidate, and odd attempts run them backwards, so no attempt repeats another's sequence."""
+    shift = attempt % len(names)
+    order = names[shift:] + names[:shift]
+    return order[::-1] if attempt % 2 else order
+
+
+def interleaved_times(steps: Mapping[str, Step], rule: GateRule, attempt: int = 0) -> dict[str, list[float]]:
     """Time candidates interleaved as `rule` says; return name -> per-round seconds per step.
 
-    The starting candidate rotates each round (A B C, B C A, C A B, ...) so no candidate always
-    runs right after the same neighbour. The garbage collector is off while timing, as a
-    collection triggered by one candidate's allocations would be charged to whichever runs next.
+    Candidates warm up and start in `attempt_order`; the starting candidate then rotates each round
+    (A B C, B C A, C A B, ...) so no candidate always runs right after the same neighbour. The
+    garbage collector is off while timing, as a collection triggered by one candidate's
+    allocations would be charged to whichever runs next.
     """
-    names = list(steps)
+    names = attempt_order(list(steps), attempt)
     times: dict[str, list[float]] = {name: [] for name in names}
     gc_was_enabled = gc.isenabled()
     gc.collect()
@@ -143,16 +157,27 @@ def decide(
     return GateResult(label, subject, ratios, median_ms, rule, history + (max(ratios.values()),))
 
 
-def ratio_gate(label: str, subject: str, steps: Mapping[str, Step], rule: GateRule | None = None) -> GateResult:
+Rerun = Callable[[int], Mapping[str, list[float]]]
+
+
+def ratio_gate(
+    label: str, subject: str, steps: Mapping[str, Step], rule: GateRule | None = None, rerun: Rerun | None = None
+) -> GateResult:
     """Measure `subject` against the other steps; re-measure a failure up to `rule.attempts` times.
 
-    Returns the deciding attempt's result (the first pass, or the last failure); the caller
-    asserts `result.passed` and shows `result.message()`.
+    The first attempt times `steps` here. Each later one calls `rerun(attempt)`, which returns the
+    per-round times of an independent measurement (interleaved_times with that attempt number, in
+    a fresh process); without `rerun` it re-times `steps` here, in the attempt's order. Returns the
+    deciding attempt's result (the first pass, or the last failure); the caller asserts
+    `result.passed` and shows `result.message()`.
     """
     rule = rule or GateRule()
     history: tuple[float, ...] = ()
-    for _ in range(rule.attempts):
-        times = interleaved_times(steps, rule)
+    for attempt in range(rule.attempts):
+        if attempt and rerun is not None:
+            times = rerun(attempt)
+        else:
+            times = interleaved_times(steps, rule, attempt)
         result = decide(label, subject, times, rule, history)
         if result.passed:
             return result

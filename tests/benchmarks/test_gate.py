@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from bench.errors import UsageError
-from bench.regress.gate import GateRule, decide, ratio_gate
+from bench.regress.gate import GateRule, attempt_order, decide, ratio_gate
 from bench.models import get_entry
 
 RULE = GateRule(clock=time.process_time)  # the fakes are single-threaded CPU work
@@ -119,6 +119,36 @@ def test_a_failure_not_confirmed_by_the_rerun_passes() -> None:
     result = ratio_gate("fake", "rv", {"rv": slow_at_first, "ref": lambda: work(UNIT)}, RULE)
     assert result.passed
     assert len(result.history) == 2 and result.history[0] > RULE.max_ratio
+
+
+def test_each_attempt_runs_the_candidates_in_another_order() -> None:
+    names = ["rv", "torchvision", "timm"]
+    orders = [attempt_order(names, attempt) for attempt in range(RULE.attempts)]
+    assert orders[0] == names
+    assert all(sorted(order) == sorted(names) for order in orders)
+    assert len({tuple(order) for order in orders}) == RULE.attempts
+
+
+def test_confirmations_come_from_rerun_and_a_passing_one_passes() -> None:
+    """The first attempt is measured here; a failing one is confirmed by `rerun` (in the real gates,
+    a fresh process), and a confirmation within the limit passes the gate."""
+    asked = []
+
+    def rerun(attempt: int) -> dict[str, list[float]]:
+        asked.append(attempt)
+        return {"rv": [1.0] * ROUNDS, "ref": [1.0] * ROUNDS}
+
+    steps = {"rv": lambda: work(2 * UNIT), "ref": lambda: work(UNIT)}
+    result = ratio_gate("fake", "rv", steps, RULE, rerun=rerun)
+    assert asked == [1]
+    assert result.passed and len(result.history) == 2 and result.history[0] > RULE.max_ratio
+
+
+def test_every_confirmation_must_fail_for_the_gate_to_fail() -> None:
+    slow = {"rv": [1.3] * ROUNDS, "ref": [1.0] * ROUNDS}
+    steps = {"rv": lambda: work(2 * UNIT), "ref": lambda: work(UNIT)}
+    result = ratio_gate("fake", "rv", steps, RULE, rerun=lambda attempt: slow)
+    assert not result.passed and len(result.history) == RULE.attempts
 
 
 def test_real_rv_model_made_30pct_slower_fails(gate_clock: Callable[[], float], make_workload) -> None:

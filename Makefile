@@ -25,7 +25,7 @@ else
 DEVICE := cuda:$(strip $(GPU))
 endif
 
-.PHONY: bench test browser gate gate-baseline counts
+.PHONY: bench test browser gate gate-baseline gate-ab counts
 
 # Re-installs only when pyproject.toml changes (the stamp is older than it).
 $(VENV)/.installed: pyproject.toml
@@ -69,3 +69,9 @@ gate: $(SETUP)
 
 gate-baseline: $(SETUP)
 	$(GATE_PYTEST) --benchmark-save=baseline
+
+# A/B gate across commits (asv continuous style): this tree against BASE on this machine, same job,
+# alternating fresh processes; fails only on a significant slowdown beyond 10% (tests/benchmarks/gate_ab.py).
+BASE ?= HEAD~1
+gate-ab: $(SETUP)
+	$(PY) tests/benchmarks/gate_ab.py --base $(BASE) --device $(if $(filter auto,$(DEVICE)),cpu,$(DEVICE))

@@ -120,6 +120,21 @@ def _verdict(change_pct: float, p_value: float, min_p: float, alpha: float, thre
     return "regressed" if change_pct > 0 else "improved"
 
 
+def delta(label: str, a_ms: list[float], b_ms: list[float], batch: int, alpha: float = DEFAULT_ALPHA,
+          threshold_pct: float = DEFAULT_THRESHOLD_PCT) -> CellDelta:
+    """Compare two samples of step times (ms) of one config: medians, Mann-Whitney U, verdict.
+
+    The verdict rule of every comparison here (runs, and commits in the A/B gate): "regressed" or
+    "improved" only when p < alpha and the median moved by at least threshold_pct; "underpowered"
+    when samples this small can never reach p < alpha.
+    """
+    p50_a, p50_b = statistics.median(a_ms), statistics.median(b_ms)
+    p_value = float(mannwhitneyu(a_ms, b_ms, alternative="two-sided").pvalue)
+    change = (p50_b / p50_a - 1.0) * 100.0
+    verdict = _verdict(change, p_value, smallest_p(len(a_ms), len(b_ms)), alpha, threshold_pct)
+    return CellDelta(label, p50_a, p50_b, batch * 1000.0 / p50_a, batch * 1000.0 / p50_b, p_value, change, verdict)
+
+
 def compare_runs(
     run_a: Path, run_b: Path, alpha: float = DEFAULT_ALPHA, threshold_pct: float = DEFAULT_THRESHOLD_PCT
 ) -> Comparison:
@@ -137,15 +152,8 @@ def compare_runs(
         elif config not in configs_a:
             out.only_b.append(label)
         elif config in pooled_a and config in pooled_b:
-            a, b = pooled_a[config], pooled_b[config]
-            p50_a, p50_b = statistics.median(a), statistics.median(b)
             batch = dict(zip(MATCH_KEYS, config))["batch_size"]
-            p_value = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
-            change = (p50_b / p50_a - 1.0) * 100.0
-            out.cells.append(CellDelta(
-                label, p50_a, p50_b, batch * 1000.0 / p50_a, batch * 1000.0 / p50_b, p_value, change,
-                _verdict(change, p_value, smallest_p(len(a), len(b)), alpha, threshold_pct),
-            ))
+            out.cells.append(delta(label, pooled_a[config], pooled_b[config], batch, alpha, threshold_pct))
         else:
             out.broken.append((label, status_a.get(config, "ok"), status_b.get(config, "ok")))
     out.cells.sort(key=lambda c: (VERDICTS.index(c.verdict), -abs(c.change_pct)))

@@ -13,7 +13,7 @@ import random
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from bench.config.cell import Cell
+from bench.config.cell import Cell, split_compile
 
 ENV = {
     "env_torch": "2.11.0+cu128",
@@ -40,19 +40,20 @@ ENV = {
 MODELS = {"resnet50": (8.18, 25_557_032), "vit_base_patch16_224": (35.1, 86_567_656)}
 IMPL_SPEED = {"rv": 1.0, "torchvision": 0.97, "timm": 1.02}
 PRECISION_SPEED = {"fp32": 1.0, "amp-bf16": 2.6}
+COMPILE_SPEED = {"none": 1.0, "default": 1.3, "default-freeze": 1.6}
 PEAK_TFLOPS = {"fp32": 67.0, "amp-bf16": 989.0}
 WALL_S = 3.5
 CELL_GAP_S = 5.0
 
 
-def _cells(archs, impls, batches, precisions, rounds) -> list[Cell]:
+def _cells(archs, impls, batches, precisions, rounds, compile_modes) -> list[Cell]:
     base = [
         Cell(a, i, b, 224, precision=p, device="cuda:0", round=r)
         for r, a, i, b, p in itertools.product(range(rounds), archs, impls, batches, precisions)
     ]
     extra = [
-        Cell(a, i, batches[-1], 224, precision=precisions[-1], compile="default", device="cuda:0", round=r)
-        for r, a, i in itertools.product(range(rounds), archs, impls)
+        Cell(a, i, batches[-1], 224, precision=precisions[-1], compile=c, device="cuda:0", round=r)
+        for r, a, i, c in itertools.product(range(rounds), archs, impls, compile_modes)
     ]
     modes = [
         Cell(archs[0], i, batches[-1], 224, mode=m, device="cuda:0", round=r)
@@ -97,6 +98,7 @@ def _ok_row(cell: Cell, samples: list[float]) -> dict:
         "compile_s": 41.5 if cell.compile != "none" else None,
         "recompiles": 1 if cell.compile != "none" else 0,
         "recompiles_timed": 0,
+        "inductor_freezing": split_compile(cell.compile)[1],
         "mem_peak_alloc_mb": (180.0 + 21.0 * cell.batch_size * (3 if cell.mode == "train" else 1))
         / IMPL_SPEED[cell.impl] ** 2,
         "mem_peak_reserved_mb": 256.0 + 24.0 * cell.batch_size,
@@ -198,6 +200,7 @@ def write_run(
     failures: dict[tuple, tuple[str, str]] | None = None,
     run_id: str = "20250101T000000Z-gpu-box-h100",
     profiles: bool = False,
+    compile_modes: tuple[str, ...] = ("default",),
 ) -> Path:
     """Write results.jsonl, samples.jsonl, results.csv, config.json and env.json into `run_dir`.
 
@@ -205,7 +208,8 @@ def write_run(
     every round; `failures` maps the same key to (status, message), replacing its measurement.
     By default one oom and one error cell are planted (the error message carries markup).
     `profiles` adds a profile summary per (arch, impl), as `rvbench run --profile` does.
-    `n_samples` is the number of timed steps of each ok cell.
+    `n_samples` is the number of timed steps of each ok cell. `compile_modes` are the compiled
+    variants added at the largest batch and last precision.
     """
     import pandas as pd
 
@@ -221,10 +225,10 @@ def write_run(
     rng = random.Random(seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     rows, samples_lines = [], []
-    for cell in _cells(archs, impls, batches, precisions, rounds):
+    for cell in _cells(archs, impls, batches, precisions, rounds, compile_modes):
         key = (cell.arch, cell.impl, cell.batch_size, cell.precision)
         gflops, _ = MODELS[cell.arch]
-        speed = IMPL_SPEED[cell.impl] * PRECISION_SPEED[cell.precision] * (1.3 if cell.compile != "none" else 1.0)
+        speed = IMPL_SPEED[cell.impl] * PRECISION_SPEED[cell.precision] * COMPILE_SPEED[cell.compile]
         work = {"inference": 1.0, "train": 3.2, "finetune": 1.4}[cell.mode]
         base_ms = (0.4 + gflops * cell.batch_size * work / 40.0 / speed) * slow.get(key, 1.0)
         row = {"schema_version": 1, "run_id": run_id, "cell_id": cell.cell_id, **cell.config(), "find_max_batch": False}

@@ -15,7 +15,9 @@ from bench.measure.cell import measure_cell
 from bench.models import get_entry
 from bench.results import MEASURE_COLUMNS
 from bench.config.precision import numerics, numerics_state, plan_for
-from bench.execute.step import graphs_compiled, make_optimizer, make_step, prepare_mode
+from bench.execute.step import (
+    freezing_enabled, graphs_compiled, inductor_freezing, make_optimizer, make_step, prepare_mode,
+)
 from bench.config.sweep import TimingConfig
 
 
@@ -84,6 +86,8 @@ def test_numerics_sets_and_restores_global_switches():
         ({"precision": "tf32"}, "needs CUDA"),
         ({"precision": "int8"}, "valid: fp32"),
         ({"compile": "reduce-overhead"}, "needs CUDA"),
+        ({"compile": "default-freeze", "mode": "train"}, "runs inference only; for train use one of: none"),
+        ({"compile": "max-autotune-freeze", "mode": "finetune"}, "runs inference only; for finetune"),
         ({"mode": "eval"}, "valid: inference"),
         ({"impl": "torchvision", "arch": "vit_tiny_patch16_224"}, "impls with vit_tiny_patch16_224"),
     ],
@@ -132,6 +136,7 @@ def test_measure_cell_row_has_every_column(precision, mode, channels_last):
     assert row["achieved_tflops"] == pytest.approx(row["gflops_per_step"] / row["step_ms_p50"])
     assert row["mfu"] is None
     assert row["compile_s"] is None and row["recompiles"] == 0 and row["recompiles_timed"] == 0
+    assert row["inductor_freezing"] is False
     bytes_per_weight = 2 if precision == "bf16" else 4
     assert row["mem_weights_mb"] * 2**20 >= row["params_total"] * bytes_per_weight
     assert row["mem_peak_alloc_mb"] is None and row["mem_rss_delta_mb"] >= 0
@@ -160,3 +165,33 @@ def test_measure_cell_compiled():
     assert row["compile_s"] > 0
     assert row["recompiles_timed"] == 0
     assert row["n_iters"] >= 2
+
+
+def test_inductor_freezing_is_what_the_mode_says_and_restored():
+    from torch._inductor import config
+
+    with config.patch(freezing=True):  # as TORCHINDUCTOR_FREEZING=1 would set it
+        with inductor_freezing("default"):
+            assert not freezing_enabled("default")  # a plain compile row never freezes
+        assert config.freezing
+    with pytest.raises(RuntimeError, match="cell failed"):
+        with inductor_freezing("max-autotune-freeze"):
+            assert freezing_enabled("max-autotune-freeze")
+            raise RuntimeError("cell failed")
+    assert not config.freezing
+    assert not freezing_enabled("none")
+
+
+@pytest.mark.slow
+def test_measure_cell_compiled_with_freezing(monkeypatch):
+    from torch._inductor import config, freezing
+
+    calls = []
+    freeze = freezing.freeze
+    monkeypatch.setattr(freezing, "freeze", lambda *a, **k: calls.append(1) or freeze(*a, **k))
+    before = config.freezing
+    cell = Cell("resnet18", "rv", batch_size=1, image_size=32, compile="default-freeze")
+    row = measure_cell(cell, QUICK)
+    assert calls  # Inductor ran its freeze pass under the step's inference_mode
+    assert row["inductor_freezing"] is True and row["compile_s"] > 0 and row["recompiles_timed"] == 0
+    assert config.freezing == before

@@ -10,14 +10,18 @@ from report_fixture import CELL_GAP_S, WALL_S, fail_every_cell, real_smoke_run, 
 
 from bench.cli import main
 from bench.report import write_report
+from bench.report.data import per_config
+from bench.report.plots_derived import speedup_table
+from bench.results import load
 
 HOSTILE_ARCH = "<script>alert('arch')</script>"
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    """A GPU-like run with every kind of data (profiles too) plus a failed row with a hostile arch name."""
-    run_dir = write_run(tmp_path_factory.mktemp("synthetic"), profiles=True)
+    """A GPU-like run with every kind of data (profiles, plain and frozen compile too) plus a failed row
+    with a hostile arch name."""
+    run_dir = write_run(tmp_path_factory.mktemp("synthetic"), profiles=True, compile_modes=("default", "default-freeze"))
     row = json.loads((run_dir / "results.jsonl").read_text().splitlines()[-1])
     row.update(cell_id="hostile00000", arch=HOSTILE_ARCH, status="error", message="boom </td><b>x</b>")
     with open(run_dir / "results.jsonl", "a") as fh:
@@ -74,6 +78,12 @@ def test_full_report_sections_and_plots(synthetic):
     summary = html.split('<section id="summary">')[1].split("</section>")[0]
     assert "amp-bf16 +compile" in summary
     assert "<th class=\"num\">peak MiB</th>" in summary and "RSS growth" not in summary
+
+
+def test_speedup_shows_frozen_compile_beside_plain_compile(synthetic):
+    run_dir, _ = synthetic
+    variants = set(speedup_table(per_config(load(run_dir)))["variant"])
+    assert {"amp-bf16 +compile", "amp-bf16 +compile +freeze"} <= variants
 
 
 def test_real_cpu_run_skips_what_it_cannot_show(smoke):

@@ -69,6 +69,13 @@ def test_finalize_writes_tidy_tables_and_timm_layout(tmp_path):
     assert len(timm[timm["impl"] == "timm"]) == 1  # the error row is not exported
 
 
+def test_timm_export_keeps_compiled_rows_without_freezing():
+    # timm's benchmark.py --torchcompile does not freeze: only the plain compiled row is comparable.
+    rows = [{**_row(mode, "rv", 0, 10.0), "compile": mode} for mode in ("none", "default", "default-freeze")]
+    timm = results.timm_table(pd.DataFrame(rows))
+    assert sorted(timm["compile"]) == ["default", "none"]
+
+
 def test_ratios_per_round_then_median_and_iqr():
     rows = []
     for rnd, (rv, tv) in enumerate([(100.0, 50.0), (90.0, 60.0), (120.0, 40.0)]):

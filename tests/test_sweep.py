@@ -64,6 +64,8 @@ def test_only_missing_pairs_is_an_error():
     (["--modes", "eval"], "unknown mode 'eval'; valid: inference, train, finetune"),
     (["--batch-sizes", "0"], "batch size must be an integer >= 1, got 0"),
     (["--precisions", "amp-fp16"], "precision 'amp-fp16' needs CUDA; on cpu use one of"),
+    (["--compile", "default-freeze", "--modes", "train"],
+     "compile mode 'default-freeze' freezes the weights, so it runs inference only; for train use one of: none"),
     (["--device", "cuda:7"], "device 'cuda:7' does not exist"),
     (["--device", "tpu"], "unknown device 'tpu'; valid: cpu, cuda:N"),
     (["--models", "vit_tiny_patch16_224", "--image-size", "100"], "multiple of its patch size 16, got 100"),

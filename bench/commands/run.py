@@ -54,7 +54,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--precisions", type=name_list,
                        help="fp32, tf32, amp-fp16, amp-bf16, fp16, bf16 (tf32/fp16 variants need CUDA)")
     sweep.add_argument("--compile", type=name_list,
-                       help="torch.compile modes: none, default, max-autotune, reduce-overhead (CUDA)")
+                       help="torch.compile modes: none, default, max-autotune, reduce-overhead (CUDA); "
+                            "default-freeze, max-autotune-freeze: with Inductor freezing (inference only)")
     sweep.add_argument("--modes", type=name_list, help="inference, train (full step), finetune (frozen backbone)")
     sweep.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="run every model in NHWC (or none); default: as the preset says")

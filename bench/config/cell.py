@@ -18,7 +18,9 @@ from bench.hardware.device import check_support, validate_device
 from bench.models import IMPLS
 
 PRECISIONS = ("fp32", "tf32", "amp-fp16", "amp-bf16", "fp16", "bf16")
-COMPILE_MODES = ("none", "default", "max-autotune", "reduce-overhead")
+# "<mode>-freeze" is torch.compile mode <mode> with Inductor freezing (see `split_compile`).
+COMPILE_MODES = ("none", "default", "max-autotune", "reduce-overhead", "default-freeze", "max-autotune-freeze")
+FREEZE_SUFFIX = "-freeze"
 MODES = ("inference", "train", "finetune")
 
 
@@ -32,7 +34,7 @@ class Cell:
     image_size: int  # square input side in pixels
     precision: str = "fp32"  # see PRECISIONS; amp-* autocast, fp16/bf16 cast the weights
     channels_last: bool = False  # NHWC memory format for model and input
-    compile: str = "none"  # torch.compile mode, or "none" for eager
+    compile: str = "none"  # torch.compile mode (+"-freeze": Inductor freezing), or "none" for eager
     mode: str = "inference"  # inference, train (full step) or finetune (frozen backbone)
     device: str = "cpu"  # "cpu" or "cuda:N"
     round: int = 0  # repeat index: impls of one config are interleaved round by round
@@ -63,13 +65,29 @@ def config_keys(*, impl: bool = False, device: bool = False) -> list[str]:
     return [f.name for f in dataclasses.fields(Cell) if keep.get(f.name, True)]
 
 
+def split_compile(compile_mode: str) -> tuple[str, bool]:
+    """(torch.compile mode, Inductor freezing on) of a compile mode name, e.g. "default-freeze" -> ("default", True).
+
+    Freezing (torch._inductor.config.freezing) turns the weights into constants, so Inductor can
+    fold conv+batchnorm and pre-pack weights: PyTorch's recommended setting for inference, and on a
+    CPU the difference between compile being slower or faster than eager. Frozen weights cannot be
+    trained, so the freezing modes are inference only (`validate`).
+    """
+    if compile_mode.endswith(FREEZE_SUFFIX):
+        return compile_mode[: -len(FREEZE_SUFFIX)], True
+    return compile_mode, False
+
+
 def variant_label(precision: str, channels_last: bool, compile: str) -> str:
-    """Short label of a precision/layout/compile variant, e.g. "amp-bf16 +cl +compile", "fp32 +compile:max-autotune"."""
+    """Short label of a precision/layout/compile variant, e.g. "amp-bf16 +cl +compile",
+    "fp32 +compile:max-autotune", "fp32 +compile +freeze"."""
     label = precision
     if channels_last:
         label += " +cl"
     if compile != "none":
-        label += " +compile" if compile == "default" else f" +compile:{compile}"
+        mode, freezing = split_compile(compile)
+        label += " +compile" if mode == "default" else f" +compile:{mode}"
+        label += " +freeze" if freezing else ""
     return label
 
 
@@ -102,14 +120,20 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
 def validate(cell: Cell) -> None:
     """Raise UsageError naming the valid choices if the cell cannot be measured as specified.
 
-    Checks names, numbers and what the device kind supports (bench.hardware.device; whether a
-    CUDA device is present and capable is checked where it runs); the (arch, impl) pair is checked by the model
-    registry (`bench.models.get_entry`), which knows which library has which arch.
+    Checks names, numbers, that freezing compile modes run inference only, and what the device kind
+    supports (bench.hardware.device; whether a CUDA device is present and capable is checked where
+    it runs); the (arch, impl) pair is checked by the model registry (`bench.models.get_entry`),
+    which knows which library has which arch.
     """
     _check_choice("impl", cell.impl, IMPLS)
     _check_choice("precision", cell.precision, PRECISIONS)
     _check_choice("compile mode", cell.compile, COMPILE_MODES)
     _check_choice("mode", cell.mode, MODES)
+    if split_compile(cell.compile)[1] and cell.mode != "inference":
+        raise UsageError(
+            f"compile mode {cell.compile!r} freezes the weights, so it runs inference only; for {cell.mode} "
+            "use one of: " + ", ".join(c for c in COMPILE_MODES if not split_compile(c)[1])
+        )
     validate_device(cell.device)
     if cell.batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {cell.batch_size}")

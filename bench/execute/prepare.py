@@ -3,9 +3,10 @@ profiling (bench.profiling.profile) and the pytest-benchmark gates all enter `pr
 run exactly the same program.
 
 `prepared_cell` validates the cell, resolves its (arch, impl) entry and precision plan, checks the
-device can run it, sets the precision's global switches, builds the seeded model in its mode,
-precision and layout with a fixed random batch, the optimizer and the step closure, and on exit
-releases the model, compile caches and CUDA cache and restores the switches, whatever happened.
+device can run it, sets the precision's global switches and Inductor's freezing switch, builds the
+seeded model in its mode, precision and layout with a fixed random batch, the optimizer and the
+step closure, and on exit releases the model, compile caches and CUDA cache and restores the
+switches, whatever happened.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from bench.config.cell import Cell, validate
+from bench.config.cell import Cell, split_compile, validate
 from bench.config.precision import PrecisionPlan, numerics, plan_for
 from bench.counting.flops import forward_flops, train_flops
-from bench.execute.step import compile_model, make_optimizer, make_step, prepare_mode
+from bench.execute.step import compile_model, inductor_freezing, make_optimizer, make_step, prepare_mode
 from bench.hardware.device import check_capability
 from bench.models import ModelEntry, get_entry
 
@@ -62,8 +63,8 @@ def _build(cell: Cell, entry: ModelEntry, plan: PrecisionPlan, device: torch.dev
     x = x.contiguous(memory_format=layout)
     y = torch.randint(0, NUM_CLASSES, (cell.batch_size,), device=device)
     runnable = compile_model(model, cell.compile)
-    # Both modes replay CUDA graphs on CUDA, so each step must be marked as a new graph iteration.
-    cudagraphs = device.type == "cuda" and cell.compile in ("reduce-overhead", "max-autotune")
+    # Both modes (frozen or not) replay CUDA graphs on CUDA, so each step must be marked as a new graph iteration.
+    cudagraphs = device.type == "cuda" and split_compile(cell.compile)[0] in ("reduce-overhead", "max-autotune")
     step = make_step(runnable, cell.mode, x, y, plan, optimizer, cudagraph_steps=cudagraphs)
     return BuiltCell(cell=cell, entry=entry, plan=plan, device=device, model=model, runnable=runnable,
                      optimizer=optimizer, x=x, y=y, step=step)
@@ -101,14 +102,14 @@ def check_cell(cell: Cell) -> ModelEntry:
 def prepared_cell(cell: Cell) -> Iterator[BuiltCell]:
     """The cell checked (UsageError before anything is built), built, and released on exit.
 
-    The precision's global switches (TF32, cudnn.benchmark) hold for the whole block and are
-    restored after it; so is the memory the cell held, compile caches included.
+    The precision's global switches (TF32, cudnn.benchmark) and Inductor's freezing switch hold for
+    the whole block and are restored after it; so is the memory the cell held, compile caches included.
     """
     entry = check_cell(cell)
     plan = plan_for(cell.precision)
     device = torch.device(cell.device)
     try:
-        with numerics(plan, device):
+        with numerics(plan, device), inductor_freezing(cell.compile):
             yield _build(cell, entry, plan, device)
     finally:
         _release(device, cell.compile != "none")

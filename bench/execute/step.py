@@ -1,6 +1,10 @@
 """Build the callable that one timed iteration runs, for each mode.
 
-- inference: `eval()` and `torch.inference_mode`, forward only.
+- inference: `eval()` and `torch.inference_mode`, forward only, eager and compiled alike. Inductor
+  freezes when grad mode is off at compile time (`torch.is_grad_enabled()`, False under both
+  inference_mode and no_grad); on torch 2.14 a frozen model compiled under inference_mode runs the
+  freeze pass and is as fast as one compiled under no_grad, so freezing cells keep the
+  inference_mode of every other inference cell and the eager baseline.
 - train: `train()`, forward + cross-entropy on fixed random labels + backward + optimizer step
   over every parameter. The optimizer is the family's usual one, from its spec (rv_models.family):
   SGD with momentum for ResNets, AdamW for ViTs (their optimizer state, and so their memory, differs).
@@ -13,17 +17,20 @@
 Gradients are dropped (`set_to_none`) at the start of each step, as a modern training loop does.
 amp-fp16 steps use a GradScaler as real fp16 training must (its inf check costs one host sync per
 step); fp16/bf16 cast weights and train them directly. torch.compile wraps the model only (the
-loss and optimizer stay eager); `reduce-overhead` steps mark a CUDA-graph step boundary.
+loss and optimizer stay eager); `reduce-overhead` steps mark a CUDA-graph step boundary; the
+`-freeze` modes set Inductor's freezing switch for the cell (`inductor_freezing`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.config.cell import split_compile
 from bench.config.precision import PrecisionPlan, autocast
 from bench.models import family_spec
 from rv_models.transfer import freeze_backbone
@@ -55,7 +62,35 @@ def compile_model(model: nn.Module, compile_mode: str) -> nn.Module:
     if compile_mode == "none":
         return model
     torch._dynamo.reset()
-    return torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+    mode, _ = split_compile(compile_mode)
+    return torch.compile(model, mode=None if mode == "default" else mode)
+
+
+def inductor_freezing(compile_mode: str) -> contextlib.AbstractContextManager:
+    """Inductor's process-global freezing switch set to what a compiled cell's mode asks for, and
+    restored on exit (the worker measures many cells in one process).
+
+    It must hold for the cell's whole life, not just the `torch.compile` call: dynamo reads it
+    while tracing (parameters become static inputs) and Inductor while compiling, at the first step
+    and at any recompilation. `torch.compile(options=...)` would reach Inductor only. Plain compile
+    cells set it off, so TORCHINDUCTOR_FREEZING=1 cannot turn them into frozen ones. Eager cells
+    leave it alone (importing Inductor's config costs seconds).
+    """
+    if compile_mode == "none":
+        return contextlib.nullcontext()
+    from torch._inductor import config
+
+    return config.patch(freezing=split_compile(compile_mode)[1])
+
+
+def freezing_enabled(compile_mode: str) -> bool:
+    """Whether a cell compiled in `compile_mode` freezes: Inductor's switch as it stands now, for the
+    results row (read inside `inductor_freezing`, so it is the state the cell ran with)."""
+    if compile_mode == "none":
+        return False
+    from torch._inductor import config
+
+    return bool(config.freezing)
 
 
 def graphs_compiled() -> int:

@@ -11,6 +11,7 @@ Order of events in a cell:
 Recompilations are dynamo graphs compiled after the first step: `recompiles` counts those in
 warm-up and timing, `recompiles_timed` those inside the timed loop (its samples then include
 compilation, and the row says so instead of hiding it). Both are 0 for eager cells.
+`inductor_freezing` is Inductor's freezing switch as the compiled cell ran (False for eager cells).
 
 FLOPs: `gflops_per_step` is forward FLOPs x batch for inference and forward+backward FLOPs x
 batch for train. For finetune it is forward FLOPs x batch: the frozen backbone runs no backward,
@@ -32,7 +33,7 @@ from bench.config.precision import numerics_state
 from bench.config.sweep import TimingConfig
 from bench.counting.flops import count_params
 from bench.execute.prepare import BuiltCell, flops_per_image, prepared_cell
-from bench.execute.step import graphs_compiled
+from bench.execute.step import freezing_enabled, graphs_compiled
 from bench.hardware.gpus import peak_tflops_for
 from bench.measure.memory import CudaPeak, RssPeak, weights_bytes
 from bench.measure.power import PowerMonitor, empty_columns, power_monitor
@@ -97,6 +98,7 @@ def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
         "compile_s": compile_s,
         "recompiles": window["graphs_after"] - graphs_first,
         "recompiles_timed": window["graphs_after"] - window["graphs_before"],
+        "inductor_freezing": freezing_enabled(cell.compile),
         **memory,
         **power,
         "achieved_tflops": achieved,

@@ -41,6 +41,7 @@ MEASURE_COLUMNS = (
     "power_w_mean", "power_w_max", "sm_clock_mhz", "mem_clock_mhz", "temp_c_max", "gpu_util_pct",
     "throttle_reasons", "energy_j_per_image", "energy_source", "power_note",
     "achieved_tflops", "mfu", "tf32_matmul", "tf32_cudnn", "cudnn_benchmark",
+    "inductor_freezing",
 )  # fmt: skip
 COLUMNS = (
     "schema_version", "run_id", "cell_id", "arch", "impl", "batch_size", "image_size", "precision",

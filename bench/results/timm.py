@@ -1,11 +1,16 @@
 """The export of a run's results in the layout of timm's benchmark CSV (results_timm.csv).
 
 So that numbers measured here can be put next to the ones timm's own benchmark.py publishes.
+timm's `benchmark.py --torchcompile` compiles without Inductor freezing, so the compiled rows
+exported are the non-freezing ones; the `-freeze` compile modes have no timm counterpart and are
+left out.
 """
 
 from __future__ import annotations
 
 import pandas as pd
+
+from bench.config.cell import split_compile
 
 # timm's benchmark.py columns (inference then train; param_count last, as in its "both" mode).
 # infer_gmacs is MACs per image / 1e9; infer_macts (activation count, millions, from fvcore)
@@ -19,14 +24,16 @@ _TIMM_EXTRA = ["impl", "precision", "channels_last", "compile", "device"]
 
 
 def timm_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The ok inference/train cells in timm's benchmark-CSV layout, median over rounds.
+    """The ok inference/train cells in timm's benchmark-CSV layout, median over rounds; cells compiled
+    with Inductor freezing are left out (timm's --torchcompile does not freeze).
 
     One row per (arch, impl, precision, layout, compile, device, batch, image size); `model` is
     the arch name and the identifying columns (impl, precision, ...) follow timm's columns.
     Like timm: samples/s over the timed wall time, step time = mean ms per step, params in
     millions.
     """
-    ok = df[(df["status"] == "ok") & df["mode"].isin(["inference", "train"])]
+    frozen = df["compile"].map(lambda mode: split_compile(str(mode))[1]).astype(bool)
+    ok = df[(df["status"] == "ok") & df["mode"].isin(["inference", "train"]) & ~frozen]
     keys = ["arch", "batch_size", "image_size"] + _TIMM_EXTRA
     out = None
     for mode, prefix in (("inference", "infer"), ("train", "train")):

@@ -6,8 +6,11 @@ import argparse
 import importlib
 import re
 import sys
+import tempfile
+import warnings
+from pathlib import Path
 
-from bench.errors import UsageError
+from bench.errors import EXIT_DISK_FULL, DiskFull, UsageError, is_disk_full
 
 # Subcommand name -> module in bench.commands; each module has register(subparsers) and run(args) -> int.
 COMMANDS = {
@@ -25,6 +28,24 @@ def name_list(text: str) -> list[str]:
     return [name for name in re.split(r"[,\s]+", text) if name]
 
 
+def check_output(path: Path, flag: str, directory: bool = False) -> None:
+    """UsageError unless `path` (a file, or with `directory` a folder, made if missing) can be
+    written: checked before any work, so a long comparison or profile is not lost at its end."""
+    if directory and path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is not a directory")
+    if not directory and path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory; give a file name")
+    if not directory and not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {path.parent} does not exist")
+    try:
+        if directory:
+            path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path if directory else path.parent):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {path} is not writable ({exc.strerror})") from None
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser; only `command`'s module is imported (each pulls in torch, which is slow)."""
     parser = argparse.ArgumentParser(
@@ -39,16 +60,29 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """warnings.formatwarning for the terminal: the message alone, one line, no source excerpt."""
+    return f"rvbench: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, dispatch, and turn a UsageError into a one-line message and exit code 2."""
+    """Parse arguments, dispatch, and turn a UsageError (exit 2) or a full disk (exit
+    EXIT_DISK_FULL) into a one-line message."""
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
+    warnings.formatwarning = _one_line_warning
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"rvbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (DiskFull, OSError) as exc:
+        if not isinstance(exc, DiskFull) and not is_disk_full(exc):
+            raise
+        print(f"rvbench {args.command}: error: {exc if isinstance(exc, DiskFull) else DiskFull(exc)}",
+              file=sys.stderr)
+        return EXIT_DISK_FULL
     except KeyboardInterrupt:
         print(f"rvbench {args.command}: interrupted", file=sys.stderr)
         return 130

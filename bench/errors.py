@@ -1,4 +1,12 @@
-"""Errors the command line turns into one clear message and exit code 2."""
+"""Errors the command line turns into one clear message and an exit code (see README "Exit codes")."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+# Exit code of a command stopped by a full disk (its data written before is kept).
+EXIT_DISK_FULL = 3
 
 
 class UsageError(ValueError):
@@ -6,3 +14,21 @@ class UsageError(ValueError):
 
     Raised before anything is written, so the CLI can print it and exit 2 with no traceback.
     """
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for the OSError of a full file system or an exhausted quota."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(Exception):
+    """A write failed for lack of space; everything written before it is kept.
+
+    The one place that words a full disk: `resume` is the run directory to continue, if any.
+    The CLI prints it as one line and exits EXIT_DISK_FULL.
+    """
+
+    def __init__(self, exc: OSError, resume: Path | None = None) -> None:
+        where = exc.filename or "a file"
+        then = f"continue with `rvbench run --resume {resume}`" if resume else "run the command again"
+        super().__init__(f"disk full while writing {where}; free space and {then}")

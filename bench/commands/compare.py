@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.cli import check_output
 from bench.errors import UsageError
 from bench.regress.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT, compare_runs
 from bench.report.compare_page import comparison_text, write_html
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--alpha must be between 0 and 1 (exclusive), got {args.alpha}")
     if args.threshold < 0 or (args.fail_on_regression is not None and args.fail_on_regression < 0):
         raise UsageError("--threshold and --fail-on-regression are percentages >= 0")
+    check_output(args.out, "--out")
     cmp = compare_runs(args.run_a, args.run_b, alpha=args.alpha, threshold_pct=args.threshold)
     print(comparison_text(cmp))
     print(f"wrote {write_html(cmp, args.out)}")

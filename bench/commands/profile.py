@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.cli import check_output
 from bench.config.cell import COMPILE_MODES, IMPLS, MODES, PRECISIONS, Cell
 from bench.models import get_entry
 from bench.hardware.device import resolve_device
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
                 precision=args.precision, channels_last=args.channels_last, compile=args.compile,
                 mode=args.mode, device=resolve_device(args.device))
     out_dir = args.out or Path("reports/profiles") / f"{cell.arch}-{cell.impl}-{cell.cell_id}"
+    check_output(out_dir, "--out", directory=True)
     summary = profile_cell(cell, out_dir, steps=args.steps, memory_snapshot=args.memory_snapshot)
     _print_summary(summary, out_dir)
     return 0

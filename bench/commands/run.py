@@ -6,16 +6,21 @@ import argparse
 import fcntl
 import json
 import re
+import shutil
+import signal
 import socket
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from bench.config.cell import Cell
 from bench.cli import name_list
-from bench.errors import UsageError
+from bench.errors import DiskFull, UsageError, is_disk_full
 from bench.report.summary import summary_text, write_run_report
-from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest
+from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest, write_atomically
 from bench.runner.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT, Job, Runner, plan_jobs, profile_cells, run_jobs
 from bench.runner.progress import progress_bar
 from bench.config.sweep import SweepSpec, build_spec, expand, list_presets, timing_config
@@ -43,8 +48,8 @@ def _ints(text: str) -> list[int]:
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the options of `rvbench run`."""
     parser.epilog = ("Lists are comma-separated. Overrides replace that axis in every block of the "
-                     "preset. Exit codes: 0 done, 2 bad input (nothing written), 130 interrupted "
-                     "(finished cells kept; continue with --resume).")
+                     "preset. Exit codes: 0 done, 2 bad input (nothing written), 3 disk full, "
+                     "130 Ctrl-C, 143 SIGTERM (finished cells kept; continue with --resume).")
     sweep = parser.add_argument_group("sweep (preset and overrides)")
     sweep.add_argument("--preset", choices=list_presets(), default=None,
                        help="sweep preset from bench/config/presets (default: gpu on CUDA, else cpu)")
@@ -88,9 +93,13 @@ def _resume_spec(args: argparse.Namespace) -> tuple[SweepSpec, Path]:
         flags = ", ".join("--" + o.replace("_", "-") for o in given + (["device"] if args.device != "auto" else []))
         raise UsageError(f"--resume continues DIR where it is, as DIR/config.json says; drop {flags}")
     config = args.resume / "config.json"
-    if not config.exists():
+    if not config.is_file():
         raise UsageError(f"{args.resume} is not a run directory (no config.json)")
-    spec = SweepSpec.from_json(json.loads(config.read_text()))
+    try:
+        data = json.loads(config.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{config} is damaged ({exc}); it is not a run's config") from None
+    spec = SweepSpec.from_json(data, where=str(config))
     spec.device = resolve_device(spec.device)
     reports_dir = args.resume.parent.parent if args.resume.parent.name == "runs" else None
     return spec, reports_dir
@@ -133,7 +142,9 @@ def _lock(run_dir: Path) -> IO[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate everything, then sweep; returns 0, or 130 when interrupted."""
+    """Validate everything, then sweep; returns 0, or 128 + signal when stopped by SIGINT/SIGTERM.
+
+    A full disk raises DiskFull naming the run directory to resume (finished rows are kept)."""
     if args.cell_timeout is not None and args.cell_timeout <= 0:
         raise UsageError(f"--cell-timeout must be > 0 seconds, got {args.cell_timeout:g}")
     if args.resume:
@@ -147,24 +158,84 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.resume or _new_run_dir(reports_dir, spec.device)
     lock = _lock(run_dir)
     try:
-        return _sweep(args, spec, timing, cells, jobs, run_dir, reports_dir)
+        if not args.resume:
+            _write_config(run_dir, {**spec.to_json(), "cells": len(cells), "jobs": len(jobs)})
+        with _signals_interrupt() as received:
+            try:
+                return _sweep(args, spec, timing, cells, jobs, run_dir, reports_dir, received)
+            except KeyboardInterrupt:  # a second signal while the tables or report were written
+                print(f"rvbench run: interrupted; {_resume_hint(run_dir)}", file=sys.stderr)
+                return _signal_exit(received)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        if reports_dir is not None:
+            _try_update_latest(reports_dir, run_dir)
+        raise DiskFull(exc, resume=run_dir) from None
     finally:
         lock.close()
 
 
+def _write_config(run_dir: Path, config: dict) -> None:
+    """Write RUN_DIR/config.json atomically; if even that fails, remove the new, empty run directory
+    (UsageError, exit 2) so no half-made run is left for `--resume` to trip on."""
+    try:
+        write_atomically(run_dir / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    except OSError as exc:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        reason = DiskFull(exc) if is_disk_full(exc) else exc.strerror
+        raise UsageError(f"cannot start the run in {run_dir} ({reason}); nothing written") from None
+
+
+def _try_update_latest(reports_dir: Path, run_dir: Path) -> None:
+    """update_latest, where the disk still allows it (a link needs little or no space)."""
+    try:
+        update_latest(reports_dir, run_dir)
+    except OSError:
+        pass
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[list[int]]:
+    """Make SIGTERM (a scheduler's stop) and SIGINT both raise KeyboardInterrupt, so either stops the
+    sweep the same clean way. Yields the list that receives the first signal's number."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not received:
+            received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _signal_exit(received: list[int]) -> int:
+    """The exit code of a run stopped by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM)."""
+    return 128 + (received[0] if received else signal.SIGINT)
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """The line that tells an interrupted run how to go on."""
+    return f"continue with: rvbench run --resume {run_dir}"
+
+
 def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, cells: list[Cell], jobs: list[Job],
-           run_dir: Path, reports_dir: Path | None) -> int:
-    """Run the jobs not yet recorded in run_dir, then write the tables, report and summary."""
-    if not args.resume:
-        config = {**spec.to_json(), "cells": len(cells), "jobs": len(jobs)}
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+           run_dir: Path, reports_dir: Path | None, received: list[int]) -> int:
+    """Run the jobs not yet recorded in run_dir, then write the tables, report and summary.
+
+    Returns 0, or 128 + the signal in `received` when a signal stopped the sweep."""
     done = finished_cell_ids(run_dir)
     todo = [job for job in jobs if job.job_id not in done]
 
     runner = Runner(run_dir, timing, args.cell_timeout)
     env = runner.collect_env(spec.device)
     if not (run_dir / "env.json").exists():
-        (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
+        write_atomically(run_dir / "env.json", lambda p: p.write_text(json.dumps(env, indent=2, default=str) + "\n"))
     writer = ResultWriter(run_dir)
     bar = progress_bar(len(jobs), len(jobs) - len(todo))
     try:
@@ -184,7 +255,6 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, cell
     report_line = f"report: {report}" if report else "HTML report failed (see summary.txt)"
     print(text + f"run directory: {run_dir}\n{report_line}")
     if not completed:
-        print(f"interrupted: {len(df)} of {len(jobs)} cells recorded; continue with: "
-              f"rvbench run --resume {run_dir}")
-        return 130
+        print(f"interrupted: {len(df)} of {len(jobs)} cells recorded; {_resume_hint(run_dir)}")
+        return _signal_exit(received)
     return 0

@@ -75,10 +75,56 @@ class SweepSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "SweepSpec":
-        """Inverse of `to_json` (extra keys such as the cell count are ignored)."""
+    def from_json(cls, data: object, where: str = "config.json") -> "SweepSpec":
+        """Inverse of `to_json` (extra keys such as the cell count are ignored).
+
+        The file may be damaged or foreign, so its shape and types are checked here (UsageError
+        naming `where`); names and numbers are then checked by `expand`, as for command-line flags.
+        """
+        if not isinstance(data, dict):
+            raise UsageError(f"{where}: expected a JSON object, got {type(data).__name__}; not a run's config")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise UsageError(f"{where}: missing {', '.join(missing)}; not a run's config")
+        for key, kind in _SPEC_TYPES.items():
+            if key in data and not _is(data[key], kind):
+                raise UsageError(f"{where}: {key} must be {kind.__name__}, got {data[key]!r}")
+        if data["rounds"] < 1:
+            raise UsageError(f"{where}: rounds must be >= 1, got {data['rounds']}")
+        for name, value in data["timing"].items():
+            if not _is(value, float):
+                raise UsageError(f"{where}: timing {name} must be a number, got {value!r}")
+        if not data["sweeps"]:
+            raise UsageError(f"{where}: sweeps is empty")
+        for i, block in enumerate(data["sweeps"]):
+            _check_axes(block, f"{where} sweep block {i}")
+            _check_block(block, f"{where} sweep block {i}")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# The JSON type of each SweepSpec field (float: any number).
+_SPEC_TYPES = {"preset": str, "device": str, "rounds": int, "timing": dict, "sweeps": list,
+               "find_max_batch": bool, "skipped_pairs": list}
+
+
+def _is(value: object, kind: type) -> bool:
+    """isinstance for JSON values: a bool is no number, and an int is a float."""
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def _check_axes(block: object, where: str) -> None:
+    """UsageError unless `block` is an object whose axes are lists (`models` may be "all") and whose
+    image_size is an integer; the values themselves are checked by `expand`."""
+    if not isinstance(block, dict):
+        raise UsageError(f"{where}: expected an object, got {block!r}")
+    for axis, value in block.items():
+        ok = _is(value, int) if axis == "image_size" else _is(value, list) or (axis == "models" and value == "all")
+        if not ok:
+            raise UsageError(f"{where}: {axis} has the wrong type: {value!r}")
 
 
 def load_preset(name: str) -> dict:

@@ -86,5 +86,5 @@ def write_report(run_dir: str | Path) -> Path:
         version=bench.__version__,
     )
     out = run_dir / REPORT_NAME
-    out.write_text(html, encoding="utf-8")
+    results.write_atomically(out, lambda p: p.write_text(html, encoding="utf-8"))
     return out

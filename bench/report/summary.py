@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.errors import is_disk_full
 from bench.report import write_report
 from bench.report.text import format_table
+from bench.results import write_atomically
 from bench.results.analysis import summary_table
 
 SUMMARY_NAME = "summary.txt"
@@ -31,13 +33,16 @@ def summary_text(df: pd.DataFrame) -> str:
 def write_run_report(run_dir: Path, text: str) -> Path | None:
     """Write summary.txt, then the HTML report; return the report's path, None if it failed.
 
-    A failing report must not cost the results, so its error is kept in summary.txt instead.
+    A failing report must not cost the results, so its error is kept in summary.txt instead; a
+    full disk propagates (both files are written atomically, so none is left torn).
     """
     summary = run_dir / SUMMARY_NAME
-    summary.write_text(text, encoding="utf-8")
+    write_atomically(summary, lambda p: p.write_text(text, encoding="utf-8"))
     try:
         return Path(write_report(run_dir))
-    except Exception:  # noqa: BLE001 - keep the run's outputs whatever the report does
+    except Exception as exc:  # noqa: BLE001 - keep the run's outputs whatever the report does
+        if is_disk_full(exc):
+            raise
         with open(summary, "a", encoding="utf-8") as fh:
             fh.write("\nHTML report failed:\n" + traceback.format_exc(limit=3))
         return None

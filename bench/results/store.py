@@ -1,8 +1,9 @@
 """The results store of a run directory: append-only jsonl while running, tidy tables at the end.
 
 Rows are appended one json line per finished cell, flushed and fsynced, so a run killed at any
-moment loses at most the cell in flight. `load` reads a finished run (parquet) or an unfinished
-one (jsonl, tolerating a torn last line); `load_run` is the same for a directory given by a user.
+moment loses at most the cell in flight, and a failed append (a full disk) is cut back off, so
+no line is ever left torn by a live writer. `load` reads a finished run (parquet) or an unfinished
+one (jsonl, skipping damaged lines with a warning); `load_run` is the same for a directory given by a user.
 `finalize` writes the tidy tables and the export in timm's benchmark-CSV layout (bench.results.timm);
 `update_latest` points the reports directory's `latest` link at a run. Analysis lives in
 bench.results.analysis.
@@ -14,11 +15,11 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import IO, Callable
+from typing import BinaryIO, Callable
 
 import pandas as pd
 
-from bench.errors import UsageError
+from bench.errors import UsageError, is_disk_full
 from bench.results.timm import timm_table
 
 SCHEMA_VERSION = 1
@@ -36,12 +37,12 @@ MEASURE_COLUMNS = (
     "n_iters", "timed_s", "warmup_iters", "step_ms_p50", "step_ms_p90", "step_ms_p95", "step_ms_p99",
     "step_ms_mean", "step_ms_std", "step_ms_min", "step_ms_max", "step_ms_iqr", "noisy",
     "throughput", "throughput_wall", "compile_s", "recompiles", "recompiles_timed",
+    "inductor_freezing",
     "mem_peak_alloc_mb", "mem_peak_reserved_mb", "mem_weights_mb", "mem_activation_mb",
     "mem_rss_delta_mb", "mem_note",
     "power_w_mean", "power_w_max", "sm_clock_mhz", "mem_clock_mhz", "temp_c_max", "gpu_util_pct",
     "throttle_reasons", "energy_j_per_image", "energy_source", "power_note",
     "achieved_tflops", "mfu", "tf32_matmul", "tf32_cudnn", "cudnn_benchmark",
-    "inductor_freezing",
 )  # fmt: skip
 COLUMNS = (
     "schema_version", "run_id", "cell_id", "arch", "impl", "batch_size", "image_size", "precision",
@@ -51,14 +52,14 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def _open_append(path: Path) -> IO[str]:
-    """Open a jsonl file for appending, first cutting off a torn last line left by a killed run."""
+def _open_append(path: Path) -> BinaryIO:
+    """Open a jsonl file for unbuffered appending, first cutting off a torn last line left by a killed run."""
     if path.exists():
         data = path.read_bytes()
         if data and not data.endswith(b"\n"):
             with open(path, "r+b") as fh:
                 fh.truncate(data.rfind(b"\n") + 1)
-    return open(path, "a", encoding="utf-8")
+    return open(path, "ab", buffering=0)
 
 
 class ResultWriter:
@@ -69,10 +70,19 @@ class ResultWriter:
         self._samples = _open_append(run_dir / SAMPLES_JSONL)
 
     @staticmethod
-    def _append(fh: IO[str], obj: dict) -> None:
-        fh.write(json.dumps(obj, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    def _append(fh: BinaryIO, obj: dict) -> None:
+        """Append one line durably, or none: on an OSError (a full disk) the partial line is cut off
+        again and the error, naming the file, propagates."""
+        data = memoryview((json.dumps(obj, default=str) + "\n").encode("utf-8"))
+        start = os.fstat(fh.fileno()).st_size
+        try:
+            while data:
+                data = data[fh.write(data):]
+            os.fsync(fh.fileno())
+        except OSError as exc:
+            fh.truncate(start)
+            exc.filename = exc.filename or fh.name
+            raise
 
     def write(self, row: dict, samples_ms: list[float] | None) -> None:
         """Record one finished cell. Samples go first: the results row marks the cell as done."""
@@ -86,19 +96,37 @@ class ResultWriter:
         self._samples.close()
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """Parse a jsonl file; an unparsable line (a torn write) is skipped with a warning."""
-    rows = []
+def _damage(line: bytes, required: str) -> str | None:
+    """Why a jsonl line is not a record (None if it is): not UTF-8, not JSON, not an object, or
+    lacking the `required` key."""
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    except json.JSONDecodeError:
+        return "not JSON"
+    if not isinstance(obj, dict):
+        return f"not an object: {json.dumps(obj)[:40]}"
+    return None if required in obj else f"no {required!r}"
+
+
+def _read_jsonl(path: Path, required: str = "cell_id") -> list[dict]:
+    """Parse a jsonl file of objects that each have `required`; every other line is skipped with a
+    warning naming its number and cause (an unterminated last line: a torn write)."""
+    rows: list[dict] = []
     if not path.exists():
         return rows
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                warnings.warn(f"{path}: skipping unreadable line {lineno} (torn write?)", stacklevel=3)
+    lines = path.read_bytes().split(b"\n")
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        cause = _damage(line, required)
+        if cause is None:
+            rows.append(json.loads(line))
+            continue
+        if lineno == len(lines):  # no newline after it
+            cause = f"{cause}: torn write"
+        warnings.warn(f"{path}: skipping line {lineno} ({cause})", stacklevel=3)
     return rows
 
 
@@ -126,13 +154,17 @@ def load(run_dir: str | Path) -> pd.DataFrame:
     run_dir = Path(run_dir)
     parquet, jsonl = run_dir / "results.parquet", run_dir / RESULTS_JSONL
     if parquet.exists() and (not jsonl.exists() or parquet.stat().st_mtime >= jsonl.stat().st_mtime):
-        return pd.read_parquet(parquet)
+        try:
+            return pd.read_parquet(parquet)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a damaged file
+            warnings.warn(f"{parquet} unreadable ({type(exc).__name__}); reading {jsonl.name} instead")
     return _tidy(_read_jsonl(jsonl))
 
 
 def load_samples(run_dir: str | Path) -> dict[str, list[float]]:
     """Raw per-iteration step times of each ok cell, keyed by cell_id."""
-    return {r["cell_id"]: r["samples_ms"] for r in _read_jsonl(Path(run_dir) / SAMPLES_JSONL)}
+    return {r["cell_id"]: r["samples_ms"] for r in _read_jsonl(Path(run_dir) / SAMPLES_JSONL, "samples_ms")
+            if "cell_id" in r}
 
 
 def load_run(run_dir: Path) -> pd.DataFrame:
@@ -147,7 +179,7 @@ def load_run(run_dir: Path) -> pd.DataFrame:
     return df
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Write via a temporary file and rename: a kill mid-write leaves the old file or none, never a torn one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -155,6 +187,9 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        exc.filename = str(path)  # name the file the user knows, not the temporary one
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -167,19 +202,25 @@ def finalize(run_dir: str | Path) -> pd.DataFrame:
     """
     run_dir = Path(run_dir)
     df = _tidy(_read_jsonl(run_dir / RESULTS_JSONL))
-    _write_atomically(run_dir / "results.csv", lambda p: df.to_csv(p, index=False))
-    _write_atomically(run_dir / "results_timm.csv", lambda p: timm_table(df).to_csv(p, index=False))
+    write_atomically(run_dir / "results.csv", lambda p: df.to_csv(p, index=False))
+    write_atomically(run_dir / "results_timm.csv", lambda p: timm_table(df).to_csv(p, index=False))
     try:
-        _write_atomically(run_dir / "results.parquet", lambda p: df.to_parquet(p, index=False))
+        write_atomically(run_dir / "results.parquet", lambda p: df.to_parquet(p, index=False))
     except Exception as exc:  # noqa: BLE001 - any parquet failure must not cost the run its report
+        if is_disk_full(exc):
+            raise  # the report would fail too: stop with the one disk-full line
         warnings.warn(f"results.parquet not written ({type(exc).__name__}: {exc}); results.csv and "
                       "results.jsonl hold the same rows")
     return df
 
 
 def update_latest(reports_dir: Path, run_dir: Path) -> None:
-    """Point reports_dir/latest at run_dir (relative link, replaced atomically)."""
+    """Point reports_dir/latest at run_dir (relative link, replaced atomically); a real directory
+    named `latest` is the user's, so it is left alone with a warning."""
     link = reports_dir / "latest"
+    if link.is_dir() and not link.is_symlink():
+        warnings.warn(f"{link} is a real directory, not a link; left as it is (run directory: {run_dir})")
+        return
     tmp = reports_dir / f".latest-{os.getpid()}"
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(os.path.relpath(run_dir.resolve(), reports_dir.resolve()))

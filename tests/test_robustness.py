@@ -7,6 +7,7 @@ every finished row kept exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,12 +35,12 @@ TINY = ["--preset", "smoke", "--device", "cpu", "--rounds", "1", "--models", "re
         "--batch-sizes", "1,2", "--image-size", "32"]
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MB tmpfs, unmounted afterwards whatever happens."""
-    mount = tmp_path / "disk"
+@contextlib.contextmanager
+def _tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs mounted at `mount` with `options`, unmounted afterwards whatever happens; the
+    test is skipped, with the reason, only where the mount is refused."""
     mount.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
                          capture_output=True, text=True, check=False)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {res.stderr.strip()}")
@@ -47,6 +48,13 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs."""
+    with _tmpfs(tmp_path / "disk", "size=3m") as mount:
+        yield mount
 
 
 def _fill(disk: Path, leave: int) -> Path:
@@ -203,17 +211,9 @@ def test_latest_that_is_a_real_directory_is_left_alone(tmp_path):
 
 @pytest.fixture
 def read_only_disk(tmp_path: Path) -> Iterator[Path]:
-    """A read-only tmpfs (root may write anywhere else), unmounted afterwards."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)],
-                         capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {res.stderr.strip()}")
-    try:
+    """A read-only tmpfs (root may write anywhere else)."""
+    with _tmpfs(tmp_path / "ro", "size=1m,ro") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("command", ["compare", "profile"])

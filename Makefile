@@ -1,5 +1,5 @@
 # rvbench: `make bench` and `make test` do all set-up on a fresh machine.
-#   make bench [GPU=0|1|cpu] [PRESET=smoke|cpu|gpu|full]   sweep on the best device present
+#   make bench [GPU=0|1|cuda|cpu] [PRESET=smoke|cpu|gpu|full]   sweep on the best device present
 #   make test                                             unit tests + deterministic and ratio gates
 #   make PYTHON=/path/to/python3 test                     use an interpreter that already has torch (no venv)
 SHELL := /bin/bash
@@ -16,11 +16,14 @@ PY := $(PYTHON)
 SETUP :=
 endif
 
-# GPU= selects the device: empty = best present (cuda:0, else the CPU preset), cpu, or a CUDA index.
+# GPU= selects the device: empty = best present (cuda:0, else the CPU preset), cpu, cuda (= cuda:0),
+# or a CUDA index.
 ifeq ($(strip $(GPU)),)
 DEVICE := auto
 else ifeq ($(strip $(GPU)),cpu)
 DEVICE := cpu
+else ifeq ($(strip $(GPU)),cuda)
+DEVICE := cuda:0
 else
 DEVICE := cuda:$(strip $(GPU))
 endif

@@ -65,6 +65,18 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"rvbench: warning: {message}\n"
 
 
+def _reject_empty(argv: list[str], args: argparse.Namespace) -> None:
+    """UsageError for an empty value (`--out ''`, `--out=`) or an empty list (`--models ,`): an empty
+    path would mean the current directory and an empty list an empty sweep or table, never intended."""
+    for i, arg in enumerate(argv):
+        if arg == "" or (arg.startswith("--") and arg.endswith("=")):
+            flag = arg[:-1] if arg else (argv[i - 1] if i and argv[i - 1].startswith("-") else "an argument")
+            raise UsageError(f"{flag} is empty; give a value")
+    for name, value in vars(args).items():
+        if value == []:
+            raise UsageError(f"--{name.replace('_', '-')} is an empty list; give at least one value")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, dispatch, and turn a UsageError (exit 2) or a full disk (exit
     EXIT_DISK_FULL) into a one-line message."""
@@ -73,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command).parse_args(argv)
     warnings.formatwarning = _one_line_warning
     try:
+        _reject_empty(argv, args)
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"rvbench {args.command}: error: {exc}", file=sys.stderr)

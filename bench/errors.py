@@ -7,6 +7,10 @@ from pathlib import Path
 
 # Exit code of a command stopped by a full disk (its data written before is kept).
 EXIT_DISK_FULL = 3
+# Exit code of a run whose HTML report failed (a bug in the report code): its data is kept.
+EXIT_REPORT_FAILED = 4
+# Exit code of a run that finished but measured no cell (every row oom, error, timeout or skipped).
+EXIT_NOTHING_MEASURED = 5
 
 
 class UsageError(ValueError):

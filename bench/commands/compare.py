@@ -10,6 +10,8 @@ from bench.errors import UsageError
 from bench.regress.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT, compare_runs
 from bench.report.compare_page import comparison_text, write_html
 
+DEFAULT_PAGE = "compare.html"  # next to RUN_B, the run it judges, not wherever the command ran
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of `rvbench compare`."""
@@ -17,7 +19,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "Exit codes: 0 done, 1 --fail-on-regression tripped, 2 bad input."
     parser.add_argument("run_a", type=Path, metavar="RUN_A", help="baseline run directory")
     parser.add_argument("run_b", type=Path, metavar="RUN_B", help="run directory compared against RUN_A")
-    parser.add_argument("--out", type=Path, default=Path("compare.html"), help="where to write the HTML page")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"where to write the HTML page (default: RUN_B/{DEFAULT_PAGE})")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                         help="significance level of the Mann-Whitney U test")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_PCT, metavar="PCT",
@@ -34,10 +37,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--alpha must be between 0 and 1 (exclusive), got {args.alpha}")
     if args.threshold < 0 or (args.fail_on_regression is not None and args.fail_on_regression < 0):
         raise UsageError("--threshold and --fail-on-regression are percentages >= 0")
-    check_output(args.out, "--out")
+    out = args.out or args.run_b / DEFAULT_PAGE
+    check_output(out, "--out")
     cmp = compare_runs(args.run_a, args.run_b, alpha=args.alpha, threshold_pct=args.threshold)
     print(comparison_text(cmp))
-    print(f"wrote {write_html(cmp, args.out)}")
+    print(f"wrote {write_html(cmp, out)}")
     reason = cmp.failure(args.fail_on_regression) if args.fail_on_regression is not None else None
     if reason:
         print(f"--fail-on-regression: {reason}: exit 1")

@@ -28,7 +28,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add the command's options."""
     parser.add_argument("--models", type=name_list, metavar="ARCHS", help="comma-separated archs to count (default: all)")
     parser.add_argument("--impls", type=name_list, metavar="IMPLS", help="comma-separated impls to count (default: all)")
-    parser.add_argument("--image-size", type=int, metavar="N", help="input side in px (default: each model's own)")
+    parser.add_argument("--image-size", type=int, metavar="N", help="input side in px (0 or omitted: each model's own)")
     parser.add_argument("--json", action="store_true", help="print a JSON list with every field and the breakdown")
     parser.set_defaults(func=run)
 
@@ -43,7 +43,7 @@ def _cell(row: dict, key: str, fmt: str) -> str | None:
 def run(args: argparse.Namespace) -> int:
     """Count the selected models and print a table (or JSON), then how to read fvcore's column."""
     entries = list_entries(archs=args.models, impls=args.impls)
-    rows = [count(entry, args.image_size) for entry in entries]
+    rows = [count(entry, args.image_size or None) for entry in entries]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from bench.cli import check_output
@@ -78,15 +79,26 @@ def _print_summary(s: dict, out_dir: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the cell from the arguments, profile it, print the summary."""
-    from bench.profiling.profile import profile_cell
+    """Build the cell from the arguments, check it and the output folder before writing anything,
+    profile it, print the summary. Returns 0, or 1 (one line on stderr) when the cell runs out of
+    memory."""
+    from bench.profiling.profile import check_profile, profile_cell
+    from bench.runner.worker import is_oom
 
     entry = get_entry(args.arch, args.impl)
     cell = Cell(args.arch, args.impl, args.batch_size, args.image_size or entry.image_size,
                 precision=args.precision, channels_last=args.channels_last, compile=args.compile,
                 mode=args.mode, device=resolve_device(args.device))
+    check_profile(cell, args.steps, args.memory_snapshot)
     out_dir = args.out or Path("reports/profiles") / f"{cell.arch}-{cell.impl}-{cell.cell_id}"
     check_output(out_dir, "--out", directory=True)
-    summary = profile_cell(cell, out_dir, steps=args.steps, memory_snapshot=args.memory_snapshot)
+    try:
+        summary = profile_cell(cell, out_dir, steps=args.steps, memory_snapshot=args.memory_snapshot)
+    except RuntimeError as exc:
+        if not is_oom(exc):
+            raise
+        print(f"rvbench profile: error: out of memory at batch size {cell.batch_size} on {cell.device} "
+              f"({str(exc).splitlines()[0]}); try a smaller --batch-size", file=sys.stderr)
+        return 1
     _print_summary(summary, out_dir)
     return 0

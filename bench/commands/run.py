@@ -18,8 +18,8 @@ from typing import IO, TYPE_CHECKING
 
 from bench.config.cell import Cell
 from bench.cli import name_list
-from bench.errors import DiskFull, UsageError, is_disk_full
-from bench.report.summary import summary_text, write_run_report
+from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED, DiskFull, UsageError, is_disk_full
+from bench.report.summary import SUMMARY_NAME, summary_counts, summary_text, write_run_report
 from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest, write_atomically
 from bench.runner.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT, Job, Runner, plan_jobs, profile_cells, run_jobs
 from bench.runner.progress import progress_bar
@@ -49,7 +49,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add the options of `rvbench run`."""
     parser.epilog = ("Lists are comma-separated. Overrides replace that axis in every block of the "
                      "preset. Exit codes: 0 done, 2 bad input (nothing written), 3 disk full, "
-                     "130 Ctrl-C, 143 SIGTERM (finished cells kept; continue with --resume).")
+                     "4 HTML report failed (results and summary.txt kept), 5 no cell measured (every "
+                     "cell oom, error, timeout or skipped), 130 Ctrl-C, 143 SIGTERM (finished cells kept; continue with --resume).")
     sweep = parser.add_argument_group("sweep (preset and overrides)")
     sweep.add_argument("--preset", choices=list_presets(), default=None,
                        help="sweep preset from bench/config/presets (default: gpu on CUDA, else cpu)")
@@ -113,26 +114,37 @@ def _new_spec(args: argparse.Namespace) -> SweepSpec:
 
 
 def _new_run_dir(reports_dir: Path, device: str) -> Path:
+    """Create RUN_DIR = REPORTS/runs/<time>-<host>-<device>, suffixed -2, -3, ... when taken.
+
+    The mkdir itself claims the name (no exists-then-mkdir race), so two runs starting in the same
+    second on one host get distinct directories."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname().split(".")[0])
     name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{host}-{device.replace(':', '')}"
-    run_dir, n = reports_dir / "runs" / name, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = reports_dir / "runs" / f"{name}-{n}"
-    try:
-        run_dir.mkdir(parents=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the run directory under --out {reports_dir}: {exc.strerror}") from None
-    return run_dir
+    runs, n = reports_dir / "runs", 1
+    while True:
+        run_dir = runs / (name if n == 1 else f"{name}-{n}")
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            n += 1
+        except OSError as exc:
+            raise UsageError(f"cannot create the run directory under --out {reports_dir}: {exc.strerror}") from None
 
 
 def _lock(run_dir: Path) -> IO[str]:
     """Hold RUN_DIR/.lock (flock) until the process ends, so two runs never append to one directory.
 
     Returns the open lock file, which the caller keeps for the whole run. Raises UsageError,
-    before anything is written, when another run holds it.
+    before anything is written, when another run holds it or the directory is not writable.
     """
-    fh = open(run_dir / LOCK_FILE, "a")
+    try:
+        fh = open(run_dir / LOCK_FILE, "a")
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise
+        raise UsageError(f"cannot write to {run_dir} ({exc.strerror}); a run goes on only in a writable "
+                         "directory") from None
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -142,7 +154,7 @@ def _lock(run_dir: Path) -> IO[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate everything, then sweep; returns 0, or 128 + signal when stopped by SIGINT/SIGTERM.
+    """Validate everything, then sweep; returns _sweep's exit code (0 when all went well).
 
     A full disk raises DiskFull naming the run directory to resume (finished rows are kept)."""
     if args.cell_timeout is not None and args.cell_timeout <= 0:
@@ -228,7 +240,8 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, cell
            run_dir: Path, reports_dir: Path | None, received: list[int]) -> int:
     """Run the jobs not yet recorded in run_dir, then write the tables, report and summary.
 
-    Returns 0, or 128 + the signal in `received` when a signal stopped the sweep."""
+    Returns 0; 128 + the signal in `received` when a signal stopped the sweep; else
+    EXIT_REPORT_FAILED when the HTML report failed, EXIT_NOTHING_MEASURED when no cell is ok."""
     done = finished_cell_ids(run_dir)
     todo = [job for job in jobs if job.job_id not in done]
 
@@ -252,9 +265,16 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, cell
     report = write_run_report(run_dir, text)
     if reports_dir is not None:
         update_latest(reports_dir, run_dir)
-    report_line = f"report: {report}" if report else "HTML report failed (see summary.txt)"
-    print(text + f"run directory: {run_dir}\n{report_line}")
+    print(text + f"run directory: {run_dir}" + (f"\nreport: {report}" if report else ""))
     if not completed:
         print(f"interrupted: {len(df)} of {len(jobs)} cells recorded; {_resume_hint(run_dir)}")
         return _signal_exit(received)
+    if report is None:
+        print(f"rvbench run: error: the HTML report failed (its error is in {run_dir / SUMMARY_NAME}); "
+              f"the results are kept, rebuild with `rvbench report {run_dir}`", file=sys.stderr)
+        return EXIT_REPORT_FAILED
+    if not (df["status"] == "ok").any():
+        print(f"rvbench run: error: no cell was measured ({summary_counts(df)}); see {run_dir / SUMMARY_NAME}",
+              file=sys.stderr)
+        return EXIT_NOTHING_MEASURED
     return 0

@@ -265,17 +265,22 @@ def _profile(built: BuiltCell, out_dir: Path, steps: int, memory_snapshot: bool)
     }
 
 
-def profile_cell(cell: Cell, out_dir: Path, steps: int = 5, memory_snapshot: bool = False) -> dict:
-    """Profile `steps` steps of one cell after warm-up; write trace + profile.json; return the summary.
-
-    Raises UsageError, before anything is written, for an invalid cell, a device that is not
-    there, a bad step count, or a memory snapshot off CUDA.
-    """
+def check_profile(cell: Cell, steps: int, memory_snapshot: bool) -> None:
+    """UsageError for an invalid cell, a device that is not there, a bad step count, or a memory
+    snapshot off CUDA: everything that can refuse a profile, so callers check before writing."""
     check_cell(cell)
     if steps < 1:
         raise UsageError(f"steps must be >= 1, got {steps}")
     if memory_snapshot and not cell.device.startswith("cuda"):
         raise UsageError("--memory-snapshot needs a CUDA device (the snapshot records the CUDA allocator)")
+
+
+def profile_cell(cell: Cell, out_dir: Path, steps: int = 5, memory_snapshot: bool = False) -> dict:
+    """Profile `steps` steps of one cell after warm-up; write trace + profile.json; return the summary.
+
+    Raises UsageError (check_profile) before anything is written.
+    """
+    check_profile(cell, steps, memory_snapshot)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with prepared_cell(cell) as built:

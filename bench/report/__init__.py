@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["write_report"]
+__all__ = ["REPORT_NAME", "write_report"]
+
+REPORT_NAME = "index.html"  # the page's name in a run directory
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write RUN_DIR/index.html from the run's results and return its path (see bench.report.page)."""
+def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
+    """Write the page of RUN_DIR's results to `out` (default RUN_DIR/index.html) and return its
+    path (see bench.report.page)."""
     from bench.report.page import write_report as write_page
 
-    return write_page(run_dir)
+    return write_page(run_dir, out)

@@ -7,20 +7,20 @@ index.html; what it summarises comes from bench.results.analysis, like every oth
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 
 import bench
 from bench import results
-from bench.report import plots_derived, plots_perf, plots_profile, tables
+from bench.report import REPORT_NAME, plots_derived, plots_perf, plots_profile, tables
 from bench.report.data import per_config, variants
 from bench.report.flops_table import flops_table
 from bench.report.profile_tables import profile_details
 from bench.report.render import render
 from bench.results.analysis import BEST_CONFIG_RULE
 
-REPORT_NAME = "index.html"
 CSV_NAME = "results.csv"
 
 
@@ -43,9 +43,13 @@ def _ratios(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write RUN_DIR/index.html from the run's results and return its path."""
+def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
+    """Write the page of RUN_DIR's results to `out` and return its path.
+
+    `out` defaults to RUN_DIR/index.html; elsewhere (a read-only run directory) the page links the
+    run's CSV by its path relative to the page."""
     run_dir = Path(run_dir)
+    out = out or run_dir / REPORT_NAME
     df = results.load_run(run_dir)
     env = _env(run_dir, df)
     config = _read_json(run_dir / "config.json")
@@ -82,9 +86,8 @@ def write_report(run_dir: str | Path) -> Path:
         failures=failures,
         n_failed=len(failures.rows),
         environment=tables.environment(env),
-        csv_name=CSV_NAME if (run_dir / CSV_NAME).exists() else None,
+        csv_name=os.path.relpath(run_dir / CSV_NAME, out.parent) if (run_dir / CSV_NAME).exists() else None,
         version=bench.__version__,
     )
-    out = run_dir / REPORT_NAME
     results.write_atomically(out, lambda p: p.write_text(html, encoding="utf-8"))
     return out

@@ -20,9 +20,14 @@ from bench.results.analysis import summary_table
 SUMMARY_NAME = "summary.txt"
 
 
+def summary_counts(df: pd.DataFrame) -> str:
+    """The rows per status, e.g. "3 ok, 1 oom" ("no cells" when there are none)."""
+    return ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) or "no cells"
+
+
 def summary_text(df: pd.DataFrame) -> str:
     """Status counts and the summary table as plain text (terminal and summary.txt)."""
-    counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) or "no cells"
+    counts = summary_counts(df)
     table = summary_table(df)
     if table.empty:
         return f"cells: {counts}\n(no ok cells)\n"

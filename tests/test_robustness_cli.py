@@ -1,0 +1,188 @@
+"""Surviving the file system and the scheduler, part 2: report failures, racing and read-only run
+directories, profile edge cases, empty inputs, and a second signal during the final report.
+
+As in test_robustness.py: each failure ends with one line on stderr, its documented exit code, no
+traceback, and every finished row kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from report_fixture import write_run
+from test_robustness import REPO, TINY, _cell_ids, _damaged_store, _error_lines, _tmpfs
+
+import bench.commands.run as run_command
+from bench.cli import main
+from bench.config.sweep import build_spec
+from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED
+from bench.report import plots_perf
+
+ONE_CELL = [*TINY, "--batch-sizes", "1"]  # the last --batch-sizes wins
+
+
+def _one_error_line(err: str) -> str:
+    """The single line the CLI printed on stderr (the progress bar aside); no traceback anywhere."""
+    assert "Traceback" not in err
+    (line,) = _error_lines(err)
+    return line
+
+
+def test_a_report_bug_exits_4_and_keeps_the_data(tmp_path, capsys, monkeypatch):
+    def broken_plot(configs: object) -> None:
+        raise RuntimeError("a bug in a plot")
+
+    monkeypatch.setattr(plots_perf, "throughput", broken_plot)
+    assert main(["run", *ONE_CELL, "--out", str(tmp_path)]) == EXIT_REPORT_FAILED
+    out, err = capsys.readouterr()
+    assert "HTML report failed" in _one_error_line(err) and "Traceback" not in out
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert len(_cell_ids(run_dir)) == 1 and (run_dir / "results.csv").exists()
+    assert "a bug in a plot" in (run_dir / "summary.txt").read_text()
+    assert not (run_dir / "index.html").exists()
+
+
+def test_a_run_that_measures_nothing_exits_5(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RVBENCH_FAULT", "oom:resnet18")  # the worker inherits it
+    assert main(["run", *ONE_CELL, "--out", str(tmp_path)]) == EXIT_NOTHING_MEASURED
+    assert "no cell was measured (1 oom)" in _one_error_line(capsys.readouterr().err)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert len(_cell_ids(run_dir)) == 1 and (run_dir / "index.html").exists()
+
+
+def test_runs_starting_in_the_same_second_get_distinct_directories(tmp_path, monkeypatch):
+    frozen = time.gmtime()
+    monkeypatch.setattr(time, "gmtime", lambda *_: frozen)
+    n = 8
+    barrier, made, errors = threading.Barrier(n), [], []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            made.append(run_command._new_run_dir(tmp_path, "cpu"))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(set(made)) == n and all(d.is_dir() for d in made)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(d.name for d in made)
+
+
+@pytest.fixture
+def read_only_run(tmp_path: Path) -> Iterator[Path]:
+    """A run directory (a valid config, a store with rows) on a tmpfs remounted read-only."""
+    with _tmpfs(tmp_path / "ro", "size=1m") as mount:
+        _damaged_store(mount)
+        (mount / "config.json").write_text(
+            json.dumps(build_spec("smoke", "cpu", {"models": ["resnet18"]}).to_json()))
+        res = subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            pytest.skip(f"cannot remount the tmpfs read-only: {res.stderr.strip()}")
+        yield mount
+
+
+def test_report_on_a_read_only_run_needs_out(read_only_run, tmp_path, capsys):
+    assert main(["report", str(read_only_run)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "Read-only file system" in line and "--out FILE" in line
+    page = tmp_path / "page.html"
+    with pytest.warns(UserWarning):  # the damaged lines, skipped
+        assert main(["report", str(read_only_run), "--out", str(page)]) == 0
+    assert page.exists() and not (read_only_run / "index.html").exists()
+
+
+def test_resume_on_a_read_only_run_is_one_line(read_only_run, capsys):
+    assert main(["run", "--resume", str(read_only_run)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"cannot write to {read_only_run} (Read-only file system)" in line
+
+
+PROFILE = ["profile", "resnet18", "--impl", "rv", "--device", "cpu"]
+
+
+def test_profile_out_of_memory_is_one_line_exit_1(tmp_path, capsys):
+    assert main([*PROFILE, "--batch-size", "1000000000", "--out", str(tmp_path / "p")]) == 1
+    assert "out of memory at batch size 1000000000" in _one_error_line(capsys.readouterr().err)
+
+
+def test_profile_with_a_bad_image_size_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*PROFILE, "--image-size", "3"]) == 2
+    assert "image size must be >= 16" in _one_error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["run", *TINY, "--batch-sizes", ","], "--batch-sizes is an empty list"),
+    (["flops", "--models", ","], "--models is an empty list"),
+    (["run", *TINY, "--out", ""], "--out is empty"),
+    (["profile", "resnet18", "--out="], "--out is empty"),
+], ids=["batch-sizes", "flops-models", "out-empty", "out-equals"])
+def test_empty_values_are_one_line_exit_2(tmp_path, capsys, monkeypatch, argv, says):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert says in _one_error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_flops_image_size_0_is_the_default(capsys):
+    assert main(["flops", "--models", "resnet18", "--impls", "rv", "--image-size", "0", "--json"]) == 0
+    assert '"image_size": 224' in capsys.readouterr().out
+
+
+def test_make_bench_gpu_cuda_is_cuda_0():
+    res = subprocess.run(["make", "-n", "-s", "bench", "GPU=cuda", "PYTHON=python"], cwd=REPO,
+                         capture_output=True, text=True, check=True)
+    assert "--device cuda:0" in res.stdout
+
+
+def test_compare_writes_next_to_run_b(tmp_path, monkeypatch):
+    small = {"archs": ("resnet50",), "impls": ("rv",), "batches": (8,), "precisions": ("fp32",), "failures": {}}
+    a, b = write_run(tmp_path / "a", **small), write_run(tmp_path / "b", seed=1, **small)
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", str(a), str(b)]) == 0
+    assert (Path(b) / "compare.html").exists() and not (tmp_path / "compare.html").exists()
+
+
+def test_a_second_signal_during_the_report_keeps_the_resume_hint(tmp_path, capsys, monkeypatch):
+    """SIGTERM stops the sweep at its second (hung) cell; a SIGINT while the report is written
+    must still end with the resume line and SIGTERM's exit code, the first row kept."""
+    monkeypatch.setenv("RVBENCH_FAULT", "hang:bs2")
+    write_run_report = run_command.write_run_report
+
+    def interrupted_report(run_dir: Path, text: str) -> Path | None:
+        os.kill(os.getpid(), signal.SIGINT)
+        return write_run_report(run_dir, text)
+
+    monkeypatch.setattr(run_command, "write_run_report", interrupted_report)
+
+    done = threading.Event()
+
+    def terminate_after_first_row() -> None:
+        while not done.is_set():
+            if any(p.read_text() for p in tmp_path.glob("runs/*/results.jsonl")):
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=terminate_after_first_row, daemon=True).start()
+    try:  # the cell timeout bounds the test should the signal never come
+        assert main(["run", *TINY, "--out", str(tmp_path), "--cell-timeout", "120"]) == 128 + signal.SIGTERM
+    finally:
+        done.set()
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == f"rvbench run: interrupted; continue with: rvbench run --resume {run_dir}"
+    assert len(_cell_ids(run_dir)) == 1 and (run_dir / "results.csv").exists()

@@ -179,10 +179,12 @@ def main() -> None:
     replies.flush()
     for line in sys.stdin:
         reply = handle(json.loads(line))
+        if reply.get("worker_exits"):
+            # Logged before the reply: once the runner reads the reply it may kill us at any moment.
+            print(f"worker {os.getpid()}: sticky CUDA error, exiting for a fresh context", file=sys.stderr, flush=True)
         replies.write(json.dumps(reply, default=str) + "\n")
         replies.flush()
         if reply.get("worker_exits"):
-            print(f"worker {os.getpid()}: sticky CUDA error, exiting for a fresh context", file=sys.stderr, flush=True)
             os._exit(1)
 
 

@@ -40,7 +40,9 @@ def _fmt(value: float | None, spec: str) -> str:
 def _print_summary(s: dict, out_dir: Path) -> None:
     print(f"profile  {s['label']}  ({s['device_name']}, torch {s['torch']})")
     print(f"step {s['step_ms']:.2f} ms (median of {s['steps']} profiled steps); "
-          f"operator time {s['busy_ms']:.2f} ms/step from {s['time_source']}")
+          f"operator time {_fmt(s['busy_ms'], '.2f')} ms/step from {s['time_source']}")
+    if s["categories_note"]:
+        print(f"categories: {s['categories_note']}")
     print("\ncategory        share      ms/step")
     for cat, share in sorted(s["categories"].items(), key=lambda kv: -kv[1]):
         print(f"  {cat:<13} {share:6.1f}%  {s['category_ms'][cat]:9.3f}")

@@ -1,29 +1,44 @@
 """Profile one cell: where the device time and memory of a step go.
 
-After warm-up, torch.profiler records a few steps (CPU activity, plus CUDA kernels on a GPU, with
-input shapes). From those events:
+One warm-up step (compilation, autotuning) runs before the profiler starts; the rest of the
+warm-up runs inside the profiler's warm-up phase, where CUPTI is on but nothing is kept, so the
+CUDA graphs of reduce-overhead and max-autotune cells are recorded while CUPTI watches (kernels of
+a graph recorded before the profiler started may be missing from its replays). Then torch.profiler
+records a few steps (CPU activity, plus CUDA kernels on a GPU, with input shapes). From those events:
 - device time per operator category (bench.profiling.opcats): self CPU time of each op on the CPU, kernel
   time on CUDA (a kernel the name rules cannot place takes the category of the op launching it);
-  user ranges (ProfilerStep, our module ranges) are not operators and are left out;
+  user ranges (ProfilerStep, our module ranges, and their GPU-side spans) are not operators and are
+  left out. If CUDA recorded no kernel at all (CUDA graph replays can be opaque to CUPTI), there
+  are no categories or top kernels and `categories_note` says why; the step time still stands;
 - the top operators (CPU) or kernels (CUDA) by that time;
 - forward time of each canonical module group (bench.models.groups): forward hooks wrap each of the
-  group's modules in a `module::<group>` profiler range; joined with the group's FLOPs
-  (bench.counting.flops) into achieved TFLOP/s. Under torch.compile the graph fuses across module boundaries, so there is no
+  group's modules in a `module::<group>` profiler range, and the same time as the categories (an
+  op's self CPU time, or a kernel's time, charged to the ranges around the op that launched it) is
+  summed per group, each op or kernel once per group however the ranges nest, and once in
+  `modules_ms_total` (so it can be checked against `busy_ms`, which also counts work outside any
+  group, and backward). Joined with the group's FLOPs (bench.counting.flops) into achieved
+  TFLOP/s. Under torch.compile the graph fuses across module boundaries, so there is no
   per-module time then;
 - peak memory per phase (forward / backward / optimizer) on CUDA, read from the caching allocator
-  by hooks on the model and the optimizer around one step, and optionally a memory snapshot;
+  by hooks on the model and the optimizer around one step after the profile, and optionally a
+  memory snapshot;
 - the step's arithmetic intensity and achieved TFLOP/s, on the device's roofline (bench.profiling.roofline).
 
-Times are per step (profiled total / steps). Step time is the median profiled step, synchronised
-on CUDA, so it includes the profiler's own overhead. Writes trace.json.gz (open it in Perfetto or
-chrome://tracing) and profile.json (the returned dict) into out_dir.
+Times are per step (profiled total / steps). Step time is the median of the profiled steps, each
+synchronised and timed alone, with CUDA events on a GPU and perf_counter on the CPU: it includes
+the profiler's overhead on the step, not its bookkeeping between steps. (It is not read from the
+ProfilerStep events: on CUDA, torch also emits a GPU-side span of that name with no CPU time.)
+Writes trace.json.gz (open it in Perfetto or chrome://tracing) and profile.json (the returned dict)
+into out_dir.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,26 +57,31 @@ from bench.models.groups import module_groups
 from bench.profiling.opcats import CATEGORIES, classify
 from bench.profiling.roofline import BYTES_METHOD, count_bytes, place, point
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: step_ms timed per step, categories_note, modules_ms_total, modules in op time
 TOP_N = 20
 TRACE_NAME = "trace.json.gz"
 SNAPSHOT_NAME = "memory_snapshot.pickle"
 RANGE_PREFIX = "module::"
-# Warm-up before profiling: enough for cudnn autotuning, allocator growth and compilation.
+# Warm-up in the profiler's warm-up phase, after the first (compiling) step: CUDA graph trees record
+# a graph on its second call and replay it from the third; the allocator settles.
 _WARMUP = TimingConfig(warmup_iters=3, warmup_s=0.0)
 _MODULES_NOTE = (
-    "forward time only (backward is not split by module); GFLOP are forward FLOPs per step "
-    "(per image x batch size), so achieved TFLOP/s = GFLOP / forward ms"
+    "forward time only (backward is not split by module), in the categories' time source; GFLOP are "
+    "forward FLOPs per step (per image x batch size), so achieved TFLOP/s = GFLOP / forward ms"
 )
 _COMPILED_NOTE = "no per-module time under torch.compile: the compiled graph fuses across module boundaries"
 _NO_ROOFLINE_NOTE = "no roofline: the device (or its peak for this precision) is not in bench.hardware.gpus"
 _CPU_ROOFLINE_NOTE = "no roofline on CPU: bench.hardware.gpus has peaks for GPUs only"
 _CPU_MEMORY_NOTE = "no per-phase peaks on CPU: its allocator keeps no peak statistics (see mem_rss_delta_mb)"
+_NO_KERNELS_NOTE = (
+    "no categories or top kernels: CUDA recorded no kernel time in the profiled steps (CUDA graph "
+    "replays can be opaque to CUPTI); step_ms is still timed with CUDA events"
+)
 
 
 def _group_ranges(groups: dict[str, list[nn.Module]]) -> list:
-    """Wrap each module of each group in a `module::<group>` profiler range (a group's time is the
-    sum of its modules' ranges, as its FLOPs are the sum of its modules' FLOPs in bench.counting.flops)."""
+    """Wrap each module of each group in a `module::<group>` profiler range (a group's time is the op
+    time under its modules' ranges, as its FLOPs are the sum of its modules' FLOPs in bench.counting.flops)."""
     handles = []
     for name, modules in groups.items():
         for module in modules:
@@ -129,7 +149,8 @@ def _range_names(events: list) -> set[str]:
 
 
 def _is_range(event: object, range_names: set[str]) -> bool:
-    # The GPU-side span of a profiler step is named "ProfilerStep#N", its CPU side "ProfilerStep*".
+    """Whether an event (or a kernel attached to one) is a user range or its GPU-side span, not an
+    operator. torch names both sides of a profiler step "ProfilerStep*" (the trace: "ProfilerStep#N")."""
     return (bool(getattr(event, "is_user_annotation", False)) or event.name in range_names
             or event.name.startswith("ProfilerStep"))
 
@@ -159,13 +180,11 @@ def _op_times(events: list, on_cuda: bool) -> dict[str, list]:
 
 
 def _categories(table: dict[str, list], steps: int) -> tuple[dict[str, float], dict[str, float]]:
-    """(share in percent, ms per step) for every category; shares sum to 100."""
+    """(share in percent, ms per step) for every category; shares sum to 100 (the table has time)."""
     totals = dict.fromkeys(CATEGORIES, 0.0)
     for category, us, _ in table.values():
         totals[category] += us
     grand = sum(totals.values())
-    if grand <= 0:
-        raise RuntimeError("the profiler recorded no operator time; nothing to break down")
     shares = {cat: 100.0 * us / grand for cat, us in totals.items()}
     return shares, {cat: us / 1000.0 / steps for cat, us in totals.items()}
 
@@ -180,16 +199,60 @@ def _top_ops(table: dict[str, list], steps: int) -> list[dict]:
     ]
 
 
-def _module_rows(events: list, flops: dict[str, int], batch: int, steps: int, on_cuda: bool) -> list[dict]:
-    """Forward ms per step of each group range, joined with the group's forward FLOPs: per image
-    (`flops_per_image`) and per step, i.e. times the batch (`gflops`, in GFLOP)."""
-    us: dict[str, float] = defaultdict(float)
-    for e in events:
-        if e.device_type == DeviceType.CPU and e.name.startswith(RANGE_PREFIX):
-            us[e.name[len(RANGE_PREFIX):]] += e.device_time_total if on_cuda else e.cpu_time_total
+def _breakdown(events: list, on_cuda: bool, steps: int) -> dict:
+    """The summary's operator fields: time source, busy ms per step, category shares and ms, top
+    operators, and `categories_note`, set when CUDA recorded no kernel and the rest is empty."""
+    table = _op_times(events, on_cuda)
+    source = "kernel time (CUDA)" if on_cuda else "self CPU time"
+    if sum(us for _, us, _ in table.values()) <= 0:
+        if not on_cuda:
+            raise RuntimeError("the profiler recorded no operator time; nothing to break down")
+        return {"time_source": source, "busy_ms": None, "categories": {}, "category_ms": {}, "top_ops": [],
+                "categories_note": _NO_KERNELS_NOTE}
+    shares, category_ms = _categories(table, steps)
+    return {"time_source": source, "busy_ms": sum(category_ms.values()), "categories": shares,
+            "category_ms": category_ms, "top_ops": _top_ops(table, steps), "categories_note": None}
+
+
+def _module_us(events: list, on_cuda: bool) -> tuple[dict[str, float], float]:
+    """(us under each group's ranges, us under any group range) over the profiled steps.
+
+    Each op's own time, the categories' time (its kernels on CUDA: a kernel belongs to the op that
+    launched it; its self CPU time on the CPU), is charged once to every group with a range around
+    the op, and once to the total. Summing the ranges' inclusive times instead (device_time_total
+    includes the children's kernels) would count a range nested in a range of its own group twice,
+    and, in the total, a range nested in another group's.
+    """
+    ranges = _range_names(events)
+    per_group: dict[str, float] = defaultdict(float)
+    total = 0.0
+    for event in events:
+        if event.device_type != DeviceType.CPU or event.is_async:
+            continue
+        if on_cuda:  # a GPU-side span of a range is not a kernel, should torch attach it as one
+            us = sum(k.duration for k in event.kernels if not _is_range(k, ranges))
+        else:
+            us = 0.0 if _is_range(event, ranges) else event.self_cpu_time_total
+        if not us:
+            continue
+        groups = set()
+        node = event
+        while node is not None:
+            if node.name.startswith(RANGE_PREFIX):
+                groups.add(node.name[len(RANGE_PREFIX):])
+            node = node.cpu_parent
+        for group in groups:
+            per_group[group] += us
+        total += us if groups else 0.0
+    return per_group, total
+
+
+def _module_rows(group_us: dict[str, float], flops: dict[str, int], batch: int, steps: int) -> list[dict]:
+    """Forward ms per step of each group (`_module_us`), joined with the group's forward FLOPs: per
+    image (`flops_per_image`) and per step, i.e. times the batch (`gflops`, in GFLOP)."""
     rows = []
     for group, per_image in flops.items():
-        ms = us[group] / 1000.0 / steps if group in us else None
+        ms = group_us[group] / 1000.0 / steps if group in group_us else None
         gflops = per_image * batch / 1e9
         rows.append({
             "group": group,
@@ -201,44 +264,72 @@ def _module_rows(events: list, flops: dict[str, int], batch: int, steps: int, on
     return rows
 
 
-def _step_ms(events: list) -> float:
-    return statistics.median(e.cpu_time_total / 1000.0 for e in events if e.name.startswith("ProfilerStep"))
+def _timed_step(step: Callable[[], object], device: torch.device,
+                clock: Callable[[], float] = time.perf_counter) -> float:
+    """Milliseconds of one step run alone and synchronised: between CUDA events recorded around it
+    on the device's current stream (from the step's first launch to its last kernel), or by `clock`
+    on the CPU."""
+    if device.type == "cuda":
+        stream = torch.cuda.current_stream(device)
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record(stream)
+        step()
+        end.record(stream)
+        synchronize(device)
+        return begin.elapsed_time(end)
+    start = clock()
+    step()
+    return (clock() - start) * 1e3
+
+
+def _record(step: Callable[[], object], device: torch.device, steps: int,
+            clock: Callable[[], float] = time.perf_counter) -> tuple[profile, list[float]]:
+    """Warm up in the profiler's warm-up phase (CUPTI on, nothing kept), then profile `steps` steps.
+
+    Returns the profiler and each profiled step's time in ms (`_timed_step`: the step alone, not
+    the profiler's bookkeeping between steps). `clock` (CPU only) is injectable for tests.
+    """
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    samples = []
+    with profile(activities=activities, record_shapes=True,
+                 schedule=schedule(wait=0, warmup=1, active=steps, repeat=1)) as prof:
+        warm_up(step, device, _WARMUP)
+        prof.step()
+        for _ in range(steps):
+            samples.append(_timed_step(step, device, clock))
+            prof.step()
+    return prof, samples
 
 
 def _profile(built: BuiltCell, out_dir: Path, steps: int, memory_snapshot: bool) -> dict:
     cell, device = built.cell, built.device
     on_cuda = device.type == "cuda"
-    warm_up(built.step, device, _WARMUP)
+    # Compilation and autotuning happen here, before the profiler: their kernels are not profiled.
+    built.step()
+    synchronize(device)
+    eager = cell.compile == "none"
+    handles = _group_ranges(module_groups(built.model, built.entry.family, cell.impl)) if eager else []
+    try:
+        prof, samples = _record(built.step, device, steps)
+    finally:
+        for handle in handles:
+            handle.remove()
+    prof.export_chrome_trace(str(out_dir / TRACE_NAME))
     memory = _phase_memory(built, device) if on_cuda else {
         "forward_mb": None, "backward_mb": None, "optimizer_mb": None, "note": _CPU_MEMORY_NOTE}
     memory["snapshot"] = None
     if memory_snapshot:
         _memory_snapshot(built, device, out_dir / SNAPSHOT_NAME)
         memory["snapshot"] = SNAPSHOT_NAME
-    eager = cell.compile == "none"
-    handles = _group_ranges(module_groups(built.model, built.entry.family, cell.impl)) if eager else []
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
-    try:
-        with profile(activities=activities, record_shapes=True,
-                     schedule=schedule(wait=0, warmup=1, active=steps, repeat=1)) as prof:
-            for _ in range(steps + 1):
-                built.step()
-                synchronize(device)
-                prof.step()
-    finally:
-        for handle in handles:
-            handle.remove()
-    prof.export_chrome_trace(str(out_dir / TRACE_NAME))
     bytes_per_step = count_bytes(built.eager_step())
     synchronize(device)
 
     events = list(prof.events())
-    table = _op_times(events, on_cuda)
-    shares, category_ms = _categories(table, steps)
-    step_ms = _step_ms(events)
+    step_ms = statistics.median(samples)
     pt = point(flops_per_image(cell)[1] * cell.batch_size, bytes_per_step, step_ms / 1000.0)
     gpu_name = torch.cuda.get_device_name(device) if on_cuda else None
     roofline = place(pt, gpu_name, cell.precision)
+    group_us, modules_us = _module_us(events, on_cuda) if eager else ({}, 0.0)
     group_flops = module_flops(built.model, cell.arch, cell.impl, cell.image_size)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -248,13 +339,10 @@ def _profile(built: BuiltCell, out_dir: Path, steps: int, memory_snapshot: bool)
         "device_name": gpu_name or "cpu",
         "torch": torch.__version__,
         "steps": steps,
-        "time_source": "kernel time (CUDA)" if on_cuda else "self CPU time",
         "step_ms": step_ms,
-        "busy_ms": sum(category_ms.values()),
-        "categories": shares,
-        "category_ms": category_ms,
-        "top_ops": _top_ops(table, steps),
-        "modules": _module_rows(events, group_flops, cell.batch_size, steps, on_cuda) if eager else [],
+        **_breakdown(events, on_cuda, steps),
+        "modules": _module_rows(group_us, group_flops, cell.batch_size, steps) if eager else [],
+        "modules_ms_total": modules_us / 1000.0 / steps if eager else None,
         "modules_note": _MODULES_NOTE if eager else _COMPILED_NOTE,
         "memory": memory,
         **pt,

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from rv_models.family import LIBRARIES, Family, Layout
+from rv_models.init import deferred_init
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -97,17 +98,18 @@ class ResNet(nn.Module):
 
     def __init__(self, config: ResNetConfig) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(config.in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self._in_planes = 64
-        self.layer1 = self._make_layer(config.block, 64, config.layers[0], stride=1)
-        self.layer2 = self._make_layer(config.block, 128, config.layers[1], stride=2)
-        self.layer3 = self._make_layer(config.block, 256, config.layers[2], stride=2)
-        self.layer4 = self._make_layer(config.block, 512, config.layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512 * config.block.expansion, config.num_classes)
+        with deferred_init(self):  # the layers' default init would be overwritten: _init_weights is the only one
+            self.conv1 = nn.Conv2d(config.in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            self._in_planes = 64
+            self.layer1 = self._make_layer(config.block, 64, config.layers[0], stride=1)
+            self.layer2 = self._make_layer(config.block, 128, config.layers[1], stride=2)
+            self.layer3 = self._make_layer(config.block, 256, config.layers[2], stride=2)
+            self.layer4 = self._make_layer(config.block, 512, config.layers[3], stride=2)
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(512 * config.block.expansion, config.num_classes)
         self._init_weights(config.zero_init_residual)
 
     def _make_layer(self, block: BlockType, planes: int, blocks: int, stride: int) -> nn.Sequential:
@@ -122,12 +124,12 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
+        """Set every parameter and buffer (the layers come uninitialised, see rv_models.init), as torchvision does."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.BatchNorm2d, nn.Linear)):
+                m.reset_parameters()  # BN: scale 1, shift 0, fresh running stats; fc: PyTorch's default
         if zero_init_residual:  # after the loop above, which would reset these norms to ones
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):

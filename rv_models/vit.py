@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rv_models.family import BLOCKS, Family, Layout
+from rv_models.init import deferred_init
 
 
 @dataclass(frozen=True)
@@ -146,26 +147,30 @@ class VisionTransformer(nn.Module):
         super().__init__()
         dim = config.embed_dim
         self.num_classes = config.num_classes
-        self.patch_embed = PatchEmbed(config.img_size, config.patch_size, config.in_chans, dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, dim))
-        self.pos_drop = _dropout(config.drop_rate)
-        rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
-        self.blocks = nn.Sequential(
-            *(Block(dim, config.num_heads, config.mlp_ratio, config.drop_rate, rate) for rate in rates)
-        )
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.head_drop = _dropout(config.drop_rate)
-        self.head = nn.Linear(dim, config.num_classes)
+        with deferred_init(self):  # the layers' default init would be overwritten: _init_weights is the only one
+            self.patch_embed = PatchEmbed(config.img_size, config.patch_size, config.in_chans, dim)
+            self.cls_token = nn.Parameter(torch.empty(1, 1, dim))
+            self.pos_embed = nn.Parameter(torch.empty(1, 1 + self.patch_embed.num_patches, dim))
+            self.pos_drop = _dropout(config.drop_rate)
+            rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
+            self.blocks = nn.Sequential(
+                *(Block(dim, config.num_heads, config.mlp_ratio, config.drop_rate, rate) for rate in rates)
+            )
+            self.norm = nn.LayerNorm(dim, eps=1e-6)
+            self.head_drop = _dropout(config.drop_rate)
+            self.head = nn.Linear(dim, config.num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """Set every parameter (the layers come uninitialised, see rv_models.init), as timm does."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.Conv2d, nn.LayerNorm)):
+                m.reset_parameters()  # the patch conv and the norms keep PyTorch's default
 
     def get_num_params(self) -> int:
         """Number of parameters, position embedding included."""

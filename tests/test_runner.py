@@ -9,6 +9,7 @@ import fcntl
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pandas as pd
 from bench.cli import main
 from bench.results import load, load_samples
 from bench.runner.runner import profile_cells
+from bench.runner.worker import FAULT_COMPILE_S
 from bench.report.summary import write_run_report as write_report
 from bench.results.analysis import summary_table
 from bench.config.sweep import build_spec, expand
@@ -125,6 +127,53 @@ def test_find_max_batch_doubles_then_bisects_and_profile_runs(tmp_path):
     assert (_run_dir(tmp_path) / "profiles" / "resnet18-rv" / "profile.json").exists()
 
 
+def test_find_max_batch_error_above_batch_1_is_a_limit_and_at_batch_1_the_row(tmp_path):
+    args = ["--models", "resnet18", "--impls", "rv,torchvision", "--batch-sizes", "1", "--find-max-batch"]
+    # rv: 1, 2 fit; 4 and then 3 raise (each retried once in a fresh worker): no fit, largest is 2.
+    # torchvision: an error at batch 1 is a bug, not a size limit.
+    res = _run(tmp_path, *TINY, *args, fault="error:resnet18 rv@3;error:resnet18 torchvision bs1 ")
+    assert res.returncode == 0, res.stderr
+    run_dir = _run_dir(tmp_path)
+    search = load(run_dir).query("find_max_batch == True").set_index("impl")  # noqa: E712
+    rv, tv = search.loc["rv"], search.loc["torchvision"]
+    assert (rv["status"], rv["batch_size"], rv["max_batch_oom_at"]) == ("ok", 2, 3)
+    assert rv["max_batch_limit_reason"] == "error: RuntimeError: injected error in resnet18 rv bs3 32px fp32 inference cpu r0"
+    assert tv["status"] == "error" and "at batch size 1" in tv["message"] and pd.isna(tv["max_batch_limit_reason"])
+    assert (run_dir / "worker-cpu.log").read_text().count(" started") == 3  # the two retries' fresh workers
+
+
+def test_find_max_batch_reports_why_it_stopped(tmp_path):
+    args = ["--models", "resnet18", "--impls", "rv", "--batch-sizes", "1", "--find-max-batch"]
+    res = _run(tmp_path, *TINY, *args, fault="oom:resnet18 rv@3")
+    assert res.returncode == 0, res.stderr
+    row = load(_run_dir(tmp_path)).query("find_max_batch == True").iloc[0]  # noqa: E712
+    assert (row["batch_size"], row["max_batch_oom_at"], row["max_batch_limit_reason"]) == (2, 3, "oom")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process exists and is no zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_compilation_is_timed_apart_and_a_timeout_kills_the_worker_process_group(tmp_path):
+    timeout = FAULT_COMPILE_S + 1
+    args = ["--models", "resnet18", "--impls", "rv,torchvision", "--batch-sizes", "1", "--cell-timeout", f"{timeout:g}"]
+    # rv spends FAULT_COMPILE_S compiling (a simulated compilation through dynamo's callbacks) and
+    # seconds running: more than the timeout in all, less in each. torchvision hangs with a child process.
+    res = _run(tmp_path, *TINY, *args, fault="compile:resnet18 rv bs1;hang:resnet18 torchvision bs1")
+    assert res.returncode == 0, res.stderr
+    run_dir = _run_dir(tmp_path)
+    df = load(run_dir).set_index("impl")
+    assert df.loc["rv", "status"] == "ok" and df.loc["rv", "wall_s"] > timeout
+    assert df.loc["torchvision", "status"] == "timeout"
+    assert f"over --cell-timeout {timeout:g} s outside compilation" in df.loc["torchvision", "message"]
+    (child,) = re.findall(r"injected hang, child (\d+)", (run_dir / "worker-cpu.log").read_text())
+    assert not _alive(int(child))  # killed with the worker's process group
+
+
 def test_interrupt_then_kill_then_resume_runs_every_cell_once(tmp_path):
     sweep = ["--models", "resnet18", "--batch-sizes", "1", "--rounds", "2"]  # rv tv timm, rv tv timm
     expected = {c.cell_id for c in expand(build_spec("smoke", "cpu", {
@@ -137,11 +186,22 @@ def test_interrupt_then_kill_then_resume_runs_every_cell_once(tmp_path):
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "--resume" in stdout
     assert len(load(run_dir)) == 3 and (run_dir / "results.parquet").exists()
-    # 2. Resume, then kill -9 the whole run (runner and worker) while the last cell hangs.
+    # 2. Resume, then kill -9 the runner's process group while the last cell hangs.
     proc = _start(tmp_path, "--resume", str(run_dir), fault="hang:timm bs1 32px fp32 inference cpu r1")
     _wait_for_rows(tmp_path, 5, proc)
+    log = run_dir / "worker-cpu.log"
+    deadline = time.monotonic() + 120
+    while log.read_text().count("injected hang") < 2 and time.monotonic() < deadline:  # the timm cell hangs
+        time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
+    # The worker, in its own process group, outlives the runner only until it notices: then it kills
+    # its group, hung cell and child process included.
+    child = int(re.findall(r"injected hang, child (\d+)", log.read_text())[-1])
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child)
     # 3. Resume again: only the missing cell runs.
     res = _run(tmp_path, "--resume", str(run_dir))
     assert res.returncode == 0, res.stderr
@@ -168,8 +228,8 @@ def _rows(device: str) -> pd.DataFrame:
             [1, 2], [0, 1], [("rv", 10.0), ("torchvision", 11.0), ("timm", 20.0)]):
         ok = not (impl == "timm" and bs == 2)
         rows.append({"arch": "resnet18", "impl": impl, "batch_size": bs, "image_size": 32, "precision": "fp32",
-                     "channels_last": False, "compile": "none", "mode": "inference", "device": device,
-                     "round": rnd, "find_max_batch": False, "status": "ok" if ok else "error",
+                     "channels_last": False, "compile": "none", "mode": "inference", "optimizer": "default",
+                     "device": device, "round": rnd, "find_max_batch": False, "status": "ok" if ok else "error",
                      "throughput": throughput * bs + rnd if ok else None, "step_ms_p50": 1.0,
                      "mem_rss_delta_mb": 5.0, "mem_peak_alloc_mb": None if device == "cpu" else 7.0})
     return pd.DataFrame(rows)

@@ -10,9 +10,9 @@ from bench.models import list_archs
 from bench.config.sweep import build_spec, expand, list_presets, timing_config
 
 
-@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu", "full"])
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu", "gpu-full", "full"])
 def test_every_preset_expands_to_valid_cells(preset):
-    device = "cuda:0" if preset == "gpu" else "cpu"
+    device = "cuda:0" if preset.startswith("gpu") else "cpu"
     spec = build_spec(preset, device, {})
     cells = expand(spec)
     timing_config(spec)  # the preset's timing keys are TimingConfig fields
@@ -21,7 +21,7 @@ def test_every_preset_expands_to_valid_cells(preset):
 
 
 def test_presets_shipped():
-    assert set(list_presets()) >= {"smoke", "cpu", "gpu", "full"}
+    assert set(list_presets()) >= {"smoke", "cpu", "gpu", "gpu-full", "full"}
 
 
 def test_impls_interleaved_round_by_round_and_missing_pairs_skipped():
@@ -31,8 +31,24 @@ def test_impls_interleaved_round_by_round_and_missing_pairs_skipped():
     assert spec.skipped_pairs == [["vit_tiny_patch16_224", "torchvision"]]
 
 
-def test_gpu_preset_channels_last_only_for_resnets():
-    cells = expand(build_spec("gpu", "cuda:0", {}))
+def test_default_gpu_preset_is_the_grid_that_fits_minutes():
+    """resnet50 and vit_base x every impl: inference at bs 1/64/256 in four precisions, compile at
+    bs256 amp-bf16, train and finetune at bs64 amp-bf16; one round, timed long enough for power."""
+    spec = build_spec("gpu", "cuda:0", {})
+    cells = expand(spec)
+    assert {(c.arch, c.impl) for c in cells} == {(a, i) for a in ("resnet50", "vit_base_patch16_224")
+                                                for i in ("rv", "torchvision", "timm")}
+    inference = {(c.batch_size, c.precision) for c in cells if c.mode == "inference" and c.compile == "none"}
+    assert inference == {(b, p) for b in (1, 64, 256) for p in ("fp32", "tf32", "torch-default", "amp-bf16")}
+    assert {(c.batch_size, c.precision, c.mode) for c in cells if c.compile != "none"} == {(256, "amp-bf16", "inference")}
+    assert {(c.batch_size, c.precision, c.mode) for c in cells if c.mode != "inference"} == {
+        (64, "amp-bf16", "train"), (64, "amp-bf16", "finetune")}
+    assert len(cells) == 90 and spec.rounds == 1 and timing_config(spec).min_s >= 3.0
+
+
+@pytest.mark.parametrize("preset", ["gpu", "gpu-full"])
+def test_gpu_presets_channels_last_only_for_resnets(preset):
+    cells = expand(build_spec(preset, "cuda:0", {}))
     assert {c.arch.startswith("resnet") for c in cells if c.channels_last} == {True}
     assert {c.arch.startswith("vit") for c in cells if not c.channels_last} == {True}
     assert {"inference", "train", "finetune"} == {c.mode for c in cells}

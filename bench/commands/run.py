@@ -30,11 +30,14 @@ if TYPE_CHECKING:
     from bench.config.sweep import TimingConfig
 
 # Options that define the sweep; with --resume the sweep comes from DIR/config.json instead.
-SWEEP_OPTIONS = ("preset", "models", "impls", "batch_sizes", "precisions", "compile", "modes",
+SWEEP_OPTIONS = ("preset", "models", "impls", "batch_sizes", "precisions", "compile", "modes", "optimizers",
                  "channels_last", "image_size", "rounds", "find_max_batch")
 # ... and with --resume the run stays where it is.
 RESUME_CONFLICTS = SWEEP_OPTIONS + ("out",)
 DEFAULT_OUT = Path("reports")
+# --cell-timeout when none is given on a GPU: far above any cell's running time, so only a hung cell
+# (or a compilation hung just as long: the two are timed apart, see bench.runner.runner) is killed.
+GPU_CELL_TIMEOUT_S = 900.0
 LOCK_FILE = ".lock"
 
 
@@ -58,19 +61,26 @@ def register(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--impls", type=name_list, help="implementations: rv, torchvision, timm")
     sweep.add_argument("--batch-sizes", type=_ints, help="batch sizes, e.g. 1,32,256 (never reduced on OOM)")
     sweep.add_argument("--precisions", type=name_list,
-                       help="fp32, tf32, amp-fp16, amp-bf16, fp16, bf16 (tf32/fp16 variants need CUDA)")
+                       help="fp32, tf32, torch-default (PyTorch's defaults: cuDNN TF32 on, matmul TF32 off; "
+                            "timm's float32), amp-fp16, amp-bf16, fp16, bf16 (tf32/torch-default/fp16 variants need CUDA)")
     sweep.add_argument("--compile", type=name_list,
-                       help="torch.compile modes: none, default, max-autotune, reduce-overhead (CUDA); "
-                            "default-freeze, max-autotune-freeze: with Inductor freezing (inference only)")
+                       help="torch.compile modes: none, default, max-autotune, max-autotune-no-cudagraphs, "
+                            "reduce-overhead (CUDA); default-freeze, max-autotune-freeze, "
+                            "max-autotune-no-cudagraphs-freeze: with Inductor freezing (inference only)")
     sweep.add_argument("--modes", type=name_list, help="inference, train (full step), finetune (frozen backbone)")
+    sweep.add_argument("--optimizer", dest="optimizers", type=name_list,
+                       help="optimizers of train and finetune cells: sgd (timm's benchmark: SGD, Nesterov "
+                            "momentum), adamw, default (each family's usual: SGD momentum for ResNets, AdamW "
+                            "for ViTs; the default)")
     sweep.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="run every model in NHWC (or none); default: as the preset says")
     sweep.add_argument("--image-size", type=int, help="input side in px (0: each model's default)")
     sweep.add_argument("--rounds", type=int, help="repeats of every cell, impls interleaved per round")
     sweep.add_argument("--find-max-batch", action="store_true", default=None,
                        help="also search the largest batch that fits for each config (own row, "
-                            "find_max_batch=true); an OOM, worker crash or timeout means 'does not "
-                            f"fit'; probes stop at {MAX_BATCH_LIMIT} on a GPU, {CPU_MAX_BATCH_LIMIT} on a CPU")
+                            "find_max_batch=true); an OOM, worker crash, timeout or an error above batch 1 "
+                            "means 'does not fit' (max_batch_limit_reason says which); probes stop at "
+                            f"{MAX_BATCH_LIMIT} on a GPU, {CPU_MAX_BATCH_LIMIT} on a CPU")
     where = parser.add_argument_group("where and how")
     where.add_argument("--device", default="auto",
                        help="cpu, cuda or cuda:N; auto = cuda:0 if present, else cpu")
@@ -81,7 +91,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                        help="continue the run in DIR: run only cells without a row (its config.json "
                             "defines the sweep)")
     where.add_argument("--cell-timeout", type=float, metavar="S",
-                       help="kill a cell after S seconds (row status timeout, worker restarted)")
+                       help="kill a cell after S seconds outside compilation, or S seconds compiling (row "
+                            f"status timeout, worker restarted); default: {GPU_CELL_TIMEOUT_S:g} on a GPU, none on a CPU")
     where.add_argument("--profile", action="store_true",
                        help="afterwards, profile every impl of each arch at the arch's fastest "
                             "config into RUN_DIR/profiles/<arch>-<impl>/")
@@ -245,7 +256,10 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, cell
     done = finished_cell_ids(run_dir)
     todo = [job for job in jobs if job.job_id not in done]
 
-    runner = Runner(run_dir, timing, args.cell_timeout)
+    cell_timeout = args.cell_timeout
+    if cell_timeout is None and spec.device != "cpu":
+        cell_timeout = GPU_CELL_TIMEOUT_S
+    runner = Runner(run_dir, timing, cell_timeout)
     env = runner.collect_env(spec.device)
     if not (run_dir / "env.json").exists():
         write_atomically(run_dir / "env.json", lambda p: p.write_text(json.dumps(env, indent=2, default=str) + "\n"))

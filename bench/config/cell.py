@@ -16,11 +16,17 @@ from dataclasses import dataclass
 from bench.errors import UsageError
 from bench.hardware.device import check_support, validate_device
 from bench.models import IMPLS
+from bench.models.training import DEFAULT_OPTIMIZER, OPTIMIZERS
 
-PRECISIONS = ("fp32", "tf32", "amp-fp16", "amp-bf16", "fp16", "bf16")
-# "<mode>-freeze" is torch.compile mode <mode> with Inductor freezing (see `split_compile`).
-COMPILE_MODES = ("none", "default", "max-autotune", "reduce-overhead", "default-freeze", "max-autotune-freeze")
+# torch-default: PyTorch's own defaults (cuDNN TF32 on, matmul TF32 off), what timm's benchmark calls float32.
+PRECISIONS = ("fp32", "tf32", "torch-default", "amp-fp16", "amp-bf16", "fp16", "bf16")
 FREEZE_SUFFIX = "-freeze"
+# torch.compile's modes; max-autotune-no-cudagraphs tells autotuning gains apart from CUDA-graph gains.
+TORCH_COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
+# "none" (eager), every torch.compile mode, and "<mode>-freeze": <mode> with Inductor freezing (see
+# `split_compile`) for every mode but reduce-overhead, whose point (CUDA graphs) freezing does not change.
+COMPILE_MODES = ("none", *TORCH_COMPILE_MODES,
+                 *(m + FREEZE_SUFFIX for m in TORCH_COMPILE_MODES if m != "reduce-overhead"))
 MODES = ("inference", "train", "finetune")
 
 
@@ -36,6 +42,7 @@ class Cell:
     channels_last: bool = False  # NHWC memory format for model and input
     compile: str = "none"  # torch.compile mode (+"-freeze": Inductor freezing), or "none" for eager
     mode: str = "inference"  # inference, train (full step) or finetune (frozen backbone)
+    optimizer: str = DEFAULT_OPTIMIZER  # train/finetune: see OPTIMIZERS; inference cells keep the default
     device: str = "cpu"  # "cpu" or "cuda:N"
     round: int = 0  # repeat index: impls of one config are interleaved round by round
 
@@ -45,8 +52,15 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        """Stable short id of the full configuration, used to resume and to join samples."""
-        blob = json.dumps(self.config(), sort_keys=True)
+        """Stable short id of the full configuration, used to resume and to join samples.
+
+        The optimizer enters the id only when it is not the default: cells from before the optimizer
+        was a field had the default, so they keep their ids and `--resume` of older runs still works.
+        """
+        config = self.config()
+        if config["optimizer"] == DEFAULT_OPTIMIZER:
+            del config["optimizer"]
+        blob = json.dumps(config, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
     def label(self) -> str:
@@ -99,7 +113,8 @@ def config_label(config: Mapping[str, object], sep: str = " · ") -> str:
     """Label of a cell or configuration from whichever Cell fields `config` holds, in field order.
 
     The one label format: arch, impl, "bs<N>", "<N>px", the variant (`variant_label`, when all three
-    of its fields are given), mode, device, "r<N>". Views leave out fields they show elsewhere; cells
+    of its fields are given), mode, the optimizer unless it is the default, device, "r<N>". Views leave
+    out fields they show elsewhere; cells
     in progress bars use sep=" " (RVBENCH_FAULT matches on that text), tables and pages " · ".
     """
     parts = []
@@ -107,6 +122,8 @@ def config_label(config: Mapping[str, object], sep: str = " · ") -> str:
         if name == "precision" and all(k in config for k in _VARIANT_FIELDS):
             precision, channels_last, compile_mode = (config[k] for k in _VARIANT_FIELDS)
             parts.append(variant_label(str(precision), bool(channels_last), str(compile_mode)))
+        elif name == "optimizer" and config.get(name, DEFAULT_OPTIMIZER) == DEFAULT_OPTIMIZER:
+            continue
         elif name not in _VARIANT_FIELDS and name in config:
             parts.append(_FIELD_FORMATS.get(name, "{}").format(config[name]))
     return sep.join(parts)
@@ -120,7 +137,8 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
 def validate(cell: Cell) -> None:
     """Raise UsageError naming the valid choices if the cell cannot be measured as specified.
 
-    Checks names, numbers, that freezing compile modes run inference only, and what the device kind
+    Checks names, numbers, that freezing compile modes run inference only, that inference cells name no
+    optimizer, and what the device kind
     supports (bench.hardware.device; whether a CUDA device is present and capable is checked where
     it runs); the (arch, impl) pair is checked by the model registry (`bench.models.get_entry`),
     which knows which library has which arch.
@@ -129,6 +147,9 @@ def validate(cell: Cell) -> None:
     _check_choice("precision", cell.precision, PRECISIONS)
     _check_choice("compile mode", cell.compile, COMPILE_MODES)
     _check_choice("mode", cell.mode, MODES)
+    _check_choice("optimizer", cell.optimizer, OPTIMIZERS)
+    if cell.mode == "inference" and cell.optimizer != DEFAULT_OPTIMIZER:
+        raise UsageError(f"optimizer {cell.optimizer!r} is for train and finetune; inference runs none")
     if split_compile(cell.compile)[1] and cell.mode != "inference":
         raise UsageError(
             f"compile mode {cell.compile!r} freezes the weights, so it runs inference only; for {cell.mode} "

@@ -1,10 +1,13 @@
 """Numeric precision of a cell: weight/input dtype, autocast, and the global TF32/cudnn switches.
 
-`fp32` means real IEEE fp32: TF32 is switched off for both matmuls and cudnn convolutions
-(PyTorch's default leaves cudnn TF32 on). Only the `tf32` precision turns TF32 on; every other
-precision runs its remaining fp32 ops without it. CUDA cells run with `cudnn.benchmark` on (the
-autotuned algorithms are picked during warm-up). The switches are process-global, so
-`numerics` restores them when the cell ends; their effective state is recorded in the row.
+`fp32` means real IEEE fp32: TF32 is switched off for both matmuls and cudnn convolutions.
+`tf32` turns TF32 on for both. `torch-default` leaves PyTorch's own defaults: cudnn TF32 on
+(convolutions), matmul TF32 off (`float32_matmul_precision` "highest"), which is what timm's
+benchmark.py measures as "float32"; a ResNet's convolutions then run TF32 and a ViT's matmuls fp32.
+Every other precision runs its remaining fp32 ops without TF32. CUDA cells run with
+`cudnn.benchmark` on (the autotuned algorithms are picked during warm-up). The switches are
+process-global, so `numerics` restores them when the cell ends; their effective state is recorded
+in the row.
 """
 
 from __future__ import annotations
@@ -25,16 +28,18 @@ class PrecisionPlan:
 
     param_dtype: torch.dtype  # dtype of weights and of the input batch
     autocast_dtype: torch.dtype | None  # autocast region dtype, None for no autocast
-    tf32: bool  # allow TF32 in matmuls and cudnn
+    tf32_matmul: bool  # allow TF32 in fp32 matmuls (float32_matmul_precision "high")
+    tf32_cudnn: bool  # allow TF32 in cudnn convolutions (cudnn.allow_tf32)
 
 
 _PLANS = {
-    "fp32": PrecisionPlan(torch.float32, None, False),
-    "tf32": PrecisionPlan(torch.float32, None, True),
-    "amp-fp16": PrecisionPlan(torch.float32, torch.float16, False),
-    "amp-bf16": PrecisionPlan(torch.float32, torch.bfloat16, False),
-    "fp16": PrecisionPlan(torch.float16, None, False),
-    "bf16": PrecisionPlan(torch.bfloat16, None, False),
+    "fp32": PrecisionPlan(torch.float32, None, False, False),
+    "tf32": PrecisionPlan(torch.float32, None, True, True),
+    "torch-default": PrecisionPlan(torch.float32, None, False, True),
+    "amp-fp16": PrecisionPlan(torch.float32, torch.float16, False, False),
+    "amp-bf16": PrecisionPlan(torch.float32, torch.bfloat16, False, False),
+    "fp16": PrecisionPlan(torch.float16, None, False, False),
+    "bf16": PrecisionPlan(torch.bfloat16, None, False, False),
 }
 
 
@@ -69,8 +74,8 @@ def numerics(plan: PrecisionPlan, device: torch.device) -> Iterator[None]:
     saved_benchmark = torch.backends.cudnn.benchmark
     try:
         # "high" is PyTorch's switch for TF32 matmuls, "highest" keeps them IEEE fp32.
-        torch.set_float32_matmul_precision("high" if plan.tf32 else "highest")
-        torch.backends.cudnn.allow_tf32 = plan.tf32
+        torch.set_float32_matmul_precision("high" if plan.tf32_matmul else "highest")
+        torch.backends.cudnn.allow_tf32 = plan.tf32_cudnn
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         yield

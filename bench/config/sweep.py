@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.config.cell import IMPLS, Cell, validate
+from bench.config.cell import DEFAULT_OPTIMIZER, IMPLS, Cell, validate
 from bench.errors import UsageError
 from bench.hardware.device import check_capability, cuda_count
 from bench.models import FAMILY_NAMES
@@ -29,13 +29,16 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 # Axes of a [[sweep]] block, with the default used when a block leaves one out. `models` and
 # `batch_sizes` have no default. `image_size = 0` means each model's default input size.
-# `channels_last` lists the model families ("resnet", "vit") that run in NHWC.
+# `channels_last` lists the model families ("resnet", "vit") that run in NHWC. `optimizers` apply to
+# train and finetune cells (inference cells run none; a block's inference cells are not repeated per
+# optimizer); blocks of runs from before the axis existed lack it and get its default.
 BLOCK_DEFAULTS: dict[str, object] = {
     "impls": list(IMPLS),
     "image_size": 0,
     "precisions": ["fp32"],
     "compile": ["none"],
     "modes": ["inference"],
+    "optimizers": [DEFAULT_OPTIMIZER],
     "channels_last": [],
 }
 BLOCK_REQUIRED = ("models", "batch_sizes")
@@ -205,7 +208,7 @@ def _check_devices(cells: list[Cell]) -> None:
 def expand(spec: SweepSpec) -> list[Cell]:
     """All cells of the spec, validated, implementations interleaved round by round.
 
-    Order: for each configuration (arch, mode, precision, compile, batch), for each round, for
+    Order: for each configuration (arch, mode, optimizer, precision, compile, batch), for each round, for
     each impl -> A B C A B C, so drift on a shared machine hits every impl alike. (arch, impl)
     pairs that no library provides (torchvision has no vit_tiny/vit_small) are skipped and listed
     in `spec.skipped_pairs`. Raises UsageError on any bad name, number, image size the model
@@ -222,8 +225,10 @@ def expand(spec: SweepSpec) -> list[Cell]:
         for bs in block["batch_sizes"]:
             if not isinstance(bs, int) or bs < 1:
                 raise UsageError(f"batch size must be an integer >= 1, got {bs!r}")
-        axes = itertools.product(archs, block["modes"], block["precisions"], block["compile"], block["batch_sizes"])
-        for arch, mode, precision, compile_mode, bs in axes:
+        optimizers = block.get("optimizers", BLOCK_DEFAULTS["optimizers"])
+        axes = itertools.product(archs, block["modes"], optimizers, block["precisions"], block["compile"],
+                                 block["batch_sizes"])
+        for arch, mode, optimizer, precision, compile_mode, bs in axes:
             for rnd in range(spec.rounds):
                 for impl in block["impls"]:
                     entry = entries.get((arch, impl))
@@ -236,6 +241,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
                         arch=arch, impl=impl, batch_size=bs, image_size=image_size,
                         precision=precision, channels_last=entry.family in block["channels_last"],
                         compile=compile_mode, mode=mode, device=spec.device, round=rnd,
+                        optimizer=DEFAULT_OPTIMIZER if mode == "inference" else optimizer,
                     ))
     for cell in cells:
         validate(cell)

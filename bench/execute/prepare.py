@@ -7,27 +7,41 @@ device can run it, sets the precision's global switches and Inductor's freezing 
 seeded model in its mode, precision and layout with a fixed random batch, the optimizer and the
 step closure, and on exit releases the model, compile caches and CUDA cache and restores the
 switches, whatever happened.
+
+Every cell gets a new model object with its own storage, and the same initial weights every time:
+those the library's constructor draws on the CPU right after `torch.manual_seed(SEED)`. The first
+build of an (arch, impl, image size) in a process draws them and keeps a copy; later builds construct
+the model on the meta device, allocate it on the cell's device and copy the kept weights in, which
+costs a copy instead of the random numbers (most of a build, seconds for a large ViT).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-from bench.config.cell import Cell, split_compile, validate
+from bench.config.cell import Cell, validate
 from bench.config.precision import PrecisionPlan, numerics, plan_for
 from bench.counting.flops import forward_flops, train_flops
-from bench.execute.step import compile_model, inductor_freezing, make_optimizer, make_step, prepare_mode
+from bench.execute.step import compile_model, inductor_freezing, make_step, uses_cudagraphs
 from bench.hardware.device import check_capability
-from bench.models import ModelEntry, get_entry
+from bench.models import IMPLS, ModelEntry, get_entry
+from bench.models.training import make_optimizer, prepare_mode
 
 NUM_CLASSES = 1000
 SEED = 0
+# Initial weights (CPU copies) of the last (arch, impl, image size) keys built in this process. Sweeps
+# interleave the impls of one arch, so one arch's worth of keys covers the cells that reuse them.
+_INITIAL_WEIGHTS: OrderedDict[tuple[str, str, int], dict[str, torch.Tensor]] = OrderedDict()
+_KEPT_KEYS = len(IMPLS)
 
 
 @dataclass
@@ -44,30 +58,61 @@ class BuiltCell:
     x: torch.Tensor  # the fixed random input batch
     y: torch.Tensor  # the fixed random labels
     step: Callable[[], object]
+    build_s: float  # seconds to construct the model, give it its initial weights and place it (see _build)
 
     def eager_step(self) -> Callable[[], object]:
         """The same step on the uncompiled model, for op-by-op accounting."""
         return make_step(self.model, self.cell.mode, self.x, self.y, self.plan, self.optimizer, cudagraph_steps=False)
 
 
+def _tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every parameter and buffer, non-persistent buffers included (a state dict omits those)."""
+    return itertools.chain(model.named_parameters(), model.named_buffers())
+
+
+def initial_model(entry: ModelEntry, image_size: int, device: torch.device) -> nn.Module:
+    """A new model on `device` (train mode, as constructed) with the seeded initial weights of
+    (entry, image_size): drawn on the CPU on the key's first build, copied from the kept ones after."""
+    key = (entry.arch, entry.impl, image_size)
+    weights = _INITIAL_WEIGHTS.get(key)
+    if weights is None:
+        torch.manual_seed(SEED)
+        model = entry.build(num_classes=NUM_CLASSES, image_size=image_size)
+        _INITIAL_WEIGHTS[key] = {name: t.detach().clone() for name, t in _tensors(model)}
+        if len(_INITIAL_WEIGHTS) > _KEPT_KEYS:
+            _INITIAL_WEIGHTS.popitem(last=False)
+        return model.to(device)
+    _INITIAL_WEIGHTS.move_to_end(key)
+    with torch.device("meta"):
+        model = entry.build(num_classes=NUM_CLASSES, image_size=image_size)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, t in _tensors(model):
+            t.copy_(weights[name])
+    return model
+
+
 def _build(cell: Cell, entry: ModelEntry, plan: PrecisionPlan, device: torch.device) -> BuiltCell:
-    """Build the seeded model, batch, optimizer and step of `cell` on `device`."""
-    torch.manual_seed(SEED)
-    model = entry.build(num_classes=NUM_CLASSES, image_size=cell.image_size)
+    """Build the seeded model, batch, optimizer and step of `cell` on `device`.
+
+    `build_s` times the model alone: construction, initial weights, mode, device, dtype and layout.
+    """
+    start = time.perf_counter()
+    model = initial_model(entry, cell.image_size, device)
     prepare_mode(model, cell.mode)
     model.to(device=device, dtype=plan.param_dtype)
     layout = torch.channels_last if cell.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
-    optimizer = None if cell.mode == "inference" else make_optimizer(model, entry.family)
+    build_s = time.perf_counter() - start
+    optimizer = None if cell.mode == "inference" else make_optimizer(model, entry.family, cell.optimizer)
+    torch.manual_seed(SEED)  # the batch must not depend on whether the weights were drawn or copied
     x = torch.randn(cell.batch_size, 3, cell.image_size, cell.image_size, device=device, dtype=plan.param_dtype)
     x = x.contiguous(memory_format=layout)
     y = torch.randint(0, NUM_CLASSES, (cell.batch_size,), device=device)
     runnable = compile_model(model, cell.compile)
-    # Both modes (frozen or not) replay CUDA graphs on CUDA, so each step must be marked as a new graph iteration.
-    cudagraphs = device.type == "cuda" and split_compile(cell.compile)[0] in ("reduce-overhead", "max-autotune")
-    step = make_step(runnable, cell.mode, x, y, plan, optimizer, cudagraph_steps=cudagraphs)
+    step = make_step(runnable, cell.mode, x, y, plan, optimizer, cudagraph_steps=uses_cudagraphs(cell.compile, device))
     return BuiltCell(cell=cell, entry=entry, plan=plan, device=device, model=model, runnable=runnable,
-                     optimizer=optimizer, x=x, y=y, step=step)
+                     optimizer=optimizer, x=x, y=y, step=step, build_s=build_s)
 
 
 def flops_per_image(cell: Cell) -> tuple[int, int]:

@@ -6,25 +6,36 @@
   freeze pass and is as fast as one compiled under no_grad, so freezing cells keep the
   inference_mode of every other inference cell and the eager baseline.
 - train: `train()`, forward + cross-entropy on fixed random labels + backward + optimizer step
-  over every parameter. The optimizer is the family's usual one, from its spec (rv_models.family):
-  SGD with momentum for ResNets, AdamW for ViTs (their optimizer state, and so their memory, differs).
-- finetune: the transfer-learning setup. `rv_models.transfer.freeze_backbone` leaves only the head
-  trainable; modules without trainable parameters run in eval mode, so the frozen backbone's
-  BatchNorm statistics stay fixed too. Because no backbone parameter requires grad and the input
-  does not either, autograd records nothing until the head: the backbone runs without building a
-  graph, with the same outputs it would give inside one.
+  over every parameter, with the cell's optimizer (bench.models.training.make_optimizer).
+- finetune: the transfer-learning setup (bench.models.training.prepare_mode): only the head
+  trains. Because no backbone parameter requires grad and the input does not either, autograd
+  records nothing until the head: the backbone runs without building a graph, with the same
+  outputs it would give inside one.
 
 Gradients are dropped (`set_to_none`) at the start of each step, as a modern training loop does.
 amp-fp16 steps use a GradScaler as real fp16 training must (its inf check costs one host sync per
-step); fp16/bf16 cast weights and train them directly. torch.compile wraps the model only (the
-loss and optimizer stay eager); `reduce-overhead` steps mark a CUDA-graph step boundary; the
-`-freeze` modes set Inductor's freezing switch for the cell (`inductor_freezing`).
+step; timm's benchmark.py uses none). The scaler starts at 2**16 and halves on every step whose
+gradients overflow, and such a step skips the optimizer (a faster step): `Step.settle` runs steps
+until one is applied, and `Step.skipped_steps` counts the skipped ones, so the timed loop's can be
+reported. fp16/bf16 cast weights and train them directly.
+
+torch.compile wraps the model only (the loss and optimizer stay eager), with `dynamic=False`: every
+cell has one fixed shape, so a shape change must recompile (counted) rather than turn dynamic.
+CUDA-graph modes (`uses_cudagraphs`) mark a step boundary each step; the `-freeze` modes set
+Inductor's freezing switch for the cell (`inductor_freezing`). `cold_compile_caches` gives a
+compiled cell empty Inductor/Triton caches, so its compile time does not depend on what compiled
+before it. `watch_compilation` follows dynamo's compile callbacks: when the process is compiling
+(for the runner's timeout) and how long CUDA graphs took to record (`cudagraph_recording_s`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+import os
+import shutil
+import tempfile
+import time
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,38 +43,112 @@ from torch import nn
 
 from bench.config.cell import split_compile
 from bench.config.precision import PrecisionPlan, autocast
-from bench.models import family_spec
-from rv_models.transfer import freeze_backbone
+
+# Most steps `Step.settle` runs: 30 halvings take the scale from 2**16 to 2**-14; overflowing still,
+# the gradients are inf unscaled, and the skipped steps are left for `amp_skipped_steps` to show.
+SETTLE_MAX_STEPS = 30
 
 
-def prepare_mode(model: nn.Module, mode: str) -> None:
-    """Put the model in the train/eval state and trainability the mode needs (in place)."""
-    if mode == "inference":
-        model.eval()
-    elif mode == "train":
-        model.train()
-    else:
-        freeze_backbone(model)
-        model.eval()
-        for module in model.modules():
-            if any(p.requires_grad for p in module.parameters(recurse=False)):
-                module.train()
-
-
-def make_optimizer(model: nn.Module, family: str) -> torch.optim.Optimizer:
-    """The usual optimizer of the model's family (named as in ModelEntry.family), from the family's
-    spec, over the trainable parameters."""
-    return family_spec(family).optimizer([p for p in model.parameters() if p.requires_grad])
+def uses_cudagraphs(compile_mode: str, device: torch.device) -> bool:
+    """Whether a cell replays CUDA graphs: reduce-overhead and max-autotune (frozen or not) on CUDA;
+    max-autotune-no-cudagraphs is max-autotune without them."""
+    return device.type == "cuda" and split_compile(compile_mode)[0] in ("reduce-overhead", "max-autotune")
 
 
 def compile_model(model: nn.Module, compile_mode: str) -> nn.Module:
-    """Wrap in torch.compile with a fresh dynamo state (stale caches from earlier cells in the
-    same process would count against the recompile limit); "none" returns the model unchanged."""
+    """Wrap in torch.compile (static shapes) with a fresh dynamo state (stale caches from earlier
+    cells in the same process would count against the recompile limit); "none" returns the model
+    unchanged. The reset clears dynamo's callbacks, so `watch_compilation` registers ours again."""
     if compile_mode == "none":
         return model
     torch._dynamo.reset()
+    watch_compilation()
     mode, _ = split_compile(compile_mode)
-    return torch.compile(model, mode=None if mode == "default" else mode)
+    return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
+
+
+@contextlib.contextmanager
+def cold_compile_caches(compile_mode: str) -> Iterator[None]:
+    """A compiled cell's Inductor and Triton caches: empty on entry, deleted on exit.
+
+    Inductor's on-disk caches (FX graphs, AOTAutograd, autotuning, Triton kernels under
+    TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR) would let a cell reuse what an earlier round or an
+    identical graph (rv vs torchvision ResNet) compiled, and its in-memory caches
+    (`torch._inductor.utils.clear_caches`) the kernels loaded in this process; so the directories
+    point at a new temporary one and the memory caches are cleared, for a cold `compile_s` every time.
+    Inductor passes both variables to its compile subprocesses with every job. Eager cells: no-op.
+    """
+    if compile_mode == "none":
+        yield
+        return
+    from torch._inductor.utils import clear_caches
+
+    directory = tempfile.mkdtemp(prefix="rvbench-inductor-")
+    env = {"TORCHINDUCTOR_CACHE_DIR": directory, "TRITON_CACHE_DIR": os.path.join(directory, "triton")}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    clear_caches()
+    try:
+        yield
+    finally:
+        clear_caches()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+_compile_listeners: list[Callable[[bool], None]] = []
+_recording = {"total_s": 0.0, "since": 0.0}
+
+
+def on_compilation(listener: Callable[[bool], None]) -> None:
+    """Call `listener(True)` when this process starts compiling (dynamo tracing a frame, or a lazily
+    compiled backward) and `listener(False)` when it stops; CUDA-graph recording is not compiling."""
+    _compile_listeners.append(listener)
+
+
+def cudagraph_recording_s() -> float:
+    """Seconds this process has spent recording CUDA graphs so far (cudagraph trees' record phase,
+    host time, from the synchronize before capture to the recorded graph), read before and after a
+    cell like `graphs_compiled`."""
+    return _recording["total_s"]
+
+
+def _started(args) -> None:
+    from torch._dynamo.callback import CallbackTrigger
+
+    if args.callback_trigger == CallbackTrigger.CUDAGRAPH_RECORDING:
+        _recording["since"] = time.perf_counter()
+    else:
+        for listener in _compile_listeners:
+            listener(True)
+
+
+def _ended(args) -> None:
+    from torch._dynamo.callback import CallbackTrigger
+
+    if args.callback_trigger == CallbackTrigger.CUDAGRAPH_RECORDING:
+        _recording["total_s"] += time.perf_counter() - _recording["since"]
+    else:
+        for listener in _compile_listeners:
+            listener(False)
+
+
+def watch_compilation() -> None:
+    """Register this module's callbacks with dynamo's callback handler, unless they are there.
+
+    torch._dynamo.callback_handler runs start callbacks when the outermost of (possibly nested)
+    compilation, lazy-backward compilation or CUDA-graph recording begins, and end callbacks with
+    the same arguments when it ends; `torch._dynamo.reset()` clears them, so call this after a reset.
+    """
+    from torch._dynamo.callback import callback_handler
+
+    if _started not in callback_handler.start_callbacks:
+        callback_handler.register_start_callback(_started)
+        callback_handler.register_end_callback(_ended)
 
 
 def inductor_freezing(compile_mode: str) -> contextlib.AbstractContextManager:
@@ -103,10 +188,59 @@ def graphs_compiled() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+class Step:
+    """One timed iteration (call it), and what the step counts about itself.
+
+    `cudagraphs`: whether each call marks a CUDA-graph step boundary. For amp-fp16 training (a
+    GradScaler), the optimizer steps the scaler skipped are counted with an optimizer step hook,
+    at no cost: the scaler already synchronises to decide.
+    """
+
+    def __init__(self, run: Callable[[], None], cudagraphs: bool,
+                 optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler | None) -> None:
+        self._run = run
+        self.cudagraphs = cudagraphs
+        self._scaler = scaler
+        self._scaled = scaler is not None
+        self._attempted = 0  # scaler steps tried
+        self._applied = 0  # optimizer steps that ran
+        self._calling = False  # another Step on the same optimizer (`eager_step`) must not count here
+        if self._scaled:
+            optimizer.register_step_post_hook(self._count_applied)
+
+    def _count_applied(self, *_: object) -> None:
+        self._applied += self._calling
+
+    def __call__(self) -> None:
+        self._calling = True
+        try:
+            self._run()
+        finally:
+            self._calling = False
+        self._attempted += 1
+
+    def skipped_steps(self) -> int | None:
+        """Optimizer steps the GradScaler has skipped so far (gradients with inf/NaN); None without a scaler."""
+        return self._attempted - self._applied if self._scaled else None
+
+    def grad_scale(self) -> float | None:
+        """The GradScaler's current scale (reading it synchronises the device); None without a scaler."""
+        return None if self._scaler is None else float(self._scaler.get_scale())
+
+    def settle(self) -> int:
+        """Run steps until the GradScaler applies one (its scale no longer overflows), at most
+        SETTLE_MAX_STEPS; returns the steps run (0 without a scaler, or once one was applied)."""
+        ran = 0
+        while self._scaled and self._applied == 0 and ran < SETTLE_MAX_STEPS:
+            self()
+            ran += 1
+        return ran
+
+
 def make_step(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor,
               plan: PrecisionPlan, optimizer: torch.optim.Optimizer | None,
-              cudagraph_steps: bool) -> Callable[[], None]:
-    """The step closure: one forward (inference) or one full optimisation step (train/finetune)."""
+              cudagraph_steps: bool) -> Step:
+    """The step: one forward (inference) or one full optimisation step (train/finetune)."""
     device = x.device
 
     def begin() -> None:
@@ -119,7 +253,7 @@ def make_step(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor,
             with torch.inference_mode(), autocast(plan, device):
                 model(x)
 
-        return infer
+        return Step(infer, cudagraph_steps, None, None)
 
     assert optimizer is not None, "train and finetune steps need an optimizer"
     scaler = torch.amp.GradScaler(device.type) if plan.autocast_dtype == torch.float16 else None
@@ -137,4 +271,4 @@ def make_step(model: nn.Module, mode: str, x: torch.Tensor, y: torch.Tensor,
             scaler.step(optimizer)
             scaler.update()
 
-    return train_step
+    return Step(train_step, cudagraph_steps, optimizer, scaler)

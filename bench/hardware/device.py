@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from bench.errors import UsageError
 
-# Precisions and compile modes that need CUDA: the CPU has no TF32, its fp16 kernels are
-# reference-quality only, and reduce-overhead means CUDA graphs.
-CUDA_ONLY_PRECISIONS = ("tf32", "amp-fp16", "fp16")
+# Precisions and compile modes that need CUDA: the CPU has no TF32 (so torch-default is fp32 there),
+# its fp16 kernels are reference-quality only, and reduce-overhead means CUDA graphs.
+CUDA_ONLY_PRECISIONS = ("tf32", "torch-default", "amp-fp16", "fp16")
 CUDA_ONLY_COMPILE = ("reduce-overhead",)
 
 

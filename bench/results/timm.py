@@ -1,9 +1,16 @@
 """The export of a run's results in the layout of timm's benchmark CSV (results_timm.csv).
 
-So that numbers measured here can be put next to the ones timm's own benchmark.py publishes.
-timm's `benchmark.py --torchcompile` compiles without Inductor freezing, so the compiled rows
-exported are the non-freezing ones; the `-freeze` compile modes have no timm counterpart and are
-left out.
+So that numbers measured here can be put next to the ones timm's own benchmark.py publishes, the
+export keeps only the rows that ran what timm's benchmark runs:
+- precision: timm's `--precision float32` leaves PyTorch's defaults (cuDNN TF32 on, matmul TF32
+  off), which is our `torch-default` on CUDA; on a CPU (no TF32) it is our `fp32`. CUDA `fp32`
+  (TF32 off everywhere) and `tf32` rows have no timm counterpart and are left out. `timm_precision`
+  names the timm precision each row matches, `precision` ours.
+- compile: timm's `--torchcompile` compiles without Inductor freezing, so the `-freeze` modes are
+  left out.
+- train: timm trains with SGD with Nesterov momentum (our `--optimizer sgd`, "sgd-nesterov") and no
+  GradScaler; `train_optimizer` names the optimizer of each train row (rows of different optimizers
+  are not merged), and amp-fp16 train rows ran a GradScaler.
 """
 
 from __future__ import annotations
@@ -20,24 +27,39 @@ TIMM_COLUMNS = [
     "infer_gmacs", "infer_macts", "train_samples_per_sec", "train_step_time", "train_batch_size",
     "train_img_size", "param_count",
 ]  # fmt: skip
-_TIMM_EXTRA = ["impl", "precision", "channels_last", "compile", "device"]
+_TIMM_EXTRA = ["impl", "precision", "timm_precision", "channels_last", "compile", "device"]
+# Our precision -> timm benchmark.py's `--precision` name, on CUDA and on a CPU.
+_TIMM_PRECISION = {
+    "cuda": {"torch-default": "float32", "amp-fp16": "amp", "amp-bf16": "amp_bfloat16", "fp16": "float16",
+             "bf16": "bfloat16"},
+    "cpu": {"fp32": "float32", "amp-bf16": "amp_bfloat16", "bf16": "bfloat16"},
+}
+
+
+def timm_precision(precision: str, device: str) -> str | None:
+    """The timm benchmark.py precision a row of ours matches on its device, None if none does."""
+    return _TIMM_PRECISION["cpu" if device == "cpu" else "cuda"].get(precision)
 
 
 def timm_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The ok inference/train cells in timm's benchmark-CSV layout, median over rounds; cells compiled
-    with Inductor freezing are left out (timm's --torchcompile does not freeze).
+    """The ok inference/train cells timm's benchmark could have run (see the module docstring), in
+    its benchmark-CSV layout, median over rounds.
 
-    One row per (arch, impl, precision, layout, compile, device, batch, image size); `model` is
-    the arch name and the identifying columns (impl, precision, ...) follow timm's columns.
-    Like timm: samples/s over the timed wall time, step time = mean ms per step, params in
-    millions.
+    One row per (arch, impl, precision, layout, compile, device, batch, image size) and train
+    optimizer; `model` is the arch name and the identifying columns (impl, precision, ...) follow
+    timm's columns. Like timm: samples/s over the timed wall time, step time = mean ms per step,
+    params in millions.
     """
     frozen = df["compile"].map(lambda mode: split_compile(str(mode))[1]).astype(bool)
-    ok = df[(df["status"] == "ok") & df["mode"].isin(["inference", "train"]) & ~frozen]
+    ok = df[(df["status"] == "ok") & df["mode"].isin(["inference", "train"]) & ~frozen].copy()
+    ok["timm_precision"] = [timm_precision(str(p), str(d)) for p, d in zip(ok["precision"], ok["device"])]
+    ok = ok[ok["timm_precision"].notna()]
+    ok["train_optimizer"] = ok["optimizer_used"] if "optimizer_used" in ok else None
     keys = ["arch", "batch_size", "image_size"] + _TIMM_EXTRA
     out = None
     for mode, prefix in (("inference", "infer"), ("train", "train")):
-        part = ok[ok["mode"] == mode].groupby(keys, dropna=False).agg(
+        part_keys = keys + ["train_optimizer"] if prefix == "train" else keys
+        part = ok[ok["mode"] == mode].groupby(part_keys, dropna=False).agg(
             samples_per_sec=("throughput_wall", "median"),
             step_time=("step_ms_mean", "median"),
             gmacs=("gflops_per_image", "first"),
@@ -56,4 +78,4 @@ def timm_table(df: pd.DataFrame) -> pd.DataFrame:
         out["param_count"] = out["param_count"].fillna(out.pop("param_count_train"))
     out["model"] = out["arch"]
     out["infer_macts"] = None
-    return out.reindex(columns=TIMM_COLUMNS + _TIMM_EXTRA)
+    return out.reindex(columns=TIMM_COLUMNS + _TIMM_EXTRA + ["train_optimizer"])

@@ -5,10 +5,16 @@ happens to a job - success, OOM, exception, hard crash of the worker, timeout - 
 row with a status, and the sweep goes on: a dead or hung worker is killed and a fresh one is
 started for the next job. Jobs are independent (each builds its model fresh), so the pool can
 later fan out over several GPUs without changing the protocol.
+
+The cell timeout (`--cell-timeout S`) bounds a cell's time outside compilation; the worker says when
+it compiles (bench.runner.worker), and compilation gets its own S seconds. So a max-autotune
+compile neither eats into a cell's running time nor makes a max-batch probe look like a misfit,
+and a hung compile is still killed. A worker runs in its own process group, killed as a whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -35,15 +41,27 @@ MAX_BATCH_LIMIT = 4096
 # ... nor beyond this one on a CPU: a CPU pages to swap long before it runs out of memory, each
 # probe of a larger model at batch 512+ takes minutes, and CPU throughput is flat well before 256.
 CPU_MAX_BATCH_LIMIT = 256
+# Characters of an error's last line kept as a max-batch search's limit reason.
+REASON_CHARS = 200
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class WorkerLost(Exception):
-    """The worker died (status error) or was killed for running too long (status timeout)."""
+    """The worker died (status error) or was killed for running too long (status timeout), while
+    compiling or not."""
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: str, message: str, compiling: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.compiling = compiling
+
+
+class SearchEnded(Exception):
+    """A max-batch search met a failure that is no size limit; `reply` becomes its row."""
+
+    def __init__(self, reply: dict) -> None:
+        super().__init__(reply["message"])
+        self.reply = reply
 
 
 class Worker:
@@ -60,12 +78,17 @@ class Worker:
         with open(self._log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.runner.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=log, env=env, text=True, bufsize=1,
+                stderr=log, env=env, text=True, bufsize=1, start_new_session=True,
             )
         self._replies = queue.Queue()
         threading.Thread(target=self._pump, args=(self._proc.stdout, self._replies), daemon=True).start()
         if self._replies.get() is None:
             raise WorkerLost("error", f"worker failed to start; see {self._log_path}")
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id while one runs (None before the first request and after a stop)."""
+        return None if self._proc is None else self._proc.pid
 
     @staticmethod
     def _pump(stream, replies: queue.Queue) -> None:
@@ -74,34 +97,61 @@ class Worker:
         replies.put(None)
 
     def request(self, payload: dict, timeout: float | None) -> dict:
-        """Send one request and wait for its reply; raise WorkerLost on a crash or timeout."""
+        """Send one request and wait for its reply; raise WorkerLost on a crash or timeout.
+
+        `timeout` bounds the time outside compilation and, separately, the time compiling.
+        """
         try:
             if self._proc is None or self._proc.poll() is not None:
                 self._start()
             self._proc.stdin.write(json.dumps(payload) + "\n")
             self._proc.stdin.flush()
-            line = self._replies.get(timeout=timeout)
+            reply = self._reply(timeout)
         except BrokenPipeError:
-            line = None
-        except queue.Empty:
-            self.stop()
-            raise WorkerLost("timeout", f"over --cell-timeout {timeout:g} s: worker killed and restarted") from None
-        if line is None:
+            reply = None
+        if reply is None:
             rc = self._proc.wait()
             how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
-            self._proc = None
+            self.stop()  # its process group may outlive it
             raise WorkerLost("error", f"worker crashed ({how}); restarted; see {self._log_path.name}")
-        reply = json.loads(line)
         if reply.get("worker_exits"):
             self.stop()  # it exits by itself (sticky CUDA error); reap it so the next job starts a fresh one
         return reply
 
+    def _reply(self, timeout: float | None) -> dict | None:
+        """The request's reply (None if the worker died), following its compiling notices: two
+        budgets of `timeout` seconds, one spent while compiling, one otherwise."""
+        left = {False: timeout, True: timeout}
+        compiling = False
+        while True:
+            waited = time.monotonic()
+            try:
+                line = self._replies.get(timeout=None if timeout is None else max(left[compiling], 0.0))
+            except queue.Empty:
+                self.stop()
+                what = "compiling" if compiling else "outside compilation"
+                raise WorkerLost("timeout", f"over --cell-timeout {timeout:g} s {what}: worker killed and restarted",
+                                 compiling=compiling) from None
+            if timeout is not None:
+                left[compiling] -= time.monotonic() - waited
+            if line is None:
+                return None
+            message = json.loads(line)
+            if "compiling" not in message:
+                return message
+            compiling = message["compiling"]
+
     def stop(self) -> None:
-        """Kill the process (a hung cell will not listen to anything gentler)."""
+        """Kill the worker's process group: the worker and Inductor's compile subprocesses (a hung
+        cell will not listen to anything gentler)."""
         if self._proc is not None:
-            self._proc.kill()
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # the group is gone: worker and children exited
             self._proc.wait()
-            self._proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError):  # a request the dead worker never read
+                self._proc.stdin.close()
             self._proc = None
 
 
@@ -117,6 +167,11 @@ class WorkerPool:
         if device not in self._workers:
             self._workers[device] = Worker(self._run_dir / f"worker-{device.replace(':', '')}.log")
         return self._workers[device].request(payload, timeout)
+
+    def restart(self, device: str) -> None:
+        """Stop the device's worker, so its next request starts a fresh one."""
+        if device in self._workers:
+            self._workers[device].stop()
 
     def close(self) -> None:
         """Stop every worker."""
@@ -195,6 +250,10 @@ class Runner:
             "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
             "wall_s": round(time.time() - started, 3),
         }
+        # Everything but the timed loop (worker start, build, warm-up, compilation, the protocol);
+        # null for a row whose cell did not finish timing.
+        timed_s = reply.get("result", {}).get("timed_s")
+        identity["overhead_s"] = None if timed_s is None else round(identity["wall_s"] - timed_s, 3)
         return {**reply.get("result", {}), **self.env, **identity}
 
     def run(self, job: Job) -> tuple[dict, list[float]]:
@@ -203,46 +262,70 @@ class Runner:
         if not job.max_batch:
             reply = self._measure(job.cell, self._timing)
             return self._row(job, job.cell, reply, started, {}), reply.get("samples_ms", [])
-        best, oom_at, failure = self._search(job.cell)
-        if failure is not None:
-            return self._row(job, job.cell, failure, started, {"max_batch_oom_at": None}), []
+        try:
+            best, misfit_at, reason = self._search(job.cell)
+        except SearchEnded as ended:
+            return self._row(job, job.cell, ended.reply, started, _limit(None, None)), []
         if best is None:
-            reply = {"status": "oom", "message": "batch size 1 does not fit (out of memory, crash or timeout)"}
-            return self._row(job, job.cell, reply, started, {"max_batch_oom_at": 1}), []
+            status = "timeout" if reason.startswith("timeout") else "oom"
+            reply = {"status": status, "message": f"batch size 1 does not fit ({reason})"}
+            return self._row(job, job.cell, reply, started, _limit(1, reason)), []
         cell = dataclasses.replace(job.cell, batch_size=best)
         reply = self._measure(cell, self._timing)
-        return self._row(job, cell, reply, started, {"max_batch_oom_at": oom_at}), reply.get("samples_ms", [])
+        return self._row(job, cell, reply, started, _limit(misfit_at, reason)), reply.get("samples_ms", [])
 
-    def _search(self, base: Cell) -> tuple[int | None, int | None, dict | None]:
-        """Largest batch that fits: double until it does not, then bisect. (best, first misfit, failure).
+    def _misfit(self, base: Cell, batch: int) -> str | None:
+        """None if a one-step probe at `batch` runs, else why not (`max_batch_limit_reason`).
 
-        Probes use a one-step timing config. "Does not fit" is an OOM, a worker crash (how the
-        kernel's OOM killer shows on a CPU) or a timeout; an exception in the cell is a bug, not
-        a size limit, so it ends the search and becomes the row. Doubling stops at
-        MAX_BATCH_LIMIT (CPU_MAX_BATCH_LIMIT on a CPU).
+        Reasons: "oom"; "crash" (the worker died: how the kernel's OOM killer shows on a CPU);
+        "timeout" (too slow outside compilation: a CPU paging to swap) or "timeout compiling";
+        "error: <exception line>" (a kernel that cannot take the size, say more than 2**31 elements).
+        An error is retried once in a fresh worker first, since it may be a leftover of the previous
+        failed probe (a CUDA graph invalidated by an OOM). Raises SearchEnded for what no batch
+        size explains: an error at batch 1 (a bug) or a cell the device cannot run (skipped).
         """
-        def fits(batch: int) -> bool:
+        cell = dataclasses.replace(base, batch_size=batch)
+        for attempt in range(2):
             try:
-                reply = self._request(dataclasses.replace(base, batch_size=batch), self._probe_timing)
-            except WorkerLost:
-                return False
-            if reply["status"] not in ("ok", "oom"):
-                raise WorkerLost(reply["status"], f"at batch size {batch}: {reply['message']}")
-            return reply["status"] == "ok"
+                reply = self._request(cell, self._probe_timing)
+            except WorkerLost as lost:
+                if lost.status == "timeout":
+                    return "timeout compiling" if lost.compiling else "timeout"
+                return "crash"
+            if reply["status"] in ("ok", "oom"):
+                return None if reply["status"] == "ok" else "oom"
+            if reply["status"] == "skipped" or batch == 1:
+                raise SearchEnded({"status": reply["status"], "message": f"at batch size {batch}: {reply['message']}"})
+            if attempt == 0:
+                self._pool.restart(base.device)
+        lines = [line for line in reply["message"].splitlines() if line.strip()]
+        return "error: " + (lines[-1].strip() if lines else "unknown")[:REASON_CHARS]
 
+    def _search(self, base: Cell) -> tuple[int | None, int | None, str]:
+        """Largest batch that fits: double until it does not, then bisect.
+
+        Returns (best, smallest batch that did not fit, why it did not: see `_misfit`), or
+        (best, None, "limit") when every batch up to MAX_BATCH_LIMIT (CPU_MAX_BATCH_LIMIT on a
+        CPU) fit. Probes use a one-step timing config; their compilation does not count against
+        their timeout (see the module docstring).
+        """
         limit = CPU_MAX_BATCH_LIMIT if base.device == "cpu" else MAX_BATCH_LIMIT
-        best, oom_at = None, None
-        try:
-            batch = 1
-            while batch <= limit and fits(batch):
-                best, batch = batch, batch * 2
-            oom_at = batch if batch <= limit else None
-            while best is not None and oom_at is not None and oom_at - best > 1:
-                mid = (best + oom_at) // 2
-                best, oom_at = (mid, oom_at) if fits(mid) else (best, mid)
-        except WorkerLost as lost:
-            return None, None, {"status": lost.status, "message": str(lost)}
-        return best, oom_at, None
+        best, misfit_at, reason = None, None, "limit"
+        batch = 1
+        while batch <= limit:
+            why = self._misfit(base, batch)
+            if why is not None:
+                misfit_at, reason = batch, why
+                break
+            best, batch = batch, batch * 2
+        while best is not None and misfit_at is not None and misfit_at - best > 1:
+            mid = (best + misfit_at) // 2
+            why = self._misfit(base, mid)
+            if why is None:
+                best = mid
+            else:
+                misfit_at, reason = mid, why
+        return best, misfit_at, reason
 
     def profile(self, cells: list[Cell], profiles_dir: Path) -> list[str]:
         """Profile each cell into profiles_dir/<arch>-<impl>/ with bench.profiling.profile in its worker.
@@ -264,6 +347,11 @@ class Runner:
     def close(self) -> None:
         """Stop all workers."""
         self._pool.close()
+
+
+def _limit(misfit_at: int | None, reason: str | None) -> dict:
+    """The columns of a max-batch search row: the smallest batch that did not fit, and why."""
+    return {"max_batch_oom_at": misfit_at, "max_batch_limit_reason": reason}
 
 
 def profile_cells(df: pd.DataFrame) -> list[Cell]:

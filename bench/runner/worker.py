@@ -6,19 +6,27 @@ the protocol). After start-up the worker says {"ready": true}. Requests:
     {"op": "env", "device": D}                        -> {"env": {...}}
     {"op": "cell", "cell": {...}, "timing": {...}}    -> {"status", "message", "result", "samples_ms"}
     {"op": "profile", "cell": {...}, "out_dir": P}    -> {"status", "message"}
-Each cell builds its model fresh, so nothing (weights, compile caches) leaks between cells.
+While a request runs, the worker also writes {"compiling": true} when it starts compiling and
+{"compiling": false} when it stops (bench.execute.step.on_compilation), so the runner can keep
+compilation off a cell's running time (see Runner). Each cell builds its model fresh, and a compiled
+cell compiles with empty caches (`cold_compile_caches`), so nothing (weights, compile caches) leaks
+between cells.
 A crash of this process only costs the cell in flight: the runner records it and restarts us.
 A CUDA error that poisons the context (illegal memory access, device-side assert) fails every
 later CUDA call of the process, so after replying to such a cell the reply carries
 "worker_exits": true and the worker exits; the runner starts a fresh one for the next cell.
 An OOM does not poison the context (its memory is released), so the worker carries on.
+The runner starts the worker in its own session and kills its whole process group, so Inductor's
+compile subprocesses die with it; if the runner itself dies, the worker kills its group too.
 
 Test hook: RVBENCH_FAULT="KIND:SUBSTRING[@MINBATCH];..." injects a failure into every cell whose
 label contains SUBSTRING (and whose batch size is >= MINBATCH, if given). KIND is one of
     crash  the worker kills itself with SIGKILL (a hard crash)
     oom    raises torch.cuda.OutOfMemoryError
     error  raises RuntimeError
-    hang   sleeps forever (for --cell-timeout)
+    hang   starts a child process (as Inductor starts its compile workers), logs its pid, sleeps forever
+    compile  spends FAULT_COMPILE_S in a simulated compilation (through dynamo's compile callbacks)
+             before measuring the cell as usual
     cudaerror  raises the RuntimeError of an illegal memory access (a sticky CUDA error)
 Only this module reads the variable; it exists for the runner's tests.
 """
@@ -29,16 +37,21 @@ import gc
 import json
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
+from typing import IO
 
 from bench.config.cell import Cell
 from bench.errors import UsageError
 
 FAULT_ENV = "RVBENCH_FAULT"
-FAULT_KINDS = ("crash", "oom", "error", "hang", "cudaerror")
+FAULT_KINDS = ("crash", "oom", "error", "hang", "cudaerror", "compile")
+FAULT_COMPILE_S = 11.0
+PARENT_POLL_S = 1.0
 # Messages of CUDA errors after which the process's CUDA context is unusable.
 STICKY_CUDA_ERRORS = ("cuda error", "illegal memory access", "device-side assert")
 TRACEBACK_CHARS = 2000
@@ -66,9 +79,19 @@ def _inject(kind: str, cell: Cell) -> None:
     if kind == "error":
         raise RuntimeError(f"injected error in {cell.label()}")
     if kind == "hang":
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(10**6)"])
+        print(f"worker {os.getpid()}: injected hang, child {child.pid}", file=sys.stderr, flush=True)
         time.sleep(10**6)
     if kind == "cudaerror":
         raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+    if kind == "compile":
+        from torch._dynamo.callback import CallbackTrigger, callback_handler
+
+        from bench.execute.step import watch_compilation
+
+        watch_compilation()
+        with callback_handler.install_callbacks(CallbackTrigger.DYNAMO, "injected"):
+            time.sleep(FAULT_COMPILE_S)
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -111,10 +134,12 @@ def measure(cell: Cell, timing: dict) -> dict:
         fault = _injected_fault(cell)
         if fault:
             _inject(fault, cell)
-        from bench.measure.cell import measure_cell
         from bench.config.sweep import TimingConfig
+        from bench.execute.step import cold_compile_caches
+        from bench.measure.cell import measure_cell
 
-        result = measure_cell(cell, TimingConfig(**timing))
+        with cold_compile_caches(cell.compile):
+            result = measure_cell(cell, TimingConfig(**timing))
     except UsageError as exc:
         return {"status": "skipped", "message": str(exc)}
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row, the sweep goes on
@@ -167,23 +192,39 @@ def handle(request: dict) -> dict:
     return measure(cell, request["timing"])
 
 
+def _send(replies: IO[str], message: dict) -> None:
+    replies.write(json.dumps(message, default=str) + "\n")
+    replies.flush()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Kill this worker's process group (itself and its compile subprocesses) once the runner is gone:
+    a runner killed with SIGKILL cannot kill us, and a hung cell never reads the closed stdin."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    if os.getpgid(0) == os.getpid():
+        os.killpg(0, signal.SIGKILL)
+    os._exit(1)
+
+
 def main() -> None:
     """Serve requests until stdin closes. Ctrl-C is the runner's to handle, not ours."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    import torch  # noqa: F401 - imported before "ready" so start-up is not billed to a cell's timeout
+    # Imported before "ready" so start-up is not billed to a cell's timeout.
+    from bench.execute.step import on_compilation
 
+    on_compilation(lambda compiling: _send(replies, {"compiling": compiling}))
     print(f"worker {os.getpid()} started", file=sys.stderr, flush=True)
-    replies.write(json.dumps({"ready": True}) + "\n")
-    replies.flush()
+    _send(replies, {"ready": True})
     for line in sys.stdin:
         reply = handle(json.loads(line))
         if reply.get("worker_exits"):
             # Logged before the reply: once the runner reads the reply it may kill us at any moment.
             print(f"worker {os.getpid()}: sticky CUDA error, exiting for a fresh context", file=sys.stderr, flush=True)
-        replies.write(json.dumps(reply, default=str) + "\n")
-        replies.flush()
+        _send(replies, reply)
         if reply.get("worker_exits"):
             os._exit(1)
 

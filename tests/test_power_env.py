@@ -1,18 +1,14 @@
-"""Power sampling (with a fake NVML), its absence, the environment columns and the device table."""
+"""The environment columns, the device table and CPU memory (power through NVML: test_power_nvml.py)."""
 
 from __future__ import annotations
 
 import mmap
 import re
-import sys
 import time
-import types
-import warnings
 
 import pytest
 import torch
 
-from bench.measure import power
 from bench.hardware.gpus import H100_NVL, H100_PCIE, H100_SXM, H200_NVL, H200_SXM, match_device, peak_tflops_for
 from bench.measure.env import collect_env
 from bench.errors import UsageError
@@ -23,107 +19,6 @@ ENV_KEYS = [
     "env_driver", "env_sm_count", "env_gpu_mem_gb", "env_cpu", "env_threads", "env_os", "env_python",
     "env_host", "env_git_commit", "env_git_dirty", "env_timestamp",
 ]  # fmt: skip
-
-
-class FakeNvmlError(Exception):
-    pass
-
-
-def fake_nvml(energy: bool = True, util: bool = True, init_fails: bool = False) -> types.ModuleType:
-    """A pynvml stand-in: 200 W, fixed clocks, energy counter advancing 1 J per read."""
-    nvml = types.ModuleType("pynvml")
-    nvml.NVMLError = FakeNvmlError
-    nvml.NVML_CLOCK_SM, nvml.NVML_CLOCK_MEM, nvml.NVML_TEMPERATURE_GPU = 1, 2, 0
-    counter = {"mj": 5_000, "inits": 0}
-
-    def init():
-        if init_fails:
-            raise FakeNvmlError("Driver Not Loaded")
-        counter["inits"] += 1
-
-    def shutdown():
-        counter["inits"] -= 1
-
-    def total_energy(handle):
-        if not energy:
-            raise FakeNvmlError("Not Supported")
-        counter["mj"] += 1_000
-        return counter["mj"]
-
-    def utilization(handle):
-        if not util:
-            raise FakeNvmlError("Not Supported")
-        return types.SimpleNamespace(gpu=90, memory=40)
-
-    nvml.nvmlInit, nvml.nvmlShutdown = init, shutdown
-    nvml.nvmlDeviceGetPowerUsage = lambda h: 200_000
-    nvml.nvmlDeviceGetClockInfo = lambda h, kind: 1980 if kind == 1 else 2619
-    nvml.nvmlDeviceGetTemperature = lambda h, kind: 61
-    nvml.nvmlDeviceGetUtilizationRates = utilization
-    nvml.nvmlDeviceGetCurrentClocksThrottleReasons = lambda h: 0x4
-    nvml.nvmlDeviceGetTotalEnergyConsumption = total_energy
-    nvml.counter = counter
-    return nvml
-
-
-def _monitor_columns(nvml: types.ModuleType, images: int = 10) -> dict:
-    nvml.nvmlInit()
-    monitor = power.PowerMonitor(nvml, handle=object())
-    monitor.start()
-    time.sleep(0.02)
-    monitor.stop()
-    return monitor.columns(images)
-
-
-def test_energy_from_the_counter():
-    nvml = fake_nvml()
-    cols = _monitor_columns(nvml)
-    assert cols["energy_source"] == "counter"
-    assert cols["energy_j_per_image"] == pytest.approx(1.0 / 10)
-    assert (cols["power_w_mean"], cols["power_w_max"]) == (200.0, 200.0)
-    assert (cols["sm_clock_mhz"], cols["mem_clock_mhz"], cols["temp_c_max"]) == (1980, 2619, 61)
-    assert cols["gpu_util_pct"] == 90
-    assert cols["throttle_reasons"] == "sw_power_cap"
-    assert cols["power_note"] == ""
-    assert nvml.counter["inits"] == 0  # the monitor released its NVML reference
-
-
-def test_energy_integrated_without_counter_and_missing_fields_are_none():
-    cols = _monitor_columns(fake_nvml(energy=False, util=False), images=4)
-    assert cols["energy_source"] == "integrated"
-    assert cols["gpu_util_pct"] is None
-    # 200 W over at least the 20 ms slept: at least 4 J in all, 1 J per image.
-    assert cols["energy_j_per_image"] >= 200 * 0.02 / 4
-
-
-def test_decode_throttle_reasons():
-    assert power.decode_throttle(0) == ""
-    assert power.decode_throttle(0x4 | 0x40) == "sw_power_cap,hw_thermal_slowdown"
-    assert power.decode_throttle(0x1 | 0x10000) == "gpu_idle,0x10000"
-
-
-def test_nvml_not_installed(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` raise ImportError
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert power.open_nvml() == (None, "nvidia-ml-py (pynvml) is not installed")
-        note = power.power_monitor(torch.device("cuda:0"))
-    assert note == "nvidia-ml-py (pynvml) is not installed"
-    cols = power.empty_columns(note)
-    assert all(cols[k] is None for k in power.POWER_COLUMNS)
-    assert cols["power_note"] == note
-
-
-def test_nvml_init_failure(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(init_fails=True))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        note = power.power_monitor(torch.device("cuda:0"))
-    assert note == "NVML unavailable: Driver Not Loaded"
-
-
-def test_no_power_on_cpu():
-    assert power.power_monitor(torch.device("cpu")) == "no power measurement on cpu"
 
 
 def test_collect_env_cpu():

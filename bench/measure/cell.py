@@ -5,13 +5,22 @@ Order of events in a cell:
 1-2. `bench.execute.prepare.prepared_cell`: check the cell, set the precision's global switches,
    build (seeded), set the mode, cast and lay out the model, make the fixed random batch;
 3. compiled cells only: the first step, synchronised, is `compile_s` (it also compiles backward);
-4. warm-up, then the timed loop, around which CUDA memory peaks and NVML power are sampled;
+4. warm-up; on CUDA, gradients dropped, cache emptied, peaks reset and memory at rest read, then one
+   untimed step to refill the cache (bench.measure.memory); the power monitor starts last, right
+   before the timed loop, and stops right after its final synchronisation;
 5. `prepared_cell` releases the model, compile caches and CUDA cache and restores the switches.
+
+A row with power (a CUDA device NVML can read) times at least `POWER_MIN_S`, whatever the
+preset's `min_s` and `max_iters`: NVML's readings need seconds to mean anything (bench.measure.power).
 
 Recompilations are dynamo graphs compiled after the first step: `recompiles` counts those in
 warm-up and timing, `recompiles_timed` those inside the timed loop (its samples then include
 compilation, and the row says so instead of hiding it). Both are 0 for eager cells.
 `inductor_freezing` is Inductor's freezing switch as the compiled cell ran (False for eager cells).
+`cudagraph_record_s`: seconds spent recording CUDA graphs in the cell (warm-up, where cudagraph
+trees record), for CUDA-graph cells only. `optimizer_used` names the train/finetune optimizer;
+`amp_skipped_steps` counts the GradScaler's skipped optimizer steps inside the timed loop (amp-fp16
+training only; warm-up first runs until a step is applied, `Step.settle`).
 
 FLOPs: `gflops_per_step` is forward FLOPs x batch for inference and forward+backward FLOPs x
 batch for train. For finetune it is forward FLOPs x batch: the frozen backbone runs no backward,
@@ -23,6 +32,8 @@ step; `mfu` divides it by the device's dense peak for the precision (None on CPU
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import sys
 import time
 from typing import Iterator
 
@@ -32,28 +43,44 @@ from bench.config.cell import Cell
 from bench.config.precision import numerics_state
 from bench.config.sweep import TimingConfig
 from bench.counting.flops import count_params
+from bench.counting.memory import predict_cell_peak
 from bench.execute.prepare import BuiltCell, flops_per_image, prepared_cell
-from bench.execute.step import freezing_enabled, graphs_compiled
+from bench.execute.step import cudagraph_recording_s, freezing_enabled, graphs_compiled
+from bench.models.training import optimizer_name
 from bench.hardware.gpus import peak_tflops_for
 from bench.measure.memory import CudaPeak, RssPeak, weights_bytes
-from bench.measure.power import PowerMonitor, empty_columns, power_monitor
+from bench.measure.power import POWER_MIN_S, PowerMonitor, empty_columns, power_monitor
 from bench.measure.timing import summarize, synchronize, time_callable
 
 
 @contextlib.contextmanager
-def _timed_window(device: torch.device, window: dict) -> Iterator[None]:
-    """Entered right around the timed loop: CUDA peaks, power sampling, compiled-graph count."""
-    with contextlib.ExitStack() as stack:
-        if device.type == "cuda":
-            window["cuda"] = stack.enter_context(CudaPeak(device))
-        monitor = power_monitor(device)
-        window["power"] = monitor
-        if isinstance(monitor, PowerMonitor):
-            monitor.start()
-            stack.callback(monitor.stop)
-        window["graphs_before"] = graphs_compiled()
+def _timed_window(built: BuiltCell, monitor: PowerMonitor | str, window: dict) -> Iterator[None]:
+    """Entered right before the timed loop: CUDA memory at rest, compiled-graph count, power.
+
+    The memory peaks are read only after a loop that finished; the power monitor's thread is
+    stopped whatever happened.
+    """
+    built.step.settle()  # amp-fp16 training: warm up until the GradScaler's scale stops overflowing
+    peak = None
+    if built.device.type == "cuda":
+        peak = window["cuda"] = CudaPeak(built.device)
+        optimizer = built.optimizer
+        peak.start(None if optimizer is None else lambda: optimizer.zero_grad(set_to_none=True))
+        built.step()
+        synchronize(built.device)
+    window["graphs_before"] = graphs_compiled()
+    window["skipped_before"] = built.step.skipped_steps()
+    if isinstance(monitor, PowerMonitor):
+        monitor.start()
+    try:
         yield
-        window["graphs_after"] = graphs_compiled()
+    finally:
+        if isinstance(monitor, PowerMonitor):
+            monitor.stop()
+    window["graphs_after"] = graphs_compiled()
+    window["skipped_after"] = built.step.skipped_steps()
+    if peak is not None:
+        peak.stop()
 
 
 def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
@@ -61,11 +88,15 @@ def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
     params_total, params_trainable = count_params(built.model)
     weights = weights_bytes(built.model)
     step = built.step
+    monitor = power_monitor(device)
+    if isinstance(monitor, PowerMonitor):
+        timing = dataclasses.replace(timing, min_s=max(timing.min_s, POWER_MIN_S), max_iters=sys.maxsize)
 
     rss = RssPeak() if device.type == "cpu" else None
     window: dict = {}
     if rss is not None:
         rss.start()
+    recorded_s = cudagraph_recording_s()
     try:
         compile_s = None
         if cell.compile != "none":
@@ -74,14 +105,13 @@ def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
             synchronize(device)
             compile_s = time.perf_counter() - start
         graphs_first = graphs_compiled()
-        result = time_callable(step, device, timing, around_timed=_timed_window(device, window))
+        result = time_callable(step, device, timing, around_timed=_timed_window(built, monitor, window))
     finally:
         if rss is not None:
             rss.stop()
 
     stats = summarize(result.samples_ms, cell.batch_size, result.timed_s)
     memory = rss.columns(weights) if rss is not None else window["cuda"].columns(weights)
-    monitor = window["power"]
     images = cell.batch_size * stats["n_iters"]
     power = monitor.columns(images) if isinstance(monitor, PowerMonitor) else empty_columns(monitor)
     forward, per_image = flops_per_image(cell)
@@ -95,11 +125,17 @@ def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
         "gflops_per_step": gflops_per_step,
         **stats,
         "warmup_iters": result.warmup_iters,
+        "build_s": built.build_s,
         "compile_s": compile_s,
         "recompiles": window["graphs_after"] - graphs_first,
         "recompiles_timed": window["graphs_after"] - window["graphs_before"],
         "inductor_freezing": freezing_enabled(cell.compile),
+        "cudagraph_record_s": cudagraph_recording_s() - recorded_s if step.cudagraphs else None,
+        "optimizer_used": optimizer_name(built.optimizer),
+        "amp_skipped_steps": None if window["skipped_before"] is None
+        else window["skipped_after"] - window["skipped_before"],
         **memory,
+        "mem_predicted_mb": predict_cell_peak(cell) / 2**20,
         **power,
         "achieved_tflops": achieved,
         "mfu": None if peak is None else achieved / peak,

@@ -1,9 +1,24 @@
 """GPU power, clocks, temperature and energy during the timed loop, sampled through NVML.
 
-A background thread polls nvidia-ml-py every `POWER_INTERVAL_S` while the loop runs. Energy per
-image comes from the board's total-energy counter (Volta and newer) read at both ends of the
-loop (`energy_source = "counter"`); where the counter is missing it is the trapezoid integral of
-the sampled power (`"integrated"`, coarser: NVML's power reading is itself averaged by the driver).
+- NVML is initialised once per process (`process_nvml`), the first time a cell needs it, and never
+  shut down: a worker measures many cells, and nvmlInit costs tens of milliseconds each time.
+- A CUDA device is matched to its NVML handle by UUID (`nvml_device`), never by index: CUDA and
+  NVML may number devices differently (CUDA_VISIBLE_DEVICES, fastest-first ordering). A UUID that
+  NVML does not know gives no power columns, and `power_note` says so. A MIG slice gives none
+  either: NVML's power and energy are the whole board's, shared by all its slices.
+- Power is `NVML_FI_DEV_POWER_INSTANT` (through `nvmlDeviceGetFieldValues`) where the driver has
+  it, `power_source = "instant"`; otherwise `nvmlDeviceGetPowerUsage`, which on Ampere and newer
+  is a trailing average over about one second (`"average"`).
+- A background thread polls every `POWER_INTERVAL_S` strictly inside the timed loop (no sample at
+  its edges, where the GPU is idle); a row with power times at least `POWER_MIN_S`, so a trailing
+  average and the energy counter's update period are small next to the loop (`timed_s` shows it).
+- Energy per image comes from the board's total-energy counter (Volta and newer) read at both ends
+  of the loop (`energy_source = "counter"`); where the counter is missing it is the mean sampled
+  power times the loop's duration (`"integrated"`).
+- nvidia-ml-py marks `nvmlDeviceGetCurrentClocksThrottleReasons` and `nvmlDeviceGetTemperature`
+  as removed in CUDA 14: their successors are tried first, and a query the binding lacks
+  (AttributeError) or the driver refuses (NVMLError) reads as "not reported".
+
 Without nvidia-ml-py, without a driver, or on the CPU, every column is None and `power_note`
 says why; nothing is raised and nothing is warned.
 """
@@ -11,16 +26,20 @@ says why; nothing is raised and nothing is warned.
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
+import statistics
+import time
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from bench.measure.sampler import BackgroundSampler
 
 POWER_INTERVAL_S = 0.05
+POWER_MIN_S = 3.0
 
 # NVML clock-event ("throttle") reason bits, from nvml.h.
 THROTTLE_REASONS = {
@@ -37,9 +56,13 @@ THROTTLE_REASONS = {
     0x400: "reliability",
 }
 
+# The member of nvmlValue_t that holds a field value, indexed by NVML_VALUE_TYPE_* (0..6).
+_VALUE_MEMBERS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
+MIG_NOTE = "MIG slice: NVML's power and energy are the whole board's, shared by all its slices"
+
 POWER_COLUMNS = (
-    "power_w_mean", "power_w_max", "sm_clock_mhz", "mem_clock_mhz", "temp_c_max", "gpu_util_pct",
-    "throttle_reasons", "energy_j_per_image", "energy_source",
+    "power_w_mean", "power_w_max", "power_source", "sm_clock_mhz", "mem_clock_mhz", "temp_c_max",
+    "gpu_util_pct", "throttle_reasons", "energy_j_per_image", "energy_source",
 )  # fmt: skip
 
 
@@ -53,7 +76,10 @@ def decode_throttle(mask: int) -> str:
 
 
 def open_nvml() -> tuple[ModuleType | None, str]:
-    """Import and initialise pynvml; returns (module, "") or (None, why not)."""
+    """Import and initialise pynvml; returns (module, "") or (None, why not).
+
+    Each successful call holds one nvmlInit reference, which the caller releases with nvmlShutdown.
+    """
     try:
         import pynvml
     except ImportError:
@@ -65,25 +91,98 @@ def open_nvml() -> tuple[ModuleType | None, str]:
     return pynvml, ""
 
 
-def nvml_handle(nvml: ModuleType, index: int) -> Any:
-    """The NVML handle of CUDA device `index`.
+@functools.cache
+def process_nvml() -> tuple[ModuleType | None, str]:
+    """`open_nvml` once for this process, kept open for its life (see the module docstring)."""
+    return open_nvml()
 
-    Matched by UUID, because CUDA and NVML may number devices differently (CUDA_VISIBLE_DEVICES,
-    fastest-first ordering); by index where torch exposes no UUID or NVML does not know it (a MIG
-    slice has its own UUID; NVML's power readings are the whole board's anyway).
-    """
-    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-    if uuid is not None:
+
+def nvml_query(nvml: ModuleType, handle: Any, *calls: tuple) -> Any:
+    """The answer of the first of `calls`, each `(function name, *extra arguments)`, that this
+    binding has and this driver supports for `handle`; None when none does."""
+    for name, *args in calls:
         try:
-            return nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
-        except nvml.NVMLError:
-            pass
-    return nvml.nvmlDeviceGetHandleByIndex(index)
+            return getattr(nvml, name)(handle, *args)
+        except (AttributeError, nvml.NVMLError):
+            continue
+    return None
+
+
+def _is_mig(nvml: ModuleType, handle: Any) -> bool:
+    """A MIG device handle, or a board in MIG mode (CUDA then sees only its slices, so a CUDA
+    device matched to the board by UUID is one of them)."""
+    if nvml_query(nvml, handle, ("nvmlDeviceIsMigDeviceHandle",)):
+        return True
+    modes = nvml_query(nvml, handle, ("nvmlDeviceGetMigMode",))
+    return modes is not None and modes[0] == nvml.NVML_DEVICE_MIG_ENABLE
+
+
+def nvml_device(device: torch.device) -> tuple[ModuleType, Any] | str:
+    """(pynvml, the NVML handle) of CUDA device `device`, or why there is none to read power from.
+
+    torch reports the device's UUID without a prefix; NVML names a whole GPU "GPU-<uuid>" and a MIG
+    slice "MIG-<uuid>" (drivers >= R470), so both are tried. A known UUID that NVML does not find is
+    reported, never replaced by NVML index N, which may be another board.
+    """
+    if device.type != "cuda":
+        return f"no power measurement on {device.type}"
+    nvml, why = process_nvml()
+    if nvml is None:
+        return why
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    if uuid is None:
+        return f"torch reports no UUID for {device}: its NVML device is unknown"
+    for prefix in ("GPU-", "MIG-"):
+        try:
+            handle = nvml.nvmlDeviceGetHandleByUUID(f"{prefix}{uuid}")
+        except (AttributeError, nvml.NVMLError):
+            continue
+        return MIG_NOTE if prefix == "MIG-" or _is_mig(nvml, handle) else (nvml, handle)
+    return f"NVML has no device with UUID {uuid} ({device})"
+
+
+def instant_power_mw(nvml: ModuleType, handle: Any) -> int | None:
+    """NVML_FI_DEV_POWER_INSTANT in mW, None where the binding or the driver lacks the field."""
+    field = getattr(nvml, "NVML_FI_DEV_POWER_INSTANT", None)
+    values = None if field is None else nvml_query(nvml, handle, ("nvmlDeviceGetFieldValues", [field]))
+    if not values or values[0].nvmlReturn != nvml.NVML_SUCCESS:
+        return None
+    return getattr(values[0].value, _VALUE_MEMBERS[values[0].valueType])
+
+
+def average_power_mw(nvml: ModuleType, handle: Any) -> int | None:
+    """nvmlDeviceGetPowerUsage in mW: on Ampere and newer a trailing average over about 1 s."""
+    return nvml_query(nvml, handle, ("nvmlDeviceGetPowerUsage",))
+
+
+def energy_counter_period_s(nvml: ModuleType, handle: Any, duration_s: float = 1.5,
+                            clock: Callable[[], float] = time.perf_counter) -> float | None:
+    """How often the board's total-energy counter (nvmlDeviceGetTotalEnergyConsumption) updates:
+    the median time between changes of its value, polled back to back for `duration_s`.
+
+    Counter energy is exact to about one period at each end of the timed loop, so this says how
+    long a loop must be for `energy_source = "counter"` to be trusted. None where the counter is
+    not reported or changed fewer than twice (an idle board still draws power, so it moves).
+    `nvml` and `handle` come from `nvml_device`; `clock` is injectable for tests.
+    """
+    last = nvml_query(nvml, handle, ("nvmlDeviceGetTotalEnergyConsumption",))
+    if last is None:
+        return None
+    changed_at: list[float] = []
+    start = clock()
+    while (now := clock()) - start < duration_s:
+        value = nvml_query(nvml, handle, ("nvmlDeviceGetTotalEnergyConsumption",))
+        if value is not None and value != last:
+            changed_at.append(now)
+            last = value
+    if len(changed_at) < 2:
+        return None
+    return statistics.median(b - a for a, b in itertools.pairwise(changed_at))
 
 
 @dataclass(frozen=True)
 class PowerSample:
-    """One poll of the board; a field is None where the board does not report it (e.g. MIG)."""
+    """One poll of the board; a field is None where the board does not report it."""
 
     power_w: float | None
     sm_clock_mhz: int | None
@@ -110,65 +209,76 @@ def _max(values: list[float | None]) -> float | None:
 class PowerMonitor:
     """Polls one NVML device between `start()` and `stop()`; `columns()` turns it into row columns.
 
-    Owns one nvmlInit reference (from `open_nvml`) and releases it in `stop()`.
+    Whether power is instant or averaged is settled once, here, so a row never mixes the two.
     """
 
     def __init__(self, nvml: ModuleType, handle: Any) -> None:
         self._nvml = nvml
         self._handle = handle
-        self._sampler = BackgroundSampler(self._poll, POWER_INTERVAL_S)
-        self._energy_mj: list[int] = []
+        instant = instant_power_mw(nvml, handle) is not None
+        self.source = "instant" if instant else "average"
+        self._power_mw = instant_power_mw if instant else average_power_mw
+        self._sampler = BackgroundSampler(self._poll, POWER_INTERVAL_S, edges=False)
+        self._energy_mj: list[int | None] = []
+        self._span: list[float] = []
         self._samples: list[tuple[float, PowerSample]] = []
 
-    def _read(self, query: str, *args: Any) -> Any:
-        """One NVML query, None where this board does not support it."""
-        try:
-            return getattr(self._nvml, query)(self._handle, *args)
-        except self._nvml.NVMLError:
-            return None
+    def _read(self, *calls: tuple) -> Any:
+        return nvml_query(self._nvml, self._handle, *calls)
 
     def _poll(self) -> PowerSample:
         nvml = self._nvml
-        milliwatts = self._read("nvmlDeviceGetPowerUsage")
-        util = self._read("nvmlDeviceGetUtilizationRates")
+        milliwatts = self._power_mw(nvml, self._handle)
+        util = self._read(("nvmlDeviceGetUtilizationRates",))
         return PowerSample(
             power_w=None if milliwatts is None else milliwatts / 1e3,
-            sm_clock_mhz=self._read("nvmlDeviceGetClockInfo", nvml.NVML_CLOCK_SM),
-            mem_clock_mhz=self._read("nvmlDeviceGetClockInfo", nvml.NVML_CLOCK_MEM),
-            temp_c=self._read("nvmlDeviceGetTemperature", nvml.NVML_TEMPERATURE_GPU),
+            sm_clock_mhz=self._read(("nvmlDeviceGetClockInfo", nvml.NVML_CLOCK_SM)),
+            mem_clock_mhz=self._read(("nvmlDeviceGetClockInfo", nvml.NVML_CLOCK_MEM)),
+            temp_c=self._read(("nvmlDeviceGetTemperatureV", nvml.NVML_TEMPERATURE_GPU),
+                              ("nvmlDeviceGetTemperature", nvml.NVML_TEMPERATURE_GPU)),
             util_pct=None if util is None else util.gpu,
-            throttle_mask=self._read("nvmlDeviceGetCurrentClocksThrottleReasons"),
+            throttle_mask=self._read(("nvmlDeviceGetCurrentClocksEventReasons",),
+                                     ("nvmlDeviceGetCurrentClocksThrottleReasons",)),
         )
 
     def start(self) -> None:
-        """Read the energy counter and start polling."""
-        self._energy_mj.append(self._read("nvmlDeviceGetTotalEnergyConsumption"))
+        """Read the energy counter and start polling: call it right before the loop's first step."""
+        self._energy_mj.append(self._read(("nvmlDeviceGetTotalEnergyConsumption",)))
+        self._span.append(time.perf_counter())
         self._sampler.start()
 
     def stop(self) -> None:
-        """Stop polling, read the energy counter again and release NVML."""
+        """Stop polling and read the energy counter again: right after the loop's final synchronise."""
         self._samples = self._sampler.stop()
-        self._energy_mj.append(self._read("nvmlDeviceGetTotalEnergyConsumption"))
-        self._nvml.nvmlShutdown()
+        self._span.append(time.perf_counter())
+        self._energy_mj.append(self._read(("nvmlDeviceGetTotalEnergyConsumption",)))
 
     def _energy_j(self) -> tuple[float | None, str | None]:
         """Energy over the loop and where it came from."""
         begin, end = self._energy_mj
         if begin is not None and end is not None:
             return (end - begin) / 1e3, "counter"
-        points = [(t, s.power_w) for t, s in self._samples if s.power_w is not None]
-        if len(points) < 2:
+        watts = _mean([s.power_w for _, s in self._samples])
+        if watts is None:
             return None, None
-        return sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(points, points[1:])), "integrated"
+        return watts * (self._span[1] - self._span[0]), "integrated"
 
     def columns(self, images: int) -> dict:
         """Power columns for `images` images processed between start() and stop()."""
         values = [s for _, s in self._samples]
         masks = [s.throttle_mask for s in values if s.throttle_mask is not None]
+        power = [s.power_w for s in values]
         energy_j, source = self._energy_j()
+        if source is None:
+            note = "board reports neither energy nor power"
+        elif not values:
+            note = f"no power sample: the loop was shorter than {POWER_INTERVAL_S * 1e3:g} ms"
+        else:
+            note = ""
         return {
-            "power_w_mean": _mean([s.power_w for s in values]),
-            "power_w_max": _max([s.power_w for s in values]),
+            "power_w_mean": _mean(power),
+            "power_w_max": _max(power),
+            "power_source": self.source if _mean(power) is not None else None,
             "sm_clock_mhz": _mean([s.sm_clock_mhz for s in values]),
             "mem_clock_mhz": _mean([s.mem_clock_mhz for s in values]),
             "temp_c_max": _max([s.temp_c for s in values]),
@@ -176,20 +286,59 @@ class PowerMonitor:
             "throttle_reasons": decode_throttle(functools.reduce(operator.or_, masks)) if masks else None,
             "energy_j_per_image": None if energy_j is None else energy_j / images,
             "energy_source": source,
-            "power_note": "" if source is not None else "board reports neither energy nor power",
+            "power_note": note,
         }
 
 
 def power_monitor(device: torch.device) -> PowerMonitor | str:
-    """A monitor for a CUDA device, or the reason there is none (CPU, no NVML, no handle)."""
-    if device.type != "cuda":
-        return f"no power measurement on {device.type}"
-    nvml, why = open_nvml()
-    if nvml is None:
-        return why
+    """A monitor for a CUDA device, or the reason there is none (CPU, no NVML, no handle, MIG)."""
+    found = nvml_device(device)
+    return found if isinstance(found, str) else PowerMonitor(*found)
+
+
+# ---- for gpu-check ------------------------------------------------------------------------------
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def describe_nvml_mapping(index: int) -> dict:
+    """How CUDA device `index` maps to NVML: `matched_by` "uuid" with NVML's UUID and name and the
+    power source a row will use, or `matched_by` None with the reason (`note`)."""
+    found = nvml_device(torch.device("cuda", index))
+    if isinstance(found, str):
+        return {"matched_by": None, "note": found}
+    nvml, handle = found
+    return {
+        "matched_by": "uuid",
+        "nvml_uuid": _text(nvml_query(nvml, handle, ("nvmlDeviceGetUUID",))),
+        "nvml_name": _text(nvml_query(nvml, handle, ("nvmlDeviceGetName",))),
+        "power_source": "instant" if instant_power_mw(nvml, handle) is not None else "average",
+    }
+
+
+def compare_power_readings(step: Callable[[], object], device: torch.device,
+                           seconds: float = POWER_MIN_S) -> dict:
+    """NVML's instant and averaged power readings, both polled every `POWER_INTERVAL_S` while `step`
+    runs (synchronised each time) for `seconds`: their means and maxima in W, and the sample count.
+    Under a steady load the two means agree and the average's maximum lags; `note` says why there
+    is nothing to compare (no NVML device, MIG)."""
+    found = nvml_device(device)
+    if isinstance(found, str):
+        return {"note": found}
+    nvml, handle = found
+    sampler = BackgroundSampler(lambda: (instant_power_mw(nvml, handle), average_power_mw(nvml, handle)),
+                                POWER_INTERVAL_S, edges=False)
+    sampler.start()
     try:
-        handle = nvml_handle(nvml, device.index)
-    except nvml.NVMLError as exc:
-        nvml.nvmlShutdown()
-        return f"NVML has no handle for {device}: {exc}"
-    return PowerMonitor(nvml, handle)
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            step()
+            torch.cuda.synchronize(device)
+    finally:
+        samples = [reading for _, reading in sampler.stop()]
+    instant = [None if mw is None else mw / 1e3 for mw, _ in samples]
+    average = [None if mw is None else mw / 1e3 for _, mw in samples]
+    return {"instant_w_mean": _mean(instant), "instant_w_max": _max(instant),
+            "average_w_mean": _mean(average), "average_w_max": _max(average), "samples": len(samples)}

@@ -16,13 +16,18 @@ T = TypeVar("T")
 class BackgroundSampler(Generic[T]):
     """Call `probe()` every `interval_s` seconds between `start()` and `stop()`.
 
-    One sample is taken synchronously at `start()` and one at `stop()`, so even a loop shorter
-    than the interval yields two samples bracketing it. Samples are `(perf_counter_s, value)`.
+    With `edges=True` one sample is also taken synchronously at `start()` and one at `stop()`, so
+    even a window shorter than the interval yields two samples bracketing it (RSS needs its
+    baseline from before the first step). With `edges=False` every sample falls strictly inside the
+    window: power needs that, because the GPU is idle at both edges (the host has just
+    synchronised), and an edge sample would add idle power and `gpu_idle` to a loop that never
+    idled. Samples are `(perf_counter_s, value)`.
     """
 
-    def __init__(self, probe: Callable[[], T], interval_s: float) -> None:
+    def __init__(self, probe: Callable[[], T], interval_s: float, edges: bool) -> None:
         self._probe = probe
         self._interval_s = interval_s
+        self._edges = edges
         self._samples: list[tuple[float, T]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -35,16 +40,18 @@ class BackgroundSampler(Generic[T]):
             self._take()
 
     def start(self) -> None:
-        """Take the first sample and start polling."""
-        self._take()
+        """Start polling (after the first sample, with `edges`)."""
+        if self._edges:
+            self._take()
         self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
         self._thread.start()
 
     def stop(self) -> list[tuple[float, T]]:
-        """Stop polling, take the final sample and return all samples in time order."""
+        """Stop polling (then take the final sample, with `edges`); return all samples in time order."""
         if self._thread is None:
             raise RuntimeError("sampler was never started")
         self._stop.set()
         self._thread.join()
-        self._take()
+        if self._edges:
+            self._take()
         return self._samples

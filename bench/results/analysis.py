@@ -22,7 +22,7 @@ REFERENCES = ("torchvision", "timm")
 
 # The columns whose median over rounds `config_medians` takes.
 METRICS = (
-    "throughput", "step_ms_p50", "step_ms_p90", "step_ms_p99", "mem_peak_alloc_mb", "mem_rss_delta_mb",
+    "throughput", "step_ms_p50", "step_ms_p90", "step_ms_p99", "mem_peak_alloc_mb", "mem_rss_delta_mb", "mem_predicted_mb",
     "compile_s", "recompiles", "mfu", "achieved_tflops", "energy_j_per_image", "params_total",
     "params_trainable", "gflops_per_image",
 )  # fmt: skip

@@ -19,6 +19,7 @@ from typing import BinaryIO, Callable
 
 import pandas as pd
 
+from bench.config.cell import DEFAULT_OPTIMIZER
 from bench.errors import UsageError, is_disk_full
 from bench.results.timm import timm_table
 
@@ -30,24 +31,25 @@ SAMPLES_JSONL = "samples.jsonl"
 # The columns every row has (null where a cell did not produce them), in table order; the
 # measurement columns come from bench.measure.cell, the env_* columns (appended) from bench.measure.env.
 # find_max_batch marks the row of a --find-max-batch search (its batch_size is the largest that
-# fits; max_batch_oom_at the smallest probed batch that did not, null if the limit was reached).
+# fits; max_batch_oom_at the smallest probed batch that did not, null if the limit was reached;
+# max_batch_limit_reason why: oom, crash, timeout, "timeout compiling", "error: ...", or limit).
 # The measurement columns, exactly what bench.measure.cell.measure_cell returns (less "samples_ms").
 MEASURE_COLUMNS = (
     "params_total", "params_trainable", "gflops_per_image", "gflops_per_step",
     "n_iters", "timed_s", "warmup_iters", "step_ms_p50", "step_ms_p90", "step_ms_p95", "step_ms_p99",
     "step_ms_mean", "step_ms_std", "step_ms_min", "step_ms_max", "step_ms_iqr", "noisy",
-    "throughput", "throughput_wall", "compile_s", "recompiles", "recompiles_timed",
-    "inductor_freezing",
+    "throughput", "throughput_wall", "build_s", "compile_s", "recompiles", "recompiles_timed",
+    "inductor_freezing", "cudagraph_record_s", "optimizer_used", "amp_skipped_steps",
     "mem_peak_alloc_mb", "mem_peak_reserved_mb", "mem_weights_mb", "mem_activation_mb",
-    "mem_rss_delta_mb", "mem_note",
-    "power_w_mean", "power_w_max", "sm_clock_mhz", "mem_clock_mhz", "temp_c_max", "gpu_util_pct",
-    "throttle_reasons", "energy_j_per_image", "energy_source", "power_note",
+    "mem_graph_pool_mb", "mem_rss_delta_mb", "mem_note", "mem_predicted_mb",
+    "power_w_mean", "power_w_max", "power_source", "sm_clock_mhz", "mem_clock_mhz", "temp_c_max",
+    "gpu_util_pct", "throttle_reasons", "energy_j_per_image", "energy_source", "power_note",
     "achieved_tflops", "mfu", "tf32_matmul", "tf32_cudnn", "cudnn_benchmark",
 )  # fmt: skip
 COLUMNS = (
     "schema_version", "run_id", "cell_id", "arch", "impl", "batch_size", "image_size", "precision",
-    "channels_last", "compile", "mode", "device", "round", "find_max_batch", "max_batch_oom_at",
-    "status", "message", "started_at", "wall_s",
+    "channels_last", "compile", "mode", "optimizer", "device", "round", "find_max_batch", "max_batch_oom_at",
+    "max_batch_limit_reason", "status", "message", "started_at", "wall_s", "overhead_s",
     *MEASURE_COLUMNS,
 )  # fmt: skip
 
@@ -141,7 +143,14 @@ def _tidy(rows: list[dict]) -> pd.DataFrame:
         # A cell is recorded once, but be robust to hand-merged files: the last row wins.
         df = df.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
     extra = [c for c in df.columns if c not in COLUMNS]
-    return df.reindex(columns=list(COLUMNS) + extra)
+    return _with_optimizer(df.reindex(columns=list(COLUMNS) + extra))
+
+
+def _with_optimizer(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows from before the optimizer was a cell field ran the default one: say so, so their
+    configurations still match (compare, resume) those of newer runs."""
+    df["optimizer"] = df["optimizer"].astype(object).fillna(DEFAULT_OPTIMIZER) if "optimizer" in df else DEFAULT_OPTIMIZER
+    return df
 
 
 def load(run_dir: str | Path) -> pd.DataFrame:
@@ -155,7 +164,7 @@ def load(run_dir: str | Path) -> pd.DataFrame:
     parquet, jsonl = run_dir / "results.parquet", run_dir / RESULTS_JSONL
     if parquet.exists() and (not jsonl.exists() or parquet.stat().st_mtime >= jsonl.stat().st_mtime):
         try:
-            return pd.read_parquet(parquet)
+            return _with_optimizer(pd.read_parquet(parquet))
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a damaged file
             warnings.warn(f"{parquet} unreadable ({type(exc).__name__}); reading {jsonl.name} instead")
     return _tidy(_read_jsonl(jsonl))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.errors import EXIT_DISK_FULL, DiskFull, UsageError, is_disk_full
 
-# Subcommand name -> module in bench.commands; each module has register(subparsers) and run(args) -> int.
+# Subcommand name -> help; its module is bench.commands.<name with "-" as "_">, with register(parser) and run(args) -> int.
 COMMANDS = {
     "models": "List the registered (arch, impl) pairs.",
     "flops": "Count parameters and FLOPs with three counters side by side.",
@@ -20,6 +20,8 @@ COMMANDS = {
     "report": "Write the HTML report of a run directory.",
     "compare": "Compare two runs cell by cell with a significance test.",
     "profile": "Profile one cell: operator categories, per-module time, roofline.",
+    "gpu-check": "Check on this GPU that timing, profiling, memory, compile and power measure what they claim.",
+    "memory": "Predict a cell's peak CUDA memory and the largest batch that fits, without a GPU.",
 }
 
 
@@ -56,7 +58,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, help_text in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:
-            importlib.import_module(f"bench.commands.{name}").register(command_parser)
+            importlib.import_module(f"bench.commands.{name.replace('-', '_')}").register(command_parser)
     return parser
 
 

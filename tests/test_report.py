@@ -58,12 +58,13 @@ def test_self_contained(report, request):
 
 def test_full_report_sections_and_plots(synthetic):
     run_dir, html = synthetic
-    for section in ("summary", "performance", "derived", "profile", "flops", "compile", "failures", "environment"):
+    for section in ("summary", "performance", "derived", "memory", "profile", "flops", "compile", "failures",
+                    "environment"):
         assert f'<section id="{section}">' in html
     drawn = _drawn(html)
     assert drawn == [
         "throughput", "latency", "memory", "speedup", "ratio", "finetune", "mfu", "energy",
-        "profile_categories", "roofline",
+        "memory_predicted", "memory_check", "profile_categories", "roofline",
     ]  # fmt: skip
     assert f'data-plots="{len(drawn)}"' in html
     assert 'href="results.csv"' in html and (run_dir / "results.csv").exists()
@@ -89,10 +90,12 @@ def test_speedup_shows_frozen_compile_beside_plain_compile(synthetic):
 def test_real_cpu_run_skips_what_it_cannot_show(smoke):
     run_dir, html = smoke
     drawn = _drawn(html)
-    assert {"throughput", "latency", "memory", "ratio", "profile_categories"} <= set(drawn)
+    # A CPU measures no CUDA memory: the predicted peak is its memory plot, and RSS growth is not plotted.
+    assert {"throughput", "latency", "memory_predicted", "ratio", "profile_categories"} <= set(drawn)
+    assert "memory" not in drawn
     assert f'data-plots="{len(drawn)}"' in html
     skipped = re.findall(r'data-skipped="([a-z_]+)"', html)
-    assert {"mfu", "energy", "roofline", "speedup", "finetune"} == set(skipped)
+    assert {"mfu", "energy", "roofline", "speedup", "finetune", "memory_check"} == set(skipped)
     assert not set(skipped) & set(drawn)
     for arch in ("resnet18", "vit_tiny_patch16_224"):
         assert f"<h3>{arch} · inference</h3>" in html
@@ -101,6 +104,17 @@ def test_real_cpu_run_skips_what_it_cannot_show(smoke):
     assert "<th class=\"num\">RSS growth MiB (approx.)</th>" in summary and "peak MiB" not in summary
     assert "GFLOP are forward FLOPs per step (per image x batch size)" in _section(html, "profile")
     assert (run_dir / "index.html").exists()
+
+
+def test_memory_section_predicted_beside_measured_and_largest_batches(synthetic, smoke):
+    """The Memory section: predicted against measured where CUDA measured (the synthetic GPU run), and
+    the largest batch predicted to fit each common card for every rv arch x mode x precision of the run."""
+    for (_, html), archs in ((synthetic, ("resnet50", "vit_base_patch16_224")), (smoke, ("resnet18", "vit_tiny_patch16_224"))):
+        memory = _section(html, "memory")
+        assert "Largest batch predicted to fit" in memory and "H100 80GB" in memory and "RTX 4090 24GB" in memory
+        for arch in archs:
+            assert f"<td>{arch}</td>" in memory
+    assert "Error predicted/measured - 1: median -5.0%" in _section(synthetic[1], "memory")
 
 
 def test_no_profiles_no_profile_section(tmp_path):

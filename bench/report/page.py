@@ -14,12 +14,13 @@ import pandas as pd
 
 import bench
 from bench import results
-from bench.report import REPORT_NAME, plots_derived, plots_perf, plots_profile, tables
+from bench.report import REPORT_NAME, plots_derived, plots_memory, plots_perf, plots_profile, tables
 from bench.report.data import per_config, variants
 from bench.report.flops_table import flops_table
 from bench.report.profile_tables import profile_details
 from bench.report.render import render
-from bench.results.analysis import BEST_CONFIG_RULE
+from bench.report.summary import overhead
+from bench.results.analysis import BEST_CONFIG_RULE, has_values
 
 CSV_NAME = "results.csv"
 
@@ -54,7 +55,12 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
     env = _env(run_dir, df)
     config = _read_json(run_dir / "config.json")
     configs = per_config(df)
-    perf = [plots_perf.throughput(configs), plots_perf.latency(configs), plots_perf.memory(configs)]
+    perf = [plots_perf.throughput(configs), plots_perf.latency(configs)]
+    # Measured memory is plotted where CUDA measured it; a CPU's RSS growth is too coarse to plot, so it
+    # stays in the tables (labelled approximate) and the Memory section's predicted peak stands in.
+    if has_values(configs, "mem_peak_alloc_mb"):
+        perf.append(plots_perf.memory(configs))
+    memory_plots = [plots_memory.predicted(configs), plots_memory.predicted_vs_measured(configs)]
     derived = [
         plots_derived.speedup(configs),
         plots_derived.reference_ratio(_ratios(df)),
@@ -70,7 +76,7 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
         "index.html.j2",
         title=f"rvbench report · {run_dir.name}",
         run_name=run_dir.name,
-        facts=tables.header(env, config, df),
+        facts=[*tables.header(env, config, df), ("Wall / timed", overhead(df))],
         best_rule=BEST_CONFIG_RULE,
         summaries=tables.summary(configs),
         perf_plots=perf,
@@ -78,7 +84,9 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
         profile_plots=profile,
         n_profiles=len(profiles),
         profile_details=profile_details(profiles),
-        plot_count=sum(p.png_b64 is not None for p in perf + derived + profile),
+        memory_plots=memory_plots,
+        largest_batches=plots_memory.largest_batches(configs),
+        plot_count=sum(p.png_b64 is not None for p in perf + derived + profile + memory_plots),
         flops=flops,
         flops_numeric=flops_numeric,
         compile=tables.compile_times(configs),

@@ -1,7 +1,8 @@
-"""The run's closing summary: status counts and the best-config table, printed and kept as summary.txt.
+"""The run's closing summary: status counts, the sweep's overhead and the best-config table, printed
+and kept as summary.txt.
 
 The table is bench.results.analysis.summary_table, so it names the same best config per arch and
-mode as the report's summary cards.
+mode as the report's summary cards; the overhead line is the report header's too.
 """
 
 from __future__ import annotations
@@ -25,14 +26,26 @@ def summary_counts(df: pd.DataFrame) -> str:
     return ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items()) or "no cells"
 
 
+def overhead(df: pd.DataFrame) -> str:
+    """The sweep's wall/timed ratio: the summed wall time of the cells that finished timing over the
+    summed time of their timed loops (1.00: no time outside the timed loops), with both sums."""
+    timed = df[pd.to_numeric(df["timed_s"], errors="coerce").notna()]
+    timed_s = pd.to_numeric(timed["timed_s"]).sum()
+    if not timed_s > 0:
+        return "– (no cell finished timing)"
+    wall_s = pd.to_numeric(timed["wall_s"], errors="coerce").sum()
+    return f"{wall_s / timed_s:.2f} ({wall_s:.1f} s wall / {timed_s:.1f} s timed)"
+
+
 def summary_text(df: pd.DataFrame) -> str:
-    """Status counts and the summary table as plain text (terminal and summary.txt)."""
+    """Status counts, overhead and the summary table as plain text (terminal and summary.txt)."""
     counts = summary_counts(df)
     table = summary_table(df)
     if table.empty:
         return f"cells: {counts}\n(no ok cells)\n"
     # arch, mode and best config read as text; the numbers after them line up right.
-    return f"cells: {counts}\n{format_table(list(table.columns), table.itertuples(index=False), left=3)}\n"
+    return (f"cells: {counts} · wall/timed {overhead(df)}\n"
+            f"{format_table(list(table.columns), table.itertuples(index=False), left=3)}\n")
 
 
 def write_run_report(run_dir: Path, text: str) -> Path | None:

@@ -1,5 +1,6 @@
 # rvbench: `make bench` and `make test` do all set-up on a fresh machine.
-#   make bench [GPU=0|1|cuda|cpu] [PRESET=smoke|cpu|gpu|full]   sweep on the best device present
+#   make bench [GPU=0|1|cuda|cpu] [PRESET=smoke|cpu|gpu|gpu-full|full]   sweep on the best device present
+#   make gpu-check [GPU=0]                                GPU self-checks (timing, profile, memory, compile, power)
 #   make test                                             unit tests + deterministic and ratio gates
 #   make PYTHON=/path/to/python3 test                     use an interpreter that already has torch (no venv)
 SHELL := /bin/bash
@@ -28,7 +29,7 @@ else
 DEVICE := cuda:$(strip $(GPU))
 endif
 
-.PHONY: bench test browser gate gate-baseline gate-ab counts
+.PHONY: bench test browser gate gate-baseline gate-ab gpu-check counts
 
 # Re-installs only when pyproject.toml changes (the stamp is older than it).
 $(VENV)/.installed: pyproject.toml
@@ -78,3 +79,7 @@ gate-baseline: $(SETUP)
 BASE ?= HEAD~1
 gate-ab: $(SETUP)
 	$(PY) tests/benchmarks/gate_ab.py --base $(BASE) --device $(if $(filter auto,$(DEVICE)),cpu,$(DEVICE))
+
+# The GPU self-checks (rvbench gpu-check): under 8 minutes on one H100; exits 2 without CUDA.
+gpu-check: $(SETUP)
+	$(PY) -m bench gpu-check --device $(if $(filter auto,$(DEVICE)),cuda:0,$(DEVICE))

@@ -23,7 +23,7 @@ STAGES = (
     ("bench.profiling",),
     ("bench.results",),
     ("bench.runner",),
-    ("bench.regress",),
+    ("bench.regress", "bench.checks"),
     ("bench.report",),
     ("bench.commands", "bench.cli", "bench.__main__"),
 )

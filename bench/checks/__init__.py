@@ -1,0 +1,1 @@
+"""Self-checks of the harness on real hardware: `rvbench gpu-check` (bench.checks.gpu)."""

@@ -1,0 +1,380 @@
+"""`rvbench gpu-check`: does the CUDA path measure what it claims, on this GPU?
+
+Eleven checks, each the shortest experiment that would expose one way a GPU benchmark goes wrong;
+each gives PASS, FAIL or INFO (a figure to read, with no pass rule) and its headline figure:
+
+ 1 device       the device, its row in the peak table (bench.hardware.gpus) and its NVML handle
+                (matched by UUID, so power readings come from the right board);
+ 2 timing       our event timing against torch.utils.benchmark's blocked_autorange and a timm-style
+                loop that synchronises every step, resnet50 channels_last amp-bf16 inference at
+                batch 1, 64 and 256; PASS when all three agree within 3% at batch 64. Batch 1
+                and 256 give the cost of per-step synchronisation (timm's) against our in-flight window;
+ 3 profile      the profiler's step time against the measured p50 (within 10%), and the per-module
+                forward time against the operator-category total (no kernel counted twice);
+ 4 memory       resnet50 train at batch 64 and vit_large train at batch 1: activation memory >= 0
+                and peak reserved not inflated by warm-up workspaces;
+ 5 compile      default, reduce-overhead and max-autotune-no-cudagraphs, resnet18 batch 32,
+                inference and train: no exception, no recompilation in the timed loop, compile_s;
+ 6 low-precision training in fp16, bf16 and amp-fp16 (with the GradScaler's scale step by step);
+ 7 power        NVML's instant against its averaged power reading, and how often the energy counter updates;
+ 8 oom-recovery after an out-of-memory cell, the next cell in the same worker process is ok;
+ 9 fp32-modes   fp32 against tf32 against torch-default (cuDNN TF32 on) for resnet50 at batch 256;
+10 batch-4096   resnet50 fp16 inference at batch 4096 (tensors past 2**31 elements);
+11 memory-prediction  predicted (bench.counting.memory) against measured peak allocated memory of
+                eager resnet50 and vit_base cells at batch 64 (PASS within 10%), and the predicted
+                largest training batch against `--find-max-batch`'s search.
+
+Every check runs in this process except 8, which drives a real worker. A check that raises is a
+FAIL with its error; the others still run. The thresholds are the `judge_*` functions, which are
+pure so that their rules are tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench.config.cell import Cell
+from bench.config.sweep import TimingConfig
+from bench.execute.prepare import prepared_cell
+from bench.hardware.gpus import match_device
+from bench.measure.cell import measure_cell
+from bench.measure.timing import summarize, time_callable
+
+TIMING_AGREE_PCT = 3.0
+PROFILE_AGREE_PCT = 10.0
+MEMORY_PREDICTION_PCT = 10.0  # issue 13's target for eager cells
+# Peak reserved may exceed peak allocated by the allocator's rounding and fragmentation; beyond
+# this it holds blocks the timed loop never used (cudnn workspaces from warm-up, cached blocks).
+RESERVED_SLACK = 1.25
+RESERVED_SLACK_MB = 512.0
+GRAD_SCALE_STEPS = 30
+CHECK_TIMING = TimingConfig(warmup_iters=5, warmup_s=0.5, min_iters=20, min_s=1.0, max_iters=2000)
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check: `passed` is None for a check that only reports a figure."""
+
+    name: str
+    passed: bool | None
+    figure: str
+    data: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        """PASS, FAIL or INFO."""
+        return "INFO" if self.passed is None else ("PASS" if self.passed else "FAIL")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every check gets: the device ("cuda:N") and a directory for its files."""
+
+    device: str
+    out_dir: Path
+
+    def cell(self, arch: str, batch_size: int, **fields: object) -> Cell:
+        """A cell on this device at the arch's default input size; torchvision's model unless `impl` is given."""
+        from bench.models import get_entry
+
+        impl = str(fields.pop("impl", "torchvision"))
+        size = get_entry(arch, impl).image_size
+        return Cell(arch=arch, impl=impl, batch_size=batch_size, image_size=size, device=self.device, **fields)
+
+
+# ---- judges: pure rules, tested on the CPU -------------------------------------------------------
+
+
+def agree(a: float, b: float, pct: float) -> bool:
+    """|a / b - 1| <= pct %."""
+    return b > 0 and abs(a / b - 1.0) * 100.0 <= pct
+
+
+def judge_timing(ours_ms: float, autorange_ms: float, synced_ms: float) -> bool:
+    """Our p50 agrees with blocked_autorange's median and with the per-step-synchronised mean."""
+    return agree(ours_ms, autorange_ms, TIMING_AGREE_PCT) and agree(ours_ms, synced_ms, TIMING_AGREE_PCT)
+
+
+def judge_memory(row: dict) -> tuple[bool, str]:
+    """Activation memory is not negative and peak reserved is within the allocator's slack of peak allocated."""
+    alloc, reserved, activation = row["mem_peak_alloc_mb"], row["mem_peak_reserved_mb"], row["mem_activation_mb"]
+    if activation is not None and activation < 0:
+        return False, f"activation {activation:.0f} MB < 0"
+    if reserved > alloc * RESERVED_SLACK + RESERVED_SLACK_MB:
+        return False, f"reserved {reserved:.0f} MB inflated over allocated {alloc:.0f} MB"
+    return True, f"activation {activation:.0f} MB, reserved {reserved:.0f} / allocated {alloc:.0f} MB"
+
+
+def judge_profile(profile_ms: float, measured_ms: float, modules_ms: float | None, busy_ms: float | None) -> bool:
+    """The profiled step within PROFILE_AGREE_PCT of the measured p50, and the time under module
+    ranges no larger than the step's operator time (a larger one counts kernels twice)."""
+    modules_ok = modules_ms is None or busy_ms is None or modules_ms <= busy_ms
+    return agree(profile_ms, measured_ms, PROFILE_AGREE_PCT) and modules_ok
+
+
+# ---- checks ---------------------------------------------------------------------------------------
+
+
+def check_device(ctx: Context) -> tuple[bool | None, str, dict]:
+    from bench.measure.power import describe_nvml_mapping
+
+    index = torch.device(ctx.device).index
+    props = torch.cuda.get_device_properties(index)
+    spec = match_device(props.name)
+    mapping = describe_nvml_mapping(index)
+    data = {
+        "name": props.name, "capability": f"sm{props.major}{props.minor}",
+        "memory_gib": props.total_memory / 2**30, "sm_count": props.multi_processor_count,
+        "torch_uuid": str(getattr(props, "uuid", "")), "peak_table": None if spec is None else dataclasses.asdict(spec),
+        "nvml": mapping,
+    }
+    passed = spec is not None and mapping.get("matched_by") == "uuid"
+    figure = (f"{props.name} ({data['capability']}, {data['memory_gib']:.0f} GiB); peak table: "
+              f"{spec.name if spec else 'NOT FOUND'}; NVML: {mapping.get('matched_by') or mapping.get('note')}")
+    return passed, figure, data
+
+
+def _synced_mean_ms(step: Callable[[], object], device: torch.device, iters: int) -> float:
+    """timm benchmark.py's loop: synchronise, time one step on the host clock, synchronise; the mean."""
+    times = []
+    for _ in range(iters):
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.fmean(times) * 1e3
+
+
+def check_timing(ctx: Context) -> tuple[bool | None, str, dict]:
+    from torch.utils import benchmark
+
+    data = {}
+    for batch in (1, 64, 256):
+        cell = ctx.cell("resnet50", batch, precision="amp-bf16", channels_last=True)
+        with prepared_cell(cell) as built:
+            ours = time_callable(built.step, built.device, CHECK_TIMING)
+            ours_ms = summarize(ours.samples_ms, batch, ours.timed_s)["step_ms_p50"]
+            auto = benchmark.Timer(stmt="step()", globals={"step": built.step}).blocked_autorange(min_run_time=1.0)
+            synced_ms = _synced_mean_ms(built.step, built.device, max(20, len(ours.samples_ms) // 4))
+        data[batch] = {"ours_p50_ms": ours_ms, "autorange_median_ms": auto.median * 1e3, "synced_mean_ms": synced_ms,
+                       "sync_cost_pct": 100.0 * (synced_ms / ours_ms - 1.0)}
+    at64 = data[64]
+    passed = judge_timing(at64["ours_p50_ms"], at64["autorange_median_ms"], at64["synced_mean_ms"])
+    figure = (f"bs64: ours {at64['ours_p50_ms']:.3f} ms, autorange {at64['autorange_median_ms']:.3f} ms, "
+              f"synced {at64['synced_mean_ms']:.3f} ms; per-step sync costs "
+              f"{data[1]['sync_cost_pct']:+.1f}% at bs1, {data[256]['sync_cost_pct']:+.1f}% at bs256")
+    return passed, figure, {str(k): v for k, v in data.items()}
+
+
+def check_profile(ctx: Context) -> tuple[bool | None, str, dict]:
+    from bench.profiling.profile import profile_cell
+
+    cell = ctx.cell("resnet50", 64, precision="amp-bf16", channels_last=True)
+    measured = measure_cell(cell, CHECK_TIMING)
+    summary = profile_cell(cell, ctx.out_dir / "profile-resnet50")
+    modules_ms, busy_ms = summary["modules_ms_total"], summary["busy_ms"]
+    passed = judge_profile(summary["step_ms"], measured["step_ms_p50"], modules_ms, busy_ms)
+    data = {"profile_step_ms": summary["step_ms"], "measured_p50_ms": measured["step_ms_p50"],
+            "modules_ms_total": modules_ms, "busy_ms": busy_ms, "categories": summary["categories"],
+            "categories_note": summary["categories_note"]}
+    figure = (f"profiled step {summary['step_ms']:.3f} ms vs measured p50 {measured['step_ms_p50']:.3f} ms; "
+              f"modules {_ms(modules_ms)} of {_ms(busy_ms)} operator time")
+    return passed, figure, data
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ms"
+
+
+def check_memory(ctx: Context) -> tuple[bool | None, str, dict]:
+    cells = {
+        "resnet50 train bs64": ctx.cell("resnet50", 64, precision="amp-bf16", channels_last=True, mode="train"),
+        "vit_large train bs1": ctx.cell("vit_large_patch16_224", 1, precision="amp-bf16", mode="train"),
+    }
+    data, figures, passed = {}, [], True
+    for name, cell in cells.items():
+        row = measure_cell(cell, CHECK_TIMING)
+        ok, why = judge_memory(row)
+        passed &= ok
+        figures.append(f"{name}: {why}")
+        data[name] = {k: v for k, v in row.items() if k.startswith("mem_")}
+    return passed, "; ".join(figures), data
+
+
+def check_compile(ctx: Context) -> tuple[bool | None, str, dict]:
+    data, figures, passed = {}, [], True
+    for compile_mode in ("default", "reduce-overhead", "max-autotune-no-cudagraphs"):
+        for mode in ("inference", "train"):
+            cell = ctx.cell("resnet18", 32, precision="amp-bf16", channels_last=True, compile=compile_mode, mode=mode)
+            row = measure_cell(cell, CHECK_TIMING)
+            key = f"{compile_mode} {mode}"
+            data[key] = {k: row.get(k) for k in ("compile_s", "recompiles", "recompiles_timed", "step_ms_p50")}
+            passed &= row["recompiles_timed"] == 0
+            figures.append(f"{key} {row['compile_s']:.0f} s")
+    # The same cell again in this process: a warm cache, if the harness left one between cells.
+    warm = measure_cell(ctx.cell("resnet18", 32, precision="amp-bf16", channels_last=True, compile="default"),
+                        CHECK_TIMING)
+    data["default inference again"] = {"compile_s": warm["compile_s"]}
+    figures.append(f"default inference again {warm['compile_s']:.0f} s")
+    return passed, "compile_s: " + ", ".join(figures), data
+
+
+def check_low_precision_train(ctx: Context) -> tuple[bool | None, str, dict]:
+    data, figures = {}, []
+    for precision in ("fp16", "bf16", "amp-fp16"):
+        row = measure_cell(ctx.cell("resnet50", 64, precision=precision, channels_last=True, mode="train"), CHECK_TIMING)
+        data[precision] = {k: row.get(k) for k in ("step_ms_p50", "throughput", "amp_skipped_steps")}
+        figures.append(f"{precision} {row['throughput']:.0f} img/s")
+    cell = ctx.cell("resnet50", 64, precision="amp-fp16", channels_last=True, mode="train")
+    with prepared_cell(cell) as built:
+        trace = []
+        for _ in range(GRAD_SCALE_STEPS):
+            built.step()
+            trace.append(built.step.grad_scale())
+        skipped = built.step.skipped_steps()
+    data["grad_scale_trace"], data["skipped_of_first_steps"] = trace, skipped
+    figures.append(f"GradScaler scale {trace[0]:g} -> {trace[-1]:g} over {len(trace)} fresh steps, {skipped} skipped; "
+                   f"timed loop skipped {data['amp-fp16']['amp_skipped_steps']}")
+    return None, ", ".join(figures), data
+
+
+def check_power(ctx: Context) -> tuple[bool | None, str, dict]:
+    from bench.measure.power import (
+        compare_power_readings,
+        energy_counter_period_s,
+        nvml_device,
+    )
+
+    cell = ctx.cell("resnet50", 256, precision="amp-bf16", channels_last=True)
+    with prepared_cell(cell) as built:
+        readings = compare_power_readings(built.step, built.device, seconds=3.0)
+    found = nvml_device(torch.device(ctx.device))
+    period_s = None if isinstance(found, str) else energy_counter_period_s(*found)
+    data = {"readings": readings, "energy_counter_period_ms": None if period_s is None else period_s * 1e3}
+    if "note" in readings:
+        return None, f"no power readings: {readings['note']}", data
+    instant, average = readings["instant_w_mean"], readings["average_w_mean"]
+    figure = (f"under load instant {_watts(instant)} (max {_watts(readings['instant_w_max'])}), averaged "
+              f"{_watts(average)} (max {_watts(readings['average_w_max'])}); energy counter updates every "
+              + ("- (it did not move)" if period_s is None else f"{period_s * 1e3:.0f} ms"))
+    return None, figure, data
+
+
+def _watts(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} W"
+
+
+def check_oom_recovery(ctx: Context) -> tuple[bool | None, str, dict]:
+    from bench.runner.runner import Worker
+
+    worker = Worker(ctx.out_dir / "worker-oom-check.log")
+    timing = dataclasses.asdict(CHECK_TIMING)
+    try:
+        huge = ctx.cell("resnet50", 8192, precision="fp32", mode="train")
+        first = worker.request({"op": "cell", "cell": huge.config(), "timing": timing}, timeout=600)
+        pid_after_oom = worker.pid
+        small = ctx.cell("resnet18", 32)
+        second = worker.request({"op": "cell", "cell": small.config(), "timing": timing}, timeout=600)
+        same_process = worker.pid == pid_after_oom
+    finally:
+        worker.stop()
+    passed = first["status"] == "oom" and second["status"] == "ok" and same_process
+    figure = (f"resnet50 train bs8192: {first['status']}; then resnet18 bs32: {second['status']} "
+              f"in the {'same' if same_process else 'a new'} worker")
+    return passed, figure, {"first": first["status"], "second": second["status"], "same_process": same_process,
+                            "first_message": first["message"][:500], "second_message": second["message"][:500]}
+
+
+def check_memory_prediction(ctx: Context) -> tuple[bool | None, str, dict]:
+    """Predicted (bench.counting.memory) against measured peak allocated memory for eager cells of
+    the default GPU preset's models, and the predicted largest training batch against the search."""
+    from bench.counting.memory import max_batch
+    from bench.runner.runner import Job, Runner
+
+    cells = [ctx.cell(arch, 64, precision="amp-bf16", channels_last=arch.startswith("resnet"), mode=mode)
+             for arch in ("resnet50", "vit_base_patch16_224") for mode in ("inference", "train")]
+    data, errors = {}, []
+    for cell in cells:
+        row = measure_cell(cell, CHECK_TIMING)
+        error = row["mem_predicted_mb"] / row["mem_peak_alloc_mb"] - 1.0
+        errors.append(error)
+        data[cell.label()] = {"predicted_mb": row["mem_predicted_mb"], "measured_mb": row["mem_peak_alloc_mb"],
+                              "error_pct": 100.0 * error}
+    total = torch.cuda.get_device_properties(torch.device(ctx.device)).total_memory
+    runner = Runner(ctx.out_dir, CHECK_TIMING, cell_timeout=600)
+    searches = []
+    try:
+        for cell in cells[1::2]:
+            base = dataclasses.replace(cell, batch_size=1)
+            row, _ = runner.run(Job(base, max_batch=True))
+            predicted = max_batch(cell.arch, cell.impl, cell.image_size, cell.precision, cell.mode, total,
+                                  channels_last=cell.channels_last)
+            found = row["batch_size"] if row["status"] == "ok" else None
+            data[f"max batch {cell.arch} train"] = {"predicted": predicted, "searched": found,
+                                                    "reason": row.get("max_batch_limit_reason")}
+            searches.append(f"{cell.arch} train predicted {predicted} / searched {found}")
+    finally:
+        runner.close()
+    worst = max(errors, key=abs)
+    passed = all(abs(e) <= MEMORY_PREDICTION_PCT / 100.0 for e in errors)
+    figure = f"eager peak error within {100 * abs(worst):.1f}% (worst of {len(errors)}); largest batch: " + "; ".join(searches)
+    return passed, figure, data
+
+
+def check_fp32_modes(ctx: Context) -> tuple[bool | None, str, dict]:
+    data = {}
+    for precision in ("fp32", "tf32", "torch-default"):
+        row = measure_cell(ctx.cell("resnet50", 256, precision=precision, channels_last=True), CHECK_TIMING)
+        data[precision] = {k: row.get(k) for k in ("throughput", "step_ms_p50", "tf32_matmul", "tf32_cudnn")}
+    fp32 = data["fp32"]["throughput"]
+    figure = ", ".join(f"{p} {v['throughput']:.0f} img/s ({v['throughput'] / fp32:.2f}x)" for p, v in data.items())
+    # TF32 tensor cores on sm80+ make tf32 and torch-default (cuDNN TF32 on) faster than real fp32 convolutions.
+    passed = data["tf32"]["throughput"] > fp32 and data["torch-default"]["throughput"] > fp32
+    return passed, figure, data
+
+
+def check_batch_4096(ctx: Context) -> tuple[bool | None, str, dict]:
+    cell = ctx.cell("resnet50", 4096, precision="fp16", channels_last=True)
+    short = dataclasses.replace(CHECK_TIMING, min_iters=5, min_s=0.5)
+    row = measure_cell(cell, short)
+    figure = f"{row['throughput']:.0f} img/s, peak allocated {row['mem_peak_alloc_mb'] / 1024:.1f} GiB"
+    return True, figure, {k: row.get(k) for k in ("throughput", "step_ms_p50", "mem_peak_alloc_mb")}
+
+
+CHECKS: dict[str, Callable[[Context], tuple[bool | None, str, dict]]] = {
+    "device": check_device,
+    "timing": check_timing,
+    "profile": check_profile,
+    "memory": check_memory,
+    "compile": check_compile,
+    "low-precision-train": check_low_precision_train,
+    "power": check_power,
+    "oom-recovery": check_oom_recovery,
+    "fp32-modes": check_fp32_modes,
+    "batch-4096": check_batch_4096,
+    "memory-prediction": check_memory_prediction,
+}
+
+
+def run_check(name: str, ctx: Context) -> CheckResult:
+    """Run one check; an exception is a FAIL carrying its traceback."""
+    start = time.perf_counter()
+    try:
+        passed, figure, data = CHECKS[name](ctx)
+    except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
+        first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        passed, figure, data = False, f"raised {type(exc).__name__}: {first_line}", {"traceback": traceback.format_exc()}
+    gc.collect()
+    torch.cuda.empty_cache()
+    return CheckResult(name, passed, figure, data, time.perf_counter() - start)

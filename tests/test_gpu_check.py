@@ -1,0 +1,83 @@
+"""`rvbench gpu-check` / `make gpu-check`: without CUDA one line and exit 2 with nothing written;
+the pass rules (the `judge_*` functions) on synthetic figures; a raising check is a FAIL, not a crash.
+
+The checks themselves need a GPU; these tests cover everything around them that a CPU can run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.checks import gpu
+from bench.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_no_cuda = pytest.mark.skipif(gpu.torch.cuda.is_available(), reason="tests the no-CUDA path")
+
+
+@needs_no_cuda
+def test_without_cuda_one_line_exit_2_and_nothing_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["gpu-check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["rvbench gpu-check: error: gpu-check needs a CUDA device, and torch sees none here "
+                   "(torch.cuda.is_available() is False)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_no_cuda
+def test_make_gpu_check_without_cuda_fails_with_that_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(["make", "-s", "-C", str(ROOT), "gpu-check", f"PYTHON={sys.executable}"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode != 0
+    assert "gpu-check needs a CUDA device" in done.stderr
+
+
+def test_unknown_check_named_with_the_valid_ones(capsys):
+    assert main(["gpu-check", "--only", "timing,bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown check 'bogus'" in err and "device, timing, profile" in err
+
+
+def test_timing_rule_is_three_percent_against_both_references():
+    assert gpu.judge_timing(10.0, 10.29, 9.75)
+    assert not gpu.judge_timing(10.0, 10.4, 10.0)  # 4% off blocked_autorange
+    assert not gpu.judge_timing(10.0, 10.0, 9.6)  # 4% off the synchronised loop
+
+
+@pytest.mark.parametrize("alloc, reserved, activation, ok", [
+    (4000.0, 4600.0, 1200.0, True),
+    (4000.0, 6000.0, 1200.0, False),  # reserved beyond 1.25 x allocated + 512 MB: inflated
+    (4000.0, 4100.0, -300.0, False),  # negative activations: the at-rest point included freed gradients
+    (100.0, 600.0, 10.0, True),  # small cells: the 512 MB slack covers the allocator's granularity
+])
+def test_memory_rule(alloc, reserved, activation, ok):
+    row = {"mem_peak_alloc_mb": alloc, "mem_peak_reserved_mb": reserved, "mem_activation_mb": activation}
+    assert gpu.judge_memory(row)[0] is ok
+
+
+def test_profile_rule_step_within_ten_percent_and_modules_within_the_step():
+    assert gpu.judge_profile(10.5, 10.0, modules_ms=8.0, busy_ms=9.0)
+    assert not gpu.judge_profile(5.1, 10.0, modules_ms=8.0, busy_ms=9.0)  # the half-step bug
+    assert not gpu.judge_profile(10.0, 10.0, modules_ms=9.5, busy_ms=9.0)  # kernels counted twice
+    assert gpu.judge_profile(10.0, 10.0, modules_ms=None, busy_ms=9.0)  # compiled: no module ranges
+    assert gpu.judge_profile(10.0, 10.0, modules_ms=None, busy_ms=None)  # CUDA graphs opaque to CUPTI
+
+
+def test_a_raising_check_is_a_fail_with_its_error_and_the_rest_still_run(monkeypatch, tmp_path):
+    def broken(ctx):
+        raise RuntimeError("CUDA error: misaligned address\nmore detail")
+
+    monkeypatch.setitem(gpu.CHECKS, "broken", broken)
+    monkeypatch.setitem(gpu.CHECKS, "fine", lambda ctx: (None, "42 W", {"w": 42}))
+    ctx = gpu.Context("cuda:0", tmp_path)
+    failed, info = gpu.run_check("broken", ctx), gpu.run_check("fine", ctx)
+    assert (failed.verdict, failed.figure) == ("FAIL", "raised RuntimeError: CUDA error: misaligned address")
+    assert "Traceback" in failed.data["traceback"]
+    assert (info.verdict, info.figure, info.data) == ("INFO", "42 W", {"w": 42})

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from bench.cli import main
+from bench.config.cell import Cell
+from bench.counting.memory import predict_cell_peak
 from bench.execute import prepare
 from bench.models import get_entry
 from bench.report.summary import overhead, summary_text
@@ -126,6 +128,9 @@ def test_rows_carry_build_and_overhead(tiny_run):
     assert (df["build_s"] > 0).all() and (df["build_s"] < df["wall_s"]).all()
     assert (df["overhead_s"] >= df["build_s"]).all()  # the build is part of the overhead
     assert (df["overhead_s"] - (df["wall_s"] - df["timed_s"])).abs().max() < 2e-3  # rounded to ms
+    # Every row carries the runner's memory prediction (issue 13), the exact value of the cell's config.
+    expected = [predict_cell_peak(Cell("resnet18", "rv", b, SIZE)) / 2**20 for b in (1, 2)]
+    assert sorted(df["mem_predicted_mb"]) == pytest.approx(expected)
 
 
 def test_report_header_and_summary_show_the_wall_timed_ratio(tiny_run):

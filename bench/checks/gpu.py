@@ -299,18 +299,17 @@ def check_oom_recovery(ctx: Context) -> tuple[bool | None, str, dict]:
 def check_memory_prediction(ctx: Context) -> tuple[bool | None, str, dict]:
     """Predicted (bench.counting.memory) against measured peak allocated memory for eager cells of
     the default GPU preset's models, and the predicted largest training batch against the search."""
-    from bench.counting.memory import max_batch
+    from bench.counting.memory import MB, max_batch, predict_cell_peak
     from bench.runner.runner import Job, Runner
 
     cells = [ctx.cell(arch, 64, precision="amp-bf16", channels_last=arch.startswith("resnet"), mode=mode)
              for arch in ("resnet50", "vit_base_patch16_224") for mode in ("inference", "train")]
     data, errors = {}, []
     for cell in cells:
-        row = measure_cell(cell, CHECK_TIMING)
-        error = row["mem_predicted_mb"] / row["mem_peak_alloc_mb"] - 1.0
-        errors.append(error)
-        data[cell.label()] = {"predicted_mb": row["mem_predicted_mb"], "measured_mb": row["mem_peak_alloc_mb"],
-                              "error_pct": 100.0 * error}
+        measured = measure_cell(cell, CHECK_TIMING)["mem_peak_alloc_mb"]
+        predicted = predict_cell_peak(cell) / MB
+        errors.append(predicted / measured - 1.0)
+        data[cell.label()] = {"predicted_mb": predicted, "measured_mb": measured, "error_pct": 100.0 * errors[-1]}
     total = torch.cuda.get_device_properties(torch.device(ctx.device)).total_memory
     runner = Runner(ctx.out_dir, CHECK_TIMING, cell_timeout=600)
     searches = []

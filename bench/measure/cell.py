@@ -43,7 +43,6 @@ from bench.config.cell import Cell
 from bench.config.precision import numerics_state
 from bench.config.sweep import TimingConfig
 from bench.counting.flops import count_params
-from bench.counting.memory import predict_cell_peak
 from bench.execute.prepare import BuiltCell, flops_per_image, prepared_cell
 from bench.execute.step import cudagraph_recording_s, freezing_enabled, graphs_compiled
 from bench.models.training import optimizer_name
@@ -135,7 +134,6 @@ def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
         "amp_skipped_steps": None if window["skipped_before"] is None
         else window["skipped_after"] - window["skipped_before"],
         **memory,
-        "mem_predicted_mb": predict_cell_peak(cell) / 2**20,
         **power,
         "achieved_tflops": achieved,
         "mfu": None if peak is None else achieved / peak,

@@ -41,7 +41,7 @@ MEASURE_COLUMNS = (
     "throughput", "throughput_wall", "build_s", "compile_s", "recompiles", "recompiles_timed",
     "inductor_freezing", "cudagraph_record_s", "optimizer_used", "amp_skipped_steps",
     "mem_peak_alloc_mb", "mem_peak_reserved_mb", "mem_weights_mb", "mem_activation_mb",
-    "mem_graph_pool_mb", "mem_rss_delta_mb", "mem_note", "mem_predicted_mb",
+    "mem_graph_pool_mb", "mem_rss_delta_mb", "mem_note",
     "power_w_mean", "power_w_max", "power_source", "sm_clock_mhz", "mem_clock_mhz", "temp_c_max",
     "gpu_util_pct", "throttle_reasons", "energy_j_per_image", "energy_source", "power_note",
     "achieved_tflops", "mfu", "tf32_matmul", "tf32_cudnn", "cudnn_benchmark",
@@ -49,7 +49,7 @@ MEASURE_COLUMNS = (
 COLUMNS = (
     "schema_version", "run_id", "cell_id", "arch", "impl", "batch_size", "image_size", "precision",
     "channels_last", "compile", "mode", "optimizer", "device", "round", "find_max_batch", "max_batch_oom_at",
-    "max_batch_limit_reason", "status", "message", "started_at", "wall_s", "overhead_s",
+    "max_batch_limit_reason", "status", "message", "started_at", "wall_s", "overhead_s", "mem_predicted_mb",
     *MEASURE_COLUMNS,
 )  # fmt: skip
 

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Protocol
 import pandas as pd
 
 from bench.config.cell import IMPLS, Cell
+from bench.counting.memory import MB, predict_cell_peak
 from bench.results import CONFIG_KEYS, SCHEMA_VERSION, ResultWriter
 from bench.results.analysis import best_configs, config_medians
 
@@ -254,6 +256,7 @@ class Runner:
         # null for a row whose cell did not finish timing.
         timed_s = reply.get("result", {}).get("timed_s")
         identity["overhead_s"] = None if timed_s is None else round(identity["wall_s"] - timed_s, 3)
+        identity["mem_predicted_mb"] = predicted_mb(cell)
         return {**reply.get("result", {}), **self.env, **identity}
 
     def run(self, job: Job) -> tuple[dict, list[float]]:
@@ -352,6 +355,21 @@ class Runner:
 def _limit(misfit_at: int | None, reason: str | None) -> dict:
     """The columns of a max-batch search row: the smallest batch that did not fit, and why."""
     return {"max_batch_oom_at": misfit_at, "max_batch_limit_reason": reason}
+
+
+def predicted_mb(cell: Cell) -> float | None:
+    """The cell's predicted peak CUDA memory in MiB (bench.counting.memory), for its row on any device.
+
+    Predicted here, in the runner, after the cell's `wall_s` is taken: it is a model of the cell, not a
+    measurement, and the runner's process keeps the per-configuration cache across worker restarts
+    (a worker would pay the fake-tensor start-up again after every crash). None, with a warning, for
+    a model the fake-tensor trace cannot run: a prediction never costs a row.
+    """
+    try:
+        return predict_cell_peak(cell) / MB
+    except Exception as exc:  # noqa: BLE001 - the row's measurement stands without its prediction
+        warnings.warn(f"no predicted memory for {cell.label()}: {type(exc).__name__}: {exc}", stacklevel=2)
+        return None
 
 
 def profile_cells(df: pd.DataFrame) -> list[Cell]:

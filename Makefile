@@ -1,6 +1,7 @@
 # rvbench: `make bench` and `make test` do all set-up on a fresh machine.
-#   make bench [GPU=0|1|cuda|cpu] [PRESET=smoke|cpu|gpu|gpu-full|full]   sweep on the best device present
+#   make bench [GPU=0|1|cuda|cpu|0,1,2,3|all] [PRESET=smoke|cpu|gpu|gpu-full|full]   sweep on the best device present
 #   make gpu-check [GPU=0]                                GPU self-checks (timing, profile, memory, compile, power)
+#   make scale [ARCH=resnet50]                            data-parallel training scaling, 1..N GPUs, torchrun
 #   make test                                             unit tests + deterministic and ratio gates
 #   make PYTHON=/path/to/python3 test                     use an interpreter that already has torch (no venv)
 SHELL := /bin/bash
@@ -28,8 +29,17 @@ DEVICE := cuda:0
 else
 DEVICE := cuda:$(strip $(GPU))
 endif
+# ... and for `make bench` also several GPUs at once: GPU=0,1,2,3 (--devices cuda:0,...) or all (every GPU).
+comma := ,
+ifeq ($(strip $(GPU)),all)
+RUN_DEVICES := --devices all
+else ifneq ($(findstring $(comma),$(GPU)),)
+RUN_DEVICES := --devices $(subst $(eval) ,$(comma),$(addprefix cuda:,$(subst $(comma), ,$(strip $(GPU)))))
+else
+RUN_DEVICES := --device $(DEVICE)
+endif
 
-.PHONY: bench test browser gate gate-baseline gate-ab gpu-check counts
+.PHONY: bench test browser gate gate-baseline gate-ab gpu-check counts scale transfer-demo
 
 # Re-installs only when pyproject.toml changes (the stamp is older than it).
 $(VENV)/.installed: pyproject.toml
@@ -39,7 +49,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 bench: $(SETUP)
-	$(PY) -m bench run --device $(DEVICE) $(if $(strip $(PRESET)),--preset $(PRESET))
+	$(PY) -m bench run $(RUN_DEVICES) $(if $(strip $(PRESET)),--preset $(PRESET))
 
 # The report's browser test needs Debian's chromium; install it when missing (root or sudo).
 browser:
@@ -50,9 +60,11 @@ browser:
 	  else $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
 	    || echo "make: apt-get could not install chromium; the browser test will skip"; fi; }
 
-# Benchmarks run one step each here (--benchmark-disable); the ratio gates run in full.
+# Benchmarks run one step each here (--benchmark-disable); the ratio gates run in full (timed in
+# process CPU time, so the second worker does not move them). Two xdist workers, one thread each
+# (tests/conftest.py), keep both cores busy while a test waits on the processes it started.
 test: $(SETUP) browser
-	$(PY) -m pytest -q tests --benchmark-disable
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests --benchmark-disable
 
 # After an intended change to a model, regenerate the deterministic gate's expected counts.
 counts: $(SETUP)
@@ -80,6 +92,20 @@ BASE ?= HEAD~1
 gate-ab: $(SETUP)
 	$(PY) tests/benchmarks/gate_ab.py --base $(BASE) --device $(if $(filter auto,$(DEVICE)),cpu,$(DEVICE))
 
+# Data-parallel training scaling of one arch under torchrun, 1, 2, 4, ... GPUs of this node (rvbench scale).
+ARCH ?= resnet50
+scale: $(SETUP)
+	$(PY) -m bench scale $(ARCH)
+
 # The GPU self-checks (rvbench gpu-check): under 8 minutes on one H100; exits 2 without CUDA.
 gpu-check: $(SETUP)
 	$(PY) -m bench gpu-check --device $(if $(filter auto,$(DEVICE)),cuda:0,$(DEVICE))
+
+# Time to accuracy on the CPU (rvbench transfer): the procedural 10-class set, written as an ImageFolder and as
+# CIFAR-10 batches (in reports/runs/, which git ignores), then linear probe and full fine-tuning of vit_tiny, rv vs
+# timm, and the report (reports/latest).
+DEMO_DATA := reports/runs/transfer-demo-data
+transfer-demo: $(SETUP)
+	$(PY) -c "from bench.data.procedural import write_demo_data; write_demo_data('$(DEMO_DATA)', 800, 200)"
+	$(PY) -m bench transfer vit_tiny_patch16_224 --data $(DEMO_DATA)/cifar-10-batches-py --impls rv,timm \
+	  --strategy linear,full --epochs 3 --image-size 32 --batch-size 32 --target-acc 0.5 --device cpu

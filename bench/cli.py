@@ -22,6 +22,8 @@ COMMANDS = {
     "profile": "Profile one cell: operator categories, per-module time, roofline.",
     "gpu-check": "Check on this GPU that timing, profiling, memory, compile and power measure what they claim.",
     "memory": "Predict a cell's peak CUDA memory and the largest batch that fits, without a GPU.",
+    "scale": "Data-parallel training throughput and efficiency from 1 to N ranks, under torchrun.",
+    "transfer": "Time to accuracy of linear probe, staged and full fine-tuning, and from scratch, per implementation.",
 }
 
 

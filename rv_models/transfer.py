@@ -6,7 +6,9 @@ three. Parameter groups are the canonical groups of the family's layout (rv_mode
     ViT:    patch_embed (patch projection, class token, position embedding), the blocks in BLOCK_GROUPS
             consecutive chunks ("blocks.0-2", ...), head (final norm and classifier)
 Stage k trains the last k groups, so stage 1 trains the head group and stage len(groups) trains everything.
-Freezing only switches requires_grad; BatchNorm running statistics still update in train mode.
+Freezing only switches requires_grad; `train_mode` also keeps frozen modules in eval mode, so a frozen BatchNorm's
+running statistics stay put. A `StageSchedule` strings stages into epochs (the head first, then the last blocks, then
+everything) with a lower learning rate for the backbone than for the head.
 """
 
 from __future__ import annotations
@@ -108,6 +110,76 @@ def unfreeze_last(model: nn.Module, k: int) -> nn.Module:
         raise ValueError(f"stage {k} out of range: {type(model).__name__} has {len(groups)} groups (0..{len(groups)})")
     _train_only(model, (p for group in groups[len(groups) - k:] for p in group.params))
     return model
+
+
+def train_mode(model: nn.Module) -> nn.Module:
+    """Train mode for the modules that own trainable parameters, eval mode for the rest, so a frozen backbone's
+    BatchNorm statistics and dropout stay as they are. Returns the model."""
+    model.eval()
+    for module in model.modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            module.train()
+    return model
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A run of epochs that trains the last `train_last` parameter groups (None: every group)."""
+
+    epochs: int
+    train_last: int | None = None
+
+
+@dataclass(frozen=True)
+class StageSchedule:
+    """Which groups train in which epoch, and at which learning rate.
+
+    The head group trains at the given learning rate, every backbone group at `backbone_lr_scale` times it: a
+    pretrained backbone needs smaller steps than a fresh head. Groups are those of `param_groups`, so the same
+    schedule unfreezes a ResNet layer by layer and a ViT by chunks of transformer blocks.
+    """
+
+    stages: tuple[Stage, ...]
+    backbone_lr_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.stages or any(s.epochs < 1 or (s.train_last is not None and s.train_last < 1) for s in self.stages):
+            raise ValueError(f"a schedule needs stages of >= 1 epoch training >= 1 group, got {self.stages}")
+
+    @classmethod
+    def staged(cls, epochs: int, backbone_lr_scale: float = 0.1) -> StageSchedule:
+        """The tutorial's FineTuner: the head alone, then the head and the last backbone group (ResNet layer4, a
+        ViT's last quarter of blocks), then everything; a quarter of the epochs each for the first two."""
+        if epochs < 3:
+            raise ValueError(f"staged fine-tuning needs >= 3 epochs (one per stage), got {epochs}")
+        first = max(1, epochs // 4)
+        return cls((Stage(first, 1), Stage(first, 2), Stage(epochs - 2 * first)), backbone_lr_scale)
+
+    @property
+    def epochs(self) -> int:
+        """Total epochs over all stages."""
+        return sum(s.epochs for s in self.stages)
+
+    def stage_at(self, epoch: int) -> Stage:
+        """The stage that epoch `epoch` (0-based) belongs to."""
+        for stage in self.stages:
+            if epoch < stage.epochs:
+                return stage
+            epoch -= stage.epochs
+        raise ValueError(f"epoch out of range: the schedule has {self.epochs} epochs")
+
+    def apply(self, model: nn.Module, epoch: int) -> nn.Module:
+        """Freeze and unfreeze the model for `epoch` (`unfreeze_last`) and set its train/eval modes (`train_mode`)."""
+        stage = self.stage_at(epoch)
+        unfreeze_last(model, len(param_groups(model)) if stage.train_last is None else stage.train_last)
+        return train_mode(model)
+
+    def lr_groups(self, model: nn.Module, lr: float) -> list[dict]:
+        """Optimizer parameter groups, one per group of `param_groups`: {"name", "params", "lr"}. Frozen parameters
+        get no gradient, so an optimizer over all groups steps only the ones the current stage trains."""
+        groups = param_groups(model)
+        return [{"name": g.name, "params": list(g.params), "lr": lr if i == len(groups) - 1 else lr * self.backbone_lr_scale}
+                for i, g in enumerate(groups)]
 
 
 def count_trainable(model: nn.Module) -> int:

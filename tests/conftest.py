@@ -1,7 +1,13 @@
-"""Suite-wide pytest options: which device the benchmark and gate tests run on.
+"""Suite-wide pytest options: which device the benchmark and gate tests run on, and one thread per
+pytest-xdist worker.
 
 The option lives here, at the top of the test tree, because pytest only reads `pytest_addoption`
 from conftest files it loads at start-up; `tests/benchmarks/conftest.py` turns it into fixtures.
+
+`make test` runs two xdist workers on two cores. Each worker, and every process a test starts from it
+(sweep workers, torchrun ranks, Ray nodes inherit OMP_NUM_THREADS), computes on one thread, so the
+workers share the cores instead of oversubscribing them, and a test bounded in time (a cell timeout)
+sees about the speed it sees in a serial run.
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Resolve --device to "cpu" or "cuda:N" for the fixtures, as the CLI does; reject a bad or
     absent device once, before any test runs, instead of failing every test."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
     try:
         config.option.device = resolve_device(config.getoption("--device"))
     except UsageError as err:

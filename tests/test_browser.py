@@ -15,6 +15,9 @@ from report_fixture import real_smoke_run, write_run
 
 from bench.report import write_report
 
+# One xdist worker makes the real smoke run (report_fixture.real_smoke_run) for both report test modules.
+pytestmark = pytest.mark.xdist_group("smoke_run")
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

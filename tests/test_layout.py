@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 STAGES = (
     ("bench.errors",),
-    ("bench.models", "bench.hardware"),
+    ("bench.models", "bench.hardware", "bench.data"),
     ("bench.config",),
     ("bench.counting",),
     ("bench.execute",),

@@ -14,6 +14,9 @@ from bench.report.data import per_config
 from bench.report.plots_derived import speedup_table
 from bench.results import load
 
+# One xdist worker makes the real smoke run (report_fixture.real_smoke_run) for both report test modules.
+pytestmark = pytest.mark.xdist_group("smoke_run")
+
 HOSTILE_ARCH = "<script>alert('arch')</script>"
 
 

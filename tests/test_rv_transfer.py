@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from rv_models.transfer import (
+    Stage,
+    StageSchedule,
     classifier,
     count_trainable,
     create_transfer_model,
@@ -102,3 +104,54 @@ def test_bad_impl_arch_and_model_are_rejected() -> None:
         create_transfer_model("vit_small_patch16_224", "torchvision", num_classes=2)
     with pytest.raises(ValueError, match="unsupported model Linear: expected a ResNet or ViT"):
         freeze_backbone(nn.Linear(2, 2))
+
+
+def _trained_groups(model: nn.Module) -> list[str]:
+    return [g.name for g in param_groups(model) if all(p.requires_grad for p in g.params)]
+
+
+@pytest.mark.parametrize("arch, second", [("resnet18", "layer4"), ("vit_tiny_patch16_224", "blocks.9-11")])
+def test_staged_schedule_unfreezes_head_then_last_group_then_all(arch: str, second: str) -> None:
+    with torch.device("meta"):
+        model = create_transfer_model(arch, num_classes=5)
+    schedule = StageSchedule.staged(8)
+    assert [s.epochs for s in schedule.stages] == [2, 2, 4] and schedule.epochs == 8
+    groups = [g.name for g in param_groups(model)]
+    seen = []
+    for epoch in range(schedule.epochs):
+        schedule.apply(model, epoch)
+        seen.append(_trained_groups(model))
+    assert seen == [["head"]] * 2 + [[second, "head"]] * 2 + [groups] * 4
+    # any other parameter is frozen in every stage
+    schedule.apply(model, 2)
+    assert count_trainable(model) == sum(p.numel() for g in param_groups(model)[-2:] for p in g.params)
+
+
+def test_lr_groups_give_the_backbone_the_scaled_rate() -> None:
+    with torch.device("meta"):
+        model = create_transfer_model("vit_tiny_patch16_224", num_classes=5)
+    groups = StageSchedule((Stage(3),), backbone_lr_scale=0.1).lr_groups(model, 1e-3)
+    assert [g["name"] for g in groups] == VIT_GROUPS
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4] * 5 + [1e-3])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_train_mode_keeps_frozen_batchnorm_statistics() -> None:
+    torch.manual_seed(0)
+    model = create_transfer_model("resnet18", num_classes=3)
+    StageSchedule((Stage(1, train_last=1),)).apply(model, 0)
+    assert model.fc.training and not model.bn1.training and not model.layer4[1].bn2.training
+    before = model.bn1.running_mean.clone()
+    model(torch.randn(4, 3, 32, 32))
+    assert torch.equal(model.bn1.running_mean, before)
+    StageSchedule((Stage(1),)).apply(model, 0)
+    assert model.bn1.training
+
+
+def test_bad_schedules_are_rejected() -> None:
+    with pytest.raises(ValueError, match="staged fine-tuning needs >= 3 epochs"):
+        StageSchedule.staged(2)
+    with pytest.raises(ValueError, match="stages of >= 1 epoch"):
+        StageSchedule((Stage(0),))
+    with pytest.raises(ValueError, match="epoch out of range: the schedule has 3 epochs"):
+        StageSchedule.staged(3).stage_at(3)

@@ -1,6 +1,6 @@
 """`rvbench gpu-check`: does the CUDA path measure what it claims, on this GPU?
 
-Eleven checks, each the shortest experiment that would expose one way a GPU benchmark goes wrong;
+Twelve checks, each the shortest experiment that would expose one way a GPU benchmark goes wrong;
 each gives PASS, FAIL or INFO (a figure to read, with no pass rule) and its headline figure:
 
  1 device       the device, its row in the peak table (bench.hardware.gpus) and its NVML handle
@@ -23,9 +23,11 @@ each gives PASS, FAIL or INFO (a figure to read, with no pass rule) and its head
 10 batch-4096   resnet50 fp16 inference at batch 4096 (tensors past 2**31 elements);
 11 memory-prediction  predicted (bench.counting.memory) against measured peak allocated memory of
                 eager resnet50 and vit_base cells at batch 64 (PASS within 10%), and the predicted
-                largest training batch against `--find-max-batch`'s search.
+                largest training batch against `--find-max-batch`'s search;
+12 ddp          a 1-rank NCCL job of `rvbench scale` (torchrun, DistributedDataParallel), resnet50 train
+                batch 64: an ok row whose all-reduced bytes equal the gradient bytes.
 
-Every check runs in this process except 8, which drives a real worker. A check that raises is a
+Every check runs in this process except 8, which drives a real worker, and 12, which launches torchrun. A check that raises is a
 FAIL with its error; the others still run. The thresholds are the `judge_*` functions, which are
 pure so that their rules are tested without a GPU.
 """
@@ -114,6 +116,16 @@ def judge_memory(row: dict) -> tuple[bool, str]:
     if reserved > alloc * RESERVED_SLACK + RESERVED_SLACK_MB:
         return False, f"reserved {reserved:.0f} MB inflated over allocated {alloc:.0f} MB"
     return True, f"activation {activation:.0f} MB, reserved {reserved:.0f} / allocated {alloc:.0f} MB"
+
+
+def judge_ddp(row: dict) -> tuple[bool, str]:
+    """A scale job's row is ok and DDP all-reduced exactly the gradient bytes in each step."""
+    if row["status"] != "ok":
+        return False, f"{row['status']}: {row['message'].splitlines()[0] if row['message'] else '-'}"
+    if row["allreduce_bytes"] != row["grad_bytes"]:
+        return False, f"all-reduced {row['allreduce_bytes']:.0f} B per step, gradients {row['grad_bytes']:.0f} B"
+    return True, (f"{row['throughput']:.0f} img/s, step p50 {row['step_ms_p50']:.2f} ms, all-reduced "
+                  f"{row['allreduce_bytes'] / 2**20:.1f} MiB per step = the gradients")
 
 
 def judge_profile(profile_ms: float, measured_ms: float, modules_ms: float | None, busy_ms: float | None) -> bool:
@@ -283,7 +295,7 @@ def _watts(value: float | None) -> str:
 
 
 def check_oom_recovery(ctx: Context) -> tuple[bool | None, str, dict]:
-    from bench.runner.runner import Worker
+    from bench.runner.client import Worker
 
     worker = Worker(ctx.out_dir / "worker-oom-check.log")
     timing = dataclasses.asdict(CHECK_TIMING)
@@ -307,7 +319,7 @@ def check_memory_prediction(ctx: Context) -> tuple[bool | None, str, dict]:
     """Predicted (bench.counting.memory) against measured peak allocated memory for eager cells of
     the default GPU preset's models, and the predicted largest training batch against the search."""
     from bench.counting.memory import MB, max_batch, predict_cell_peak
-    from bench.runner.runner import Job, Runner
+    from bench.runner.runner import Job, Runner, Slot
 
     cells = [ctx.cell(arch, 64, precision="amp-bf16", channels_last=arch.startswith("resnet"), mode=mode)
              for arch in ("resnet50", "vit_base_patch16_224") for mode in ("inference", "train")]
@@ -318,7 +330,7 @@ def check_memory_prediction(ctx: Context) -> tuple[bool | None, str, dict]:
         errors.append(predicted / measured - 1.0)
         data[cell.label()] = {"predicted_mb": predicted, "measured_mb": measured, "error_pct": 100.0 * errors[-1]}
     total = torch.cuda.get_device_properties(torch.device(ctx.device)).total_memory
-    runner = Runner(ctx.out_dir, CHECK_TIMING, cell_timeout=600)
+    runner = Runner(ctx.out_dir, ctx.out_dir.name, CHECK_TIMING, 600, Slot(ctx.device, ctx.device))
     searches = []
     try:
         for cell in cells[1::2]:
@@ -358,6 +370,39 @@ def check_batch_4096(ctx: Context) -> tuple[bool | None, str, dict]:
     return True, figure, {k: row.get(k) for k in ("throughput", "step_ms_p50", "mem_peak_alloc_mb")}
 
 
+def check_ddp(ctx: Context) -> tuple[bool | None, str, dict]:
+    """`rvbench scale`'s launcher with one NCCL rank on ctx.device (made rank 0's cuda:0 by
+    CUDA_VISIBLE_DEVICES for the job)."""
+    import os
+
+    from bench.execute.ddp import DdpOptions
+    from bench.hardware.gpus import node_link
+    from bench.results.store import ResultWriter
+    from bench.runner.scale import ScaleSpec, run_scale
+
+    index = torch.device(ctx.device).index or 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    cell = ctx.cell("resnet50", 64, precision="amp-bf16", channels_last=True, mode="train")
+    spec = ScaleSpec(cell=dataclasses.replace(cell, device="cuda"), ddp=DdpOptions(), backend="nccl", warmup=5,
+                     steps=30, profile_steps=3, timeout_s=300, link=node_link(torch.cuda.get_device_name(index)))
+    out = ctx.out_dir / "ddp"
+    out.mkdir(parents=True, exist_ok=True)
+    writer = ResultWriter(out)
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index] if visible else str(index)
+    try:
+        (row,) = run_scale(spec, [1], out, writer)
+    finally:
+        writer.close()
+        if visible is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    passed, figure = judge_ddp(row)
+    keys = ("status", "throughput", "step_ms_p50", "allreduce_bytes", "grad_bytes", "comm_ms", "comm_share",
+            "comm_overlap", "mem_peak_alloc_mb", "rank_stats")
+    return passed, figure, {k: row.get(k) for k in keys} | {"message": row["message"][:500]}
+
+
 CHECKS: dict[str, Callable[[Context], tuple[bool | None, str, dict]]] = {
     "device": check_device,
     "timing": check_timing,
@@ -370,6 +415,7 @@ CHECKS: dict[str, Callable[[Context], tuple[bool | None, str, dict]]] = {
     "fp32-modes": check_fp32_modes,
     "batch-4096": check_batch_4096,
     "memory-prediction": check_memory_prediction,
+    "ddp": check_ddp,
 }
 
 

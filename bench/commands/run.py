@@ -1,4 +1,5 @@
-"""`rvbench run`: sweep a preset on one device into a run directory, resumably."""
+"""`rvbench run`: sweep a preset on one device, several (--devices) or a Ray cluster (--cluster) into a
+run directory, resumably."""
 
 from __future__ import annotations
 
@@ -11,20 +12,21 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from bench.config.cell import Cell
 from bench.cli import name_list
 from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED, DiskFull, UsageError, is_disk_full
 from bench.report.summary import SUMMARY_NAME, summary_counts, summary_text, write_run_report
 from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest, write_atomically
-from bench.runner.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT, Job, Runner, plan_jobs, profile_cells, run_jobs
+from bench.runner.cluster import SlotsLost, cluster_device, connect, run_cluster
+from bench.runner.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT, Job, Runner, group_jobs, plan_jobs, profile_cells
 from bench.runner.progress import progress_bar
+from bench.runner.schedule import Board, run_local, slots
 from bench.config.sweep import SweepSpec, build_spec, expand, list_presets, timing_config
-from bench.hardware.device import resolve_device
+from bench.hardware.device import check_capability, cuda_count, resolve_device
 
 if TYPE_CHECKING:
     from bench.config.sweep import TimingConfig
@@ -39,6 +41,9 @@ DEFAULT_OUT = Path("reports")
 # (or a compilation hung just as long: the two are timed apart, see bench.runner.runner) is killed.
 GPU_CELL_TIMEOUT_S = 900.0
 LOCK_FILE = ".lock"
+ENV_FILE = "env.json"
+# Exit code when every actor of a --cluster run was lost with cells left (rows kept; --resume goes on).
+EXIT_SLOTS_LOST = 1
 
 
 def _ints(text: str) -> list[int]:
@@ -51,7 +56,7 @@ def _ints(text: str) -> list[int]:
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the options of `rvbench run`."""
     parser.epilog = ("Lists are comma-separated. Overrides replace that axis in every block of the "
-                     "preset. Exit codes: 0 done, 2 bad input (nothing written), 3 disk full, "
+                     "preset. Exit codes: 0 done, 1 --cluster lost every actor (rows kept), 2 bad input (nothing written), 3 disk full, "
                      "4 HTML report failed (results and summary.txt kept), 5 no cell measured (every "
                      "cell oom, error, timeout or skipped), 130 Ctrl-C, 143 SIGTERM (finished cells kept; continue with --resume).")
     sweep = parser.add_argument_group("sweep (preset and overrides)")
@@ -83,13 +88,21 @@ def register(parser: argparse.ArgumentParser) -> None:
                             f"{MAX_BATCH_LIMIT} on a GPU, {CPU_MAX_BATCH_LIMIT} on a CPU")
     where = parser.add_argument_group("where and how")
     where.add_argument("--device", default="auto",
-                       help="cpu, cuda or cuda:N; auto = cuda:0 if present, else cpu")
+                       help="cpu, cuda or cuda:N; auto = cuda:0 if present, else cpu (with --cluster: cuda or cpu)")
+    where.add_argument("--devices", type=name_list, metavar="LIST",
+                       help="run on several devices at once, one worker each, e.g. cuda:0,cuda:1 or all (every "
+                            "visible GPU); the implementations of one configuration and round stay on one device. "
+                            "A device named twice gets two slots (cpu,cpu: for tests; CPU slots contend for the cores)")
+    where.add_argument("--cluster", metavar="ADDRESS",
+                       help="run on a Ray cluster, one actor per GPU (--device cpu: per unit of the node resource "
+                            "rvbench_cpu): ray://HOST:PORT, HOST:PORT, or auto ($RAY_ADDRESS); needs "
+                            "pip install 'rvbench[cluster]'")
     where.add_argument("--out", type=Path, default=None,
                        help="reports directory: the run goes to OUT/runs/<time>-<host>-<device>/, "
                             f"OUT/latest links to it (default: {DEFAULT_OUT})")
     where.add_argument("--resume", type=Path, metavar="DIR",
                        help="continue the run in DIR: run only cells without a row (its config.json "
-                            "defines the sweep)")
+                            "defines the sweep and where it runs, unless --devices or --cluster says otherwise)")
     where.add_argument("--cell-timeout", type=float, metavar="S",
                        help="kill a cell after S seconds outside compilation, or S seconds compiling (row "
                             f"status timeout, worker restarted); default: {GPU_CELL_TIMEOUT_S:g} on a GPU, none on a CPU")
@@ -99,7 +112,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def _resume_spec(args: argparse.Namespace) -> tuple[SweepSpec, Path]:
+def _resume_spec(args: argparse.Namespace) -> tuple[SweepSpec, dict, Path]:
+    """The sweep of `--resume DIR` (its config.json) and the config itself, which says where it ran."""
     given = [o for o in RESUME_CONFLICTS if getattr(args, o) is not None]
     if given or args.device != "auto":
         flags = ", ".join("--" + o.replace("_", "-") for o in given + (["device"] if args.device != "auto" else []))
@@ -112,25 +126,66 @@ def _resume_spec(args: argparse.Namespace) -> tuple[SweepSpec, Path]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{config} is damaged ({exc}); it is not a run's config") from None
     spec = SweepSpec.from_json(data, where=str(config))
-    spec.device = resolve_device(spec.device)
     reports_dir = args.resume.parent.parent if args.resume.parent.name == "runs" else None
-    return spec, reports_dir
+    return spec, data, reports_dir
 
 
-def _new_spec(args: argparse.Namespace) -> SweepSpec:
-    device = resolve_device(args.device)
+def _new_spec(args: argparse.Namespace, device: str) -> SweepSpec:
     preset = args.preset or ("cpu" if device == "cpu" else "gpu")
     overrides = {o: getattr(args, o) for o in SWEEP_OPTIONS if o not in ("preset", "find_max_batch")}
     return build_spec(preset, device, overrides, find_max_batch=bool(args.find_max_batch))
 
 
-def _new_run_dir(reports_dir: Path, device: str) -> Path:
-    """Create RUN_DIR = REPORTS/runs/<time>-<host>-<device>, suffixed -2, -3, ... when taken.
+def _local_devices(names: list[str]) -> list[str]:
+    """--devices resolved here ("all": every visible CUDA device), each checked to exist."""
+    if names == ["all"]:
+        if not cuda_count():
+            raise UsageError("--devices all: this machine has no CUDA device; valid: cpu or cuda:N lists")
+        return [f"cuda:{i}" for i in range(cuda_count())]
+    return [resolve_device(name) for name in names]
+
+
+def _kind(device: str) -> str:
+    return "cpu" if device == "cpu" else "cuda"
+
+
+def _where(args: argparse.Namespace, config: dict | None) -> tuple[str | None, list[str] | None, str | None]:
+    """Where the run goes: (cluster address, None, its device) or (None, local devices, their first).
+
+    A resumed run goes where it went before unless --devices or --cluster says otherwise; the device
+    is then that of its cells (None here: config.json has it)."""
+    if args.devices and args.cluster:
+        raise UsageError("--devices and --cluster: give one (a cluster places its own actors)")
+    if args.devices and args.device != "auto":
+        raise UsageError("--device and --devices: give one")
+    if args.profile and (args.cluster or (config or {}).get("cluster") and not args.devices):
+        raise UsageError("--profile runs on this machine, not on a cluster: profile with `rvbench profile` on a node")
+    cluster = args.cluster or (None if config is None or args.devices else config.get("cluster"))
+    if cluster:
+        connect(cluster)
+        if config is None:
+            return cluster, None, cluster_device(args.device)
+        cluster_device(_kind(config["device"]))
+        return cluster, None, None
+    names = args.devices or (config.get("devices") or [config["device"]] if config else [args.device])
+    devices = _local_devices(names)
+    return None, devices, None if config else devices[0]
+
+
+def _run_label(cluster: str | None, devices: list[str] | None, device: str) -> str:
+    """What the run directory's name says it ran on: the device, N x its kind, or ray-<kind>."""
+    if cluster:
+        return f"ray-{_kind(device)}"
+    return device.replace(":", "") if len(devices) == 1 else f"{len(devices)}x{_kind(device)}"
+
+
+def _new_run_dir(reports_dir: Path, label: str) -> Path:
+    """Create RUN_DIR = REPORTS/runs/<time>-<host>-<label>, suffixed -2, -3, ... when taken.
 
     The mkdir itself claims the name (no exists-then-mkdir race), so two runs starting in the same
     second on one host get distinct directories."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname().split(".")[0])
-    name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{host}-{device.replace(':', '')}"
+    name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{host}-{label}"
     runs, n = reports_dir / "runs", 1
     while True:
         run_dir = runs / (name if n == 1 else f"{name}-{n}")
@@ -171,21 +226,28 @@ def run(args: argparse.Namespace) -> int:
     if args.cell_timeout is not None and args.cell_timeout <= 0:
         raise UsageError(f"--cell-timeout must be > 0 seconds, got {args.cell_timeout:g}")
     if args.resume:
-        spec, reports_dir = _resume_spec(args)
+        spec, config, reports_dir = _resume_spec(args)
+        cluster, devices, _ = _where(args, config)
     else:
-        spec, reports_dir = _new_spec(args), args.out or DEFAULT_OUT
+        cluster, devices, device = _where(args, None)
+        spec, reports_dir = _new_spec(args, device), args.out or DEFAULT_OUT
+    if devices and {_kind(d) for d in devices} != {_kind(spec.device)}:
+        raise UsageError(f"the run's cells are for {spec.device}; --devices must be {_kind(spec.device)} devices too")
     timing = timing_config(spec)
     cells = expand(spec)
     jobs = plan_jobs(cells, spec.find_max_batch)
+    for device, precision in dict.fromkeys((d, c.precision) for d in devices or [] for c in cells):
+        check_capability(device, precision)
 
-    run_dir = args.resume or _new_run_dir(reports_dir, spec.device)
+    run_dir = args.resume or _new_run_dir(reports_dir, _run_label(cluster, devices, spec.device))
     lock = _lock(run_dir)
     try:
         if not args.resume:
-            _write_config(run_dir, {**spec.to_json(), "cells": len(cells), "jobs": len(jobs)})
+            _write_config(run_dir, {**spec.to_json(), "cells": len(cells), "jobs": len(jobs),
+                                    "devices": devices, "cluster": cluster})
         with _signals_interrupt() as received:
             try:
-                return _sweep(args, spec, timing, cells, jobs, run_dir, reports_dir, received)
+                return _sweep(args, spec, timing, jobs, (cluster, devices), run_dir, reports_dir, received)
             except KeyboardInterrupt:  # a second signal while the tables or report were written
                 print(f"rvbench run: interrupted; {_resume_hint(run_dir)}", file=sys.stderr)
                 return _signal_exit(received)
@@ -218,6 +280,26 @@ def _try_update_latest(reports_dir: Path, run_dir: Path) -> None:
         pass
 
 
+def _env_recorder(run_dir: Path) -> Callable[[str, dict], None]:
+    """The callback that records each slot's environment in RUN_DIR/env.json as the slot comes up.
+
+    One slot: its env_* keys, as always. Several: the first slot's at the top level (what a reader of
+    a one-device run looks for) and every slot's, named, under "slots". A resumed run keeps the
+    env.json of its first invocation; every row carries the environment of the slot that ran it.
+    """
+    path = run_dir / ENV_FILE
+    if path.exists():
+        return lambda name, env: None
+    envs: list[dict] = []
+
+    def record(name: str, env: dict) -> None:
+        envs.append({"slot": name, **env})
+        content = {**envs[0], "slots": envs} if len(envs) > 1 else envs[0]
+        write_atomically(path, lambda p: p.write_text(json.dumps(content, indent=2, default=str) + "\n"))
+
+    return record
+
+
 @contextmanager
 def _signals_interrupt() -> Iterator[list[int]]:
     """Make SIGTERM (a scheduler's stop) and SIGINT both raise KeyboardInterrupt, so either stops the
@@ -247,39 +329,50 @@ def _resume_hint(run_dir: Path) -> str:
     return f"continue with: rvbench run --resume {run_dir}"
 
 
-def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, cells: list[Cell], jobs: list[Job],
-           run_dir: Path, reports_dir: Path | None, received: list[int]) -> int:
-    """Run the jobs not yet recorded in run_dir, then write the tables, report and summary.
+def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs: list[Job],
+           where: tuple[str | None, list[str] | None], run_dir: Path, reports_dir: Path | None,
+           received: list[int]) -> int:
+    """Run the jobs not yet recorded in run_dir on the cluster or local devices of `where`, then write
+    the tables, report and summary.
 
     Returns 0; 128 + the signal in `received` when a signal stopped the sweep; else
     EXIT_REPORT_FAILED when the HTML report failed, EXIT_NOTHING_MEASURED when no cell is ok."""
     done = finished_cell_ids(run_dir)
     todo = [job for job in jobs if job.job_id not in done]
+    cluster, devices = where
 
     cell_timeout = args.cell_timeout
     if cell_timeout is None and spec.device != "cpu":
         cell_timeout = GPU_CELL_TIMEOUT_S
-    runner = Runner(run_dir, timing, cell_timeout)
-    env = runner.collect_env(spec.device)
-    if not (run_dir / "env.json").exists():
-        write_atomically(run_dir / "env.json", lambda p: p.write_text(json.dumps(env, indent=2, default=str) + "\n"))
     writer = ResultWriter(run_dir)
     bar = progress_bar(len(jobs), len(jobs) - len(todo))
+    board = Board(bar, _env_recorder(run_dir))
+    runners = [Runner(run_dir, run_dir.name, timing, cell_timeout, slot) for slot in slots(devices or [])]
+    lost = None
     try:
-        completed = run_jobs(runner, todo, writer, bar)
+        if cluster:
+            completed = run_cluster(group_jobs(todo), writer, board, run_dir.name, timing, cell_timeout, spec.device)
+        else:
+            completed = run_local(runners, group_jobs(todo), writer, board)
+    except SlotsLost as exc:
+        completed, lost = False, exc
     finally:
         bar.close()
         writer.close()
 
     df = finalize(run_dir)
     if completed and args.profile:
-        print("\n".join(runner.profile(profile_cells(df), run_dir / "profiles")))
-        runner.close()
+        print("\n".join(runners[0].profile(profile_cells(df), run_dir / "profiles")))
+        runners[0].close()
     text = summary_text(df)
     report = write_run_report(run_dir, text)
     if reports_dir is not None:
         update_latest(reports_dir, run_dir)
     print(text + f"run directory: {run_dir}" + (f"\nreport: {report}" if report else ""))
+    if lost is not None:
+        print(f"rvbench run: error: {lost}; {len(df)} of {len(jobs)} cells recorded; {_resume_hint(run_dir)}",
+              file=sys.stderr)
+        return EXIT_SLOTS_LOST
     if not completed:
         print(f"interrupted: {len(df)} of {len(jobs)} cells recorded; {_resume_hint(run_dir)}")
         return _signal_exit(received)

@@ -101,3 +101,64 @@ def peak_tflops_for(gpu_name: str | None, precision: str) -> float | None:
         raise UsageError(f"unknown precision {precision!r}; valid: {', '.join(_PEAK_KEY)}")
     spec, key = match_device(gpu_name), _PEAK_KEY[precision]
     return None if spec is None or key is None else spec.peak_tflops[key]
+
+
+# ---- links between GPUs, for the ring all-reduce bound of `rvbench scale` -------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link's published bandwidth per direction, in GB/s (10**9 bytes/s): a ring all-reduce sends
+    and receives at once, so each step of the ring moves at this rate."""
+
+    name: str
+    gbytes_s: float
+
+
+# Per direction, from the vendors' figures: NVLink 3 (A100) 600 GB/s, NVLink 4 (H100/H200 SXM)
+# 900 GB/s, NVLink 5 (B200) 1.8 TB/s and the H100/H200 NVL bridge 600 GB/s are bidirectional totals,
+# halved here; PCIe 4.0 / 5.0 x16 are 16 / 32 GT/s x 16 lanes x 128/130 encoding; InfiniBand HDR and
+# NDR are 200 and 400 Gb/s (bits) per port, 25 and 50 GB/s.
+LINKS = {
+    "nvlink3": Link("NVLink 3", 300.0),
+    "nvlink4": Link("NVLink 4", 450.0),
+    "nvlink5": Link("NVLink 5", 900.0),
+    "nvlink-bridge": Link("NVLink bridge (NVL)", 300.0),
+    "pcie4": Link("PCIe 4.0 x16", 31.5),
+    "pcie5": Link("PCIe 5.0 x16", 63.0),
+    "ib-hdr": Link("InfiniBand HDR", 25.0),
+    "ib-ndr": Link("InfiniBand NDR", 50.0),
+}
+# The link between GPUs of one node in each part's usual form factor: SXM boards talk over NVLink,
+# PCIe cards over PCIe (an optional NVLink bridge is not assumed).
+_NODE_LINK = {
+    H100_SXM.name: "nvlink4", H100_PCIE.name: "pcie5", H100_NVL.name: "nvlink-bridge", H200_SXM.name: "nvlink4",
+    H200_NVL.name: "nvlink-bridge", A100_SXM_80.name: "nvlink3", A100_SXM_40.name: "nvlink3",
+    A100_PCIE_80.name: "pcie4", A100_PCIE_40.name: "pcie4", L4.name: "pcie4", L40S.name: "pcie4",
+    A10.name: "pcie4", RTX_4090.name: "pcie4", RTX_5090.name: "pcie5", B200.name: "nvlink5",
+}
+_BANDWIDTH = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(GB/s|Gb/s)\s*$")
+
+
+def node_link(gpu_name: str | None) -> Link | None:
+    """The usual link between two GPUs of this kind in one node; None for unknown devices."""
+    spec = match_device(gpu_name)
+    return None if spec is None else LINKS[_NODE_LINK[spec.name]]
+
+
+def parse_link(text: str) -> Link:
+    """A link named in LINKS, or a bandwidth with its unit: "450GB/s" (bytes) or "400Gb/s" (bits)."""
+    if text.lower() in LINKS:
+        return LINKS[text.lower()]
+    match = _BANDWIDTH.match(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise UsageError(f"link {text!r}: give a bandwidth per direction with its unit, e.g. 450GB/s (bytes) "
+                         f"or 400Gb/s (bits), or one of: {', '.join(LINKS)}")
+    value = float(match.group(1))
+    return Link(text.strip(), value if match.group(2) == "GB/s" else value / 8)
+
+
+def ring_allreduce_s(nbytes: float, ranks: int, link: Link) -> float:
+    """Seconds a ring all-reduce of `nbytes` over `ranks` needs at least: each rank sends (and
+    receives) 2 (n - 1) / n of the data, at the link's bandwidth per direction."""
+    return 2 * (ranks - 1) / ranks * nbytes / (link.gbytes_s * 1e9)

@@ -14,13 +14,24 @@ import pandas as pd
 
 import bench
 from bench import results
-from bench.report import REPORT_NAME, plots_derived, plots_memory, plots_perf, plots_profile, tables
+from bench.report import (
+    REPORT_NAME,
+    plots_derived,
+    plots_memory,
+    plots_perf,
+    plots_profile,
+    plots_scaling,
+    plots_transfer,
+    tables,
+)
 from bench.report.data import per_config, variants
+from bench.report.fleet import fleet_table
 from bench.report.flops_table import flops_table
 from bench.report.profile_tables import profile_details
 from bench.report.render import render
 from bench.report.summary import overhead
 from bench.results.analysis import BEST_CONFIG_RULE, has_values
+from bench.results.store import DDP_MODE, TRANSFER_MODE
 
 CSV_NAME = "results.csv"
 
@@ -32,6 +43,7 @@ def _read_json(path: Path) -> dict:
 def _env(run_dir: Path, df: pd.DataFrame) -> dict:
     """env.json, or the env_* columns of the first row for a run whose env.json is missing."""
     env = _read_json(run_dir / "env.json")
+    env.pop("slots", None)  # a run on several slots: each one's env, shown per GPU model instead
     if env or df.empty:
         return env
     return {k: v for k, v in df.iloc[0].items() if k.startswith("env_")}
@@ -54,7 +66,13 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
     df = results.load_run(run_dir)
     env = _env(run_dir, df)
     config = _read_json(run_dir / "config.json")
-    configs = per_config(df)
+    # `rvbench scale` rows (one per world size) have their own section; the sweep's views leave them out.
+    # `rvbench transfer` rows (epochs of training runs) have their own section too.
+    sweep = df[~df["mode"].isin((DDP_MODE, TRANSFER_MODE))]
+    transfer = [plots_transfer.accuracy_vs_time(df)] if (df["mode"] == TRANSFER_MODE).any() else []
+    configs = per_config(sweep)
+    scaling = ([plots_scaling.throughput(df), plots_scaling.efficiency(df), plots_scaling.communication(df)]
+               if not plots_scaling.scaling_rows(df).empty else [])
     perf = [plots_perf.throughput(configs), plots_perf.latency(configs)]
     # Measured memory is plotted where CUDA measured it; a CPU's RSS growth is too coarse to plot, so it
     # stays in the tables (labelled approximate) and the Memory section's predicted peak stands in.
@@ -63,14 +81,14 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
     memory_plots = [plots_memory.predicted(configs), plots_memory.predicted_vs_measured(configs)]
     derived = [
         plots_derived.speedup(configs),
-        plots_derived.reference_ratio(_ratios(df)),
+        plots_derived.reference_ratio(_ratios(sweep)),
         plots_derived.finetune_vs_train(configs),
         plots_derived.mfu(configs),
         plots_derived.energy(configs),
     ]
     profiles = plots_profile.load_profiles(run_dir)
     profile = [plots_profile.categories(profiles), plots_profile.roofline(profiles)] if profiles else []
-    flops, flops_numeric = flops_table(df)
+    flops, flops_numeric = flops_table(sweep)
     failures = tables.failures(df)
     html = render(
         "index.html.j2",
@@ -86,11 +104,16 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
         profile_details=profile_details(profiles),
         memory_plots=memory_plots,
         largest_batches=plots_memory.largest_batches(configs),
-        plot_count=sum(p.png_b64 is not None for p in perf + derived + profile + memory_plots),
+        scaling_plots=scaling,
+        scaling_table=plots_scaling.scaling_table(df),
+        transfer_plots=transfer,
+        transfer_runs=plots_transfer.runs_table(df),
+        plot_count=sum(p.png_b64 is not None for p in perf + derived + profile + memory_plots + scaling + transfer),
         flops=flops,
         flops_numeric=flops_numeric,
         compile=tables.compile_times(configs),
         max_batches=tables.max_batches(df),
+        fleet=fleet_table(sweep),
         failures=failures,
         n_failed=len(failures.rows),
         environment=tables.environment(env),

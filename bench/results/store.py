@@ -46,11 +46,34 @@ MEASURE_COLUMNS = (
     "gpu_util_pct", "throttle_reasons", "energy_j_per_image", "energy_source", "power_note",
     "achieved_tflops", "mfu", "tf32_matmul", "tf32_cudnn", "cudnn_benchmark",
 )  # fmt: skip
+# `rvbench scale` rows (bench.runner.scale) have mode DDP_MODE and these columns, null on sweep rows:
+# the world size and DDP's settings, every rank's step-time percentiles and memory (rank_stats, JSON),
+# the weak-scaling efficiency against the smallest world size measured (scaling_base), communication
+# from the profiler (per step, share of the step, share hidden under compute), the bytes all-reduced
+# per step against the gradient bytes, and the ring all-reduce bound over the link (GB/s per direction).
+DDP_MODE = "ddp-train"
+SCALE_COLUMNS = (
+    "world_size", "nnodes", "ddp_backend", "ddp_bucket_mb", "ddp_static_graph", "ddp_grad_as_bucket_view",
+    "threads_per_rank", "rank_stats", "scaling_efficiency", "scaling_base", "comm_ms", "comm_share",
+    "comm_overlap", "allreduce_bytes", "grad_bytes", "link", "link_gbytes_s", "allreduce_bound_ms",
+)  # fmt: skip
+# `rvbench transfer` rows (bench.measure.transfer) have mode TRANSFER_MODE and these columns, null on sweep rows:
+# `record` is "epoch" (one per epoch) or "run" (one per run, after its epochs: final accuracy, time to target);
+# the strategy, the starting weights ("random" without pretrained ones), the seed, the epoch (1-based; a run row:
+# epochs run), the parameter groups trained, mean train loss, validation top-1 (0..1), the epoch's training and
+# evaluation seconds, cumulative seconds (both), training images/s, the target top-1 and when it was first reached
+# (cumulative seconds; null: not reached), and the data (path, format, images, classes).
+TRANSFER_MODE = "transfer"
+TRANSFER_COLUMNS = (
+    "record", "strategy", "weights", "seed", "epoch", "trained_groups", "train_loss", "val_top1", "epoch_s",
+    "eval_s", "time_s", "images_per_s", "target_acc", "time_to_target_s", "data", "data_format", "train_images",
+    "val_images", "num_classes",
+)  # fmt: skip
 COLUMNS = (
     "schema_version", "run_id", "cell_id", "arch", "impl", "batch_size", "image_size", "precision",
-    "channels_last", "compile", "mode", "optimizer", "device", "round", "find_max_batch", "max_batch_oom_at",
+    "channels_last", "compile", "mode", "optimizer", "device", "slot", "round", "find_max_batch", "max_batch_oom_at",
     "max_batch_limit_reason", "status", "message", "started_at", "wall_s", "overhead_s", "mem_predicted_mb",
-    *MEASURE_COLUMNS,
+    *MEASURE_COLUMNS, *SCALE_COLUMNS, *TRANSFER_COLUMNS,
 )  # fmt: skip
 
 

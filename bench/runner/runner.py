@@ -1,42 +1,37 @@
-"""Runs sweep jobs in worker subprocesses and turns every outcome into a results row.
+"""Runs sweep jobs on one device slot in a worker subprocess and turns every outcome into a results row.
 
-One worker process per device (`WorkerPool`), fed one job at a time over a pipe. Whatever
-happens to a job - success, OOM, exception, hard crash of the worker, timeout - it ends as one
-row with a status, and the sweep goes on: a dead or hung worker is killed and a fresh one is
-started for the next job. Jobs are independent (each builds its model fresh), so the pool can
-later fan out over several GPUs without changing the protocol.
+A `Runner` drives one slot: one worker process (bench.runner.client), fed one job at a time over a
+pipe. Whatever happens to a job - success, OOM, exception, hard crash of the worker, timeout - it
+ends as one row with a status, and the sweep goes on: a dead or hung worker is killed and a fresh
+one is started for the next job. Jobs are independent (each builds its model fresh), so several
+runners, one per device (bench.runner.schedule) or per Ray actor (bench.runner.cluster), share a
+sweep. A job's cell keeps the device the sweep expanded it with (its identity, so `--resume` finds
+it whichever slot ran it); only the worker sees the slot's own device.
 
 The cell timeout (`--cell-timeout S`) bounds a cell's time outside compilation; the worker says when
 it compiles (bench.runner.worker), and compilation gets its own S seconds. So a max-autotune
 compile neither eats into a cell's running time nor makes a max-batch probe look like a misfit,
-and a hung compile is still killed. A worker runs in its own process group, killed as a whole.
+and a hung compile is still killed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import json
-import os
-import queue
-import signal
-import subprocess
-import sys
 import threading
 import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
 
 import pandas as pd
 
 from bench.config.cell import IMPLS, Cell
 from bench.counting.memory import MB, predict_cell_peak
-from bench.results import CONFIG_KEYS, SCHEMA_VERSION, ResultWriter
+from bench.results import CONFIG_KEYS, SCHEMA_VERSION
 from bench.results.analysis import best_configs, config_medians
+from bench.runner.client import Worker, WorkerLost
 
 # --find-max-batch never probes beyond this batch size on a GPU.
 MAX_BATCH_LIMIT = 4096
@@ -45,17 +40,22 @@ MAX_BATCH_LIMIT = 4096
 CPU_MAX_BATCH_LIMIT = 256
 # Characters of an error's last line kept as a max-batch search's limit reason.
 REASON_CHARS = 200
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+# Fake-tensor tracing sets thread-local modes; predictions of concurrent slots take turns.
+_PREDICT_LOCK = threading.Lock()
 
 
-class WorkerLost(Exception):
-    """The worker died (status error) or was killed for running too long (status timeout), while
-    compiling or not."""
+@dataclass(frozen=True)
+class Slot:
+    """One device of the run: `device` is what its worker runs cells on, `name` keys its worker log
+    and fills the rows' `slot` column (a device named twice gets two slots: cpu, cpu-2)."""
 
-    def __init__(self, status: str, message: str, compiling: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.compiling = compiling
+    name: str
+    device: str
+
+    @property
+    def log_name(self) -> str:
+        """Its worker's log file, e.g. worker-cuda1.log, worker-cpu-2.log."""
+        return f"worker-{self.name.replace(':', '')}.log"
 
 
 class SearchEnded(Exception):
@@ -64,121 +64,6 @@ class SearchEnded(Exception):
     def __init__(self, reply: dict) -> None:
         super().__init__(reply["message"])
         self.reply = reply
-
-
-class Worker:
-    """One `python -m bench.runner.worker` process; its stderr goes to a log file in the run directory."""
-
-    def __init__(self, log_path: Path) -> None:
-        self._log_path = log_path
-        self._proc: subprocess.Popen | None = None
-        self._replies: queue.Queue[str | None] = queue.Queue()
-
-    def _start(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
-        with open(self._log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.runner.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=log, env=env, text=True, bufsize=1, start_new_session=True,
-            )
-        self._replies = queue.Queue()
-        threading.Thread(target=self._pump, args=(self._proc.stdout, self._replies), daemon=True).start()
-        if self._replies.get() is None:
-            raise WorkerLost("error", f"worker failed to start; see {self._log_path}")
-
-    @property
-    def pid(self) -> int | None:
-        """The worker's process id while one runs (None before the first request and after a stop)."""
-        return None if self._proc is None else self._proc.pid
-
-    @staticmethod
-    def _pump(stream, replies: queue.Queue) -> None:
-        for line in stream:
-            replies.put(line)
-        replies.put(None)
-
-    def request(self, payload: dict, timeout: float | None) -> dict:
-        """Send one request and wait for its reply; raise WorkerLost on a crash or timeout.
-
-        `timeout` bounds the time outside compilation and, separately, the time compiling.
-        """
-        try:
-            if self._proc is None or self._proc.poll() is not None:
-                self._start()
-            self._proc.stdin.write(json.dumps(payload) + "\n")
-            self._proc.stdin.flush()
-            reply = self._reply(timeout)
-        except BrokenPipeError:
-            reply = None
-        if reply is None:
-            rc = self._proc.wait()
-            how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
-            self.stop()  # its process group may outlive it
-            raise WorkerLost("error", f"worker crashed ({how}); restarted; see {self._log_path.name}")
-        if reply.get("worker_exits"):
-            self.stop()  # it exits by itself (sticky CUDA error); reap it so the next job starts a fresh one
-        return reply
-
-    def _reply(self, timeout: float | None) -> dict | None:
-        """The request's reply (None if the worker died), following its compiling notices: two
-        budgets of `timeout` seconds, one spent while compiling, one otherwise."""
-        left = {False: timeout, True: timeout}
-        compiling = False
-        while True:
-            waited = time.monotonic()
-            try:
-                line = self._replies.get(timeout=None if timeout is None else max(left[compiling], 0.0))
-            except queue.Empty:
-                self.stop()
-                what = "compiling" if compiling else "outside compilation"
-                raise WorkerLost("timeout", f"over --cell-timeout {timeout:g} s {what}: worker killed and restarted",
-                                 compiling=compiling) from None
-            if timeout is not None:
-                left[compiling] -= time.monotonic() - waited
-            if line is None:
-                return None
-            message = json.loads(line)
-            if "compiling" not in message:
-                return message
-            compiling = message["compiling"]
-
-    def stop(self) -> None:
-        """Kill the worker's process group: the worker and Inductor's compile subprocesses (a hung
-        cell will not listen to anything gentler)."""
-        if self._proc is not None:
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # the group is gone: worker and children exited
-            self._proc.wait()
-            with contextlib.suppress(BrokenPipeError):  # a request the dead worker never read
-                self._proc.stdin.close()
-            self._proc = None
-
-
-class WorkerPool:
-    """Workers keyed by device, started on first use."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self._run_dir = run_dir
-        self._workers: dict[str, Worker] = {}
-
-    def request(self, device: str, payload: dict, timeout: float | None) -> dict:
-        """Send a request to the device's worker (see Worker.request)."""
-        if device not in self._workers:
-            self._workers[device] = Worker(self._run_dir / f"worker-{device.replace(':', '')}.log")
-        return self._workers[device].request(payload, timeout)
-
-    def restart(self, device: str) -> None:
-        """Stop the device's worker, so its next request starts a fresh one."""
-        if device in self._workers:
-            self._workers[device].stop()
-
-    def close(self) -> None:
-        """Stop every worker."""
-        for worker in self._workers.values():
-            worker.stop()
 
 
 @dataclass(frozen=True)
@@ -209,34 +94,42 @@ def plan_jobs(cells: list[Cell], find_max_batch: bool) -> list[Job]:
     return jobs
 
 
-class Progress(Protocol):
-    """What the runner needs from a progress bar (tqdm has it)."""
-
-    def set_postfix_str(self, s: str) -> None: ...
-    def update(self, n: int = 1) -> None: ...
+def group_jobs(jobs: list[Job]) -> list[list[Job]]:
+    """Jobs in groups that run back to back on one slot: the implementations of one (configuration,
+    round), or of one configuration's max-batch search, so rv/reference ratios compare like with like.
+    Groups and the jobs within them keep the order of `jobs`."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        key = (*(getattr(job.cell, k) for k in CONFIG_KEYS), job.cell.round, job.max_batch)
+        groups.setdefault(key, []).append(job)
+    return list(groups.values())
 
 
 class Runner:
-    """Turns jobs into rows, using a worker pool and one timing config."""
+    """Turns jobs into rows on one slot, with one timing config; its worker's log goes to log_dir."""
 
-    def __init__(self, run_dir: Path, timing, cell_timeout: float | None) -> None:
-        self.run_id = run_dir.name
-        self._pool = WorkerPool(run_dir)
+    def __init__(self, log_dir: Path, run_id: str, timing, cell_timeout: float | None, slot: Slot) -> None:
+        self.run_id = run_id
+        self.slot = slot
+        self._worker = Worker(log_dir / slot.log_name)
         self._timing = dataclasses.asdict(timing)
         self._probe_timing = dataclasses.asdict(dataclasses.replace(
             timing, warmup_iters=1, warmup_s=0.0, min_iters=1, min_s=0.0, max_iters=1))
         self._timeout = cell_timeout
         self.env: dict = {}
 
-    def collect_env(self, device: str) -> dict:
-        """Ask the device's worker for bench.measure.env.collect_env, once per run; every row carries it."""
-        self.env = self._pool.request(device, {"op": "env", "device": device}, self._timeout)["env"]
+    def collect_env(self) -> dict:
+        """Ask the slot's worker for bench.measure.env.collect_env; every row of this slot carries it."""
+        self.env = self._worker.request({"op": "env", "device": self.slot.device}, self._timeout)["env"]
         return self.env
 
+    def _payload(self, op: str, cell: Cell, **extra) -> dict:
+        """A request for the worker: the cell on the slot's device."""
+        return {"op": op, "cell": dataclasses.replace(cell, device=self.slot.device).config(), **extra}
+
     def _request(self, cell: Cell, timing: dict) -> dict:
-        """Measure a cell in its device's worker; raises WorkerLost on a crash or timeout."""
-        payload = {"op": "cell", "cell": cell.config(), "timing": timing}
-        return self._pool.request(cell.device, payload, self._timeout)
+        """Measure a cell in the slot's worker; raises WorkerLost on a crash or timeout."""
+        return self._worker.request(self._payload("cell", cell, timing=timing), self._timeout)
 
     def _measure(self, cell: Cell, timing: dict) -> dict:
         try:
@@ -247,7 +140,7 @@ class Runner:
     def _row(self, job: Job, cell: Cell, reply: dict, started: float, extra: dict) -> dict:
         identity = {
             "schema_version": SCHEMA_VERSION, "run_id": self.run_id, "cell_id": job.job_id,
-            **cell.config(), "find_max_batch": job.max_batch, **extra,
+            **cell.config(), "slot": self.slot.name, "find_max_batch": job.max_batch, **extra,
             "status": reply["status"], "message": reply["message"],
             "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
             "wall_s": round(time.time() - started, 3),
@@ -300,7 +193,7 @@ class Runner:
             if reply["status"] == "skipped" or batch == 1:
                 raise SearchEnded({"status": reply["status"], "message": f"at batch size {batch}: {reply['message']}"})
             if attempt == 0:
-                self._pool.restart(base.device)
+                self._worker.stop()
         lines = [line for line in reply["message"].splitlines() if line.strip()]
         return "error: " + (lines[-1].strip() if lines else "unknown")[:REASON_CHARS]
 
@@ -339,17 +232,22 @@ class Runner:
         for cell in cells:
             out_dir = profiles_dir / f"{cell.arch}-{cell.impl}"
             out_dir.mkdir(parents=True, exist_ok=True)
-            payload = {"op": "profile", "cell": cell.config(), "out_dir": str(out_dir)}
             try:
-                reply = self._pool.request(cell.device, payload, self._timeout)
+                reply = self._worker.request(self._payload("profile", cell, out_dir=str(out_dir)), self._timeout)
             except WorkerLost as lost:
                 reply = {"status": lost.status, "message": str(lost)}
             lines.append(f"profile {cell.label()}: {reply['status']} {reply['message'][-300:]}".rstrip())
         return lines
 
     def close(self) -> None:
-        """Stop all workers."""
-        self._pool.close()
+        """Stop the worker."""
+        self._worker.stop()
+
+
+def lost_row(run_id: str, job: Job, message: str) -> dict:
+    """The row of a job that never got a reply (its Ray actor was lost, bench.runner.cluster): an error."""
+    return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "cell_id": job.job_id, **job.cell.config(),
+            "find_max_batch": job.max_batch, "status": "error", "message": message}
 
 
 def _limit(misfit_at: int | None, reason: str | None) -> dict:
@@ -366,7 +264,8 @@ def predicted_mb(cell: Cell) -> float | None:
     a model the fake-tensor trace cannot run: a prediction never costs a row.
     """
     try:
-        return predict_cell_peak(cell) / MB
+        with _PREDICT_LOCK:
+            return predict_cell_peak(cell) / MB
     except Exception as exc:  # noqa: BLE001 - the row's measurement stands without its prediction
         warnings.warn(f"no predicted memory for {cell.label()}: {type(exc).__name__}: {exc}", stacklevel=2)
         return None
@@ -386,22 +285,3 @@ def profile_cells(df: pd.DataFrame) -> list[Cell]:
 def _plain(value):
     """numpy scalar -> python scalar, so Cell fields stay JSON-serialisable."""
     return value.item() if hasattr(value, "item") else value
-
-
-def run_jobs(runner: Runner, jobs: list[Job], writer: ResultWriter, progress: Progress) -> bool:
-    """Run jobs in order, recording each as it finishes. Returns False if interrupted by Ctrl-C.
-
-    The job in flight when Ctrl-C arrives gets no row (so `--resume` runs it again); every
-    finished one is already on disk.
-    """
-    try:
-        for job in jobs:
-            progress.set_postfix_str(job.label())
-            row, samples = runner.run(job)
-            writer.write(row, samples)
-            progress.update()
-    except KeyboardInterrupt:
-        return False
-    finally:
-        runner.close()
-    return True

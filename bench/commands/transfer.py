@@ -1,0 +1,193 @@
+"""`rvbench transfer`: time to accuracy of transfer-learning strategies, rv vs torchvision vs timm."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.cli import name_list
+from bench.commands.run import DEFAULT_OUT, _lock, _new_run_dir, _write_config
+from bench.errors import UsageError
+from bench.report.summary import write_run_report
+from bench.report.text import format_table
+from bench.results import (
+    SCHEMA_VERSION,
+    ResultWriter,
+    finalize,
+    update_latest,
+    write_atomically,
+)
+from bench.results.store import TRANSFER_MODE
+from bench.results.transfer import run_summary
+
+STRATEGY_HELP = ("linear (head only, backbone frozen), staged (head, then the last backbone group, then "
+                 "everything; needs >= 3 epochs), full (everything, backbone at 0.1 x the head's lr), scratch "
+                 "(random init, everything at one lr)")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the options of `rvbench transfer`."""
+    from bench.execute.transfer import PRECISIONS, STRATEGIES
+
+    parser.epilog = ("Every implementation starts from the same weights: the pretrained ones of the local torch hub "
+                     "or Hugging Face cache (torchvision's first, then timm's; nothing is downloaded), else rv's "
+                     "random init (weights column 'random'). Exit codes: 0 done, 2 bad input (nothing written), "
+                     "3 disk full, 130 Ctrl-C (finished epochs kept).")
+    parser.add_argument("arch", metavar="ARCH", help="e.g. resnet18, vit_tiny_patch16_224")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="an ImageFolder directory (one subdirectory of images per class) or a CIFAR-10 "
+                             "python-batches directory (cifar-10-batches-py)")
+    parser.add_argument("--impls", type=name_list, help="rv, torchvision, timm (default: every one that has ARCH)")
+    parser.add_argument("--strategy", type=name_list, default=list(STRATEGIES), help=STRATEGY_HELP)
+    parser.add_argument("--target-acc", type=float, default=0.8, help="validation top-1 (0..1) to time (default 0.8)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per run (default 10)")
+    parser.add_argument("--budget-s", type=float,
+                        help="stop each run at the first epoch end past S seconds of training and evaluation")
+    parser.add_argument("--precision", default="fp32", help=f"{', '.join(PRECISIONS)} (default fp32)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N; auto = cuda:0 if present, else cpu")
+    parser.add_argument("--image-size", type=int, help="model input side in px; images are resized on the device "
+                                                       "(default: the model's, 224)")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch (default 64)")
+    parser.add_argument("--lr", type=float,
+                        help="the head's learning rate (default: the family optimizer's: SGD 0.1 for ResNets, "
+                             "AdamW 1e-3 for ViTs); the backbone trains at 0.1 x it except from scratch")
+    parser.add_argument("--num-classes", type=int,
+                        help="the classes the head must have; exit 2 when the data has another number")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the head, data order and augmentation")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"reports directory: the run goes to OUT/runs/<time>-<host>-transfer-<device>/ "
+                             f"(default: {DEFAULT_OUT})")
+    parser.set_defaults(func=run)
+
+
+def _check(args: argparse.Namespace) -> tuple[list[str], int, str]:
+    """UsageError for any bad option; returns the impls, the image size and the resolved device."""
+    from bench.config.cell import PRECISIONS as ALL_PRECISIONS
+    from bench.execute.transfer import PRECISIONS, STRATEGIES
+    from bench.hardware.device import check_capability, check_support, resolve_device
+    from bench.models import get_entry, list_entries
+
+    unknown = [s for s in args.strategy if s not in STRATEGIES]
+    if unknown:
+        raise UsageError(f"unknown strategy {', '.join(map(repr, unknown))}; valid: {', '.join(STRATEGIES)}")
+    if args.precision not in PRECISIONS:
+        raise UsageError(f"precision {args.precision!r} cannot train here; valid: {', '.join(PRECISIONS)}")
+    for name, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UsageError(f"{name} must be >= 1, got {value}")
+    if "staged" in args.strategy and args.epochs < 3:
+        raise UsageError(f"--strategy staged needs --epochs >= 3 (one per stage), got {args.epochs}")
+    if not 0 < args.target_acc <= 1:
+        raise UsageError(f"--target-acc is a top-1 fraction in (0, 1], got {args.target_acc:g}")
+    if args.budget_s is not None and args.budget_s <= 0:
+        raise UsageError(f"--budget-s must be > 0 seconds, got {args.budget_s:g}")
+    if args.num_classes is not None and args.num_classes < 2:
+        raise UsageError(f"--num-classes must be >= 2, got {args.num_classes}")
+    impls = args.impls or [e.impl for e in list_entries([args.arch])]
+    entries = [get_entry(args.arch, impl) for impl in impls]
+    image_size = args.image_size or entries[0].image_size
+    entries[0].check_image_size(image_size)
+    device = resolve_device(args.device)
+    check_support(device, args.precision, "none", ALL_PRECISIONS, ("none",))
+    check_capability(device, args.precision)
+    return impls, image_size, device
+
+
+def _cell_id(key: dict, record: str) -> str:
+    return hashlib.sha1(json.dumps({**key, "record": record}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything, read the data, then train every strategy x implementation into one run directory."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm imports huggingface_hub: never wait on the network
+    from bench.data.datasets import read_dataset
+
+    impls, image_size, device = _check(args)
+    data = read_dataset(args.data)
+    if args.num_classes is not None and args.num_classes != len(data.classes):
+        raise UsageError(f"--data {args.data} has {len(data.classes)} classes ({', '.join(data.classes[:12])}"
+                         f"{' ...' if len(data.classes) > 12 else ''}) but --num-classes says the head has "
+                         f"{args.num_classes}")
+    reports_dir = args.out or DEFAULT_OUT
+    run_dir = _new_run_dir(reports_dir, f"transfer-{device.replace(':', '')}")
+    lock = _lock(run_dir)
+    try:
+        _write_config(run_dir, {"command": "transfer", **{k: str(v) if isinstance(v, Path) else v
+                                                          for k, v in vars(args).items() if k != "func"},
+                                "impls": impls, "image_size": image_size, "device": device})
+        _train_all(args, impls, image_size, device, data, run_dir)
+        df = finalize(run_dir)
+        summary = run_summary(df).drop(columns="message").round(1)
+        text = format_table(list(summary.columns), summary.itertuples(index=False), left=5) + "\n"
+        report = write_run_report(run_dir, text)
+        update_latest(reports_dir, run_dir)
+    finally:
+        lock.close()
+    print(text + f"run directory: {run_dir}" + (f"\nreport: {report}" if report else ""))
+    return 0
+
+
+def _train_all(args: argparse.Namespace, impls: list[str], image_size: int, device: str, data, run_dir: Path) -> None:
+    """Every strategy x implementation in turn, each row appended (fsynced) as its epoch ends."""
+    import torch
+
+    from bench.execute.transfer import TransferRun, pretrained_weights, random_weights
+    from bench.measure.env import collect_env
+    from bench.measure.transfer import measure_transfer
+
+    env = collect_env(device)
+    write_atomically(run_dir / "env.json", lambda p: p.write_text(json.dumps(env, indent=2, default=str) + "\n"))
+    random = random_weights(args.arch, image_size, args.seed)
+    pretrained = random
+    if any(s != "scratch" for s in args.strategy):
+        pretrained, missing = pretrained_weights(args.arch, image_size, args.seed)
+        if missing:
+            print(f"rvbench transfer: no pretrained weights cached, so every strategy starts from random init "
+                  f"(weights 'random'): {missing}")
+    on_device = data.to(device)
+    writer = ResultWriter(run_dir)
+    try:
+        for strategy in args.strategy:
+            weights = random if strategy == "scratch" else pretrained
+            for impl in impls:
+                run = TransferRun(args.arch, impl, strategy, args.epochs, args.batch_size, image_size, args.precision,
+                                  device, args.seed, len(data.classes), args.lr)
+                key = {"arch": args.arch, "impl": impl, "strategy": strategy, "batch_size": args.batch_size,
+                       "image_size": image_size, "precision": args.precision, "device": device, "seed": args.seed}
+                base = {
+                    "schema_version": SCHEMA_VERSION, "run_id": run_dir.name, **key, "channels_last": False,
+                    "compile": "none", "mode": TRANSFER_MODE, "optimizer": "default", "round": 0, "find_max_batch": False,
+                    "status": "ok",
+                    "weights": weights.label, "target_acc": args.target_acc, "data": str(args.data),
+                    "data_format": data.format, "train_images": len(data.train_x), "val_images": len(data.val_x),
+                    "num_classes": len(data.classes), **env,
+                }
+                started = time.time()
+                try:
+                    for row in measure_transfer(run, weights, on_device, args.target_acc, args.budget_s):
+                        if row["record"] == "run":
+                            row = {**row, "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(
+                                timespec="seconds"), "wall_s": time.time() - started}
+                        writer.write({**base, **row, "cell_id": _cell_id(key, f"{row['record']}{row['epoch']}")}, None)
+                        _print_row(impl, strategy, row)
+                except (torch.OutOfMemoryError, RuntimeError, ValueError) as exc:
+                    status = "oom" if isinstance(exc, torch.OutOfMemoryError) else "error"
+                    message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    writer.write({**base, "record": "run", "status": status, "message": message,
+                                  "cell_id": _cell_id(key, "run")}, None)
+                    print(f"{impl} {strategy}: {status}: {message}")
+    finally:
+        writer.close()
+
+
+def _print_row(impl: str, strategy: str, row: dict) -> None:
+    if row["record"] == "run":
+        print(f"{impl} {strategy}: top-1 {row['val_top1']:.1%} after {row['time_s']:.1f} s; {row['message']}")
+    else:
+        print(f"{impl} {strategy} epoch {row['epoch']} ({row['trained_groups']}): loss {row['train_loss']:.3f}, "
+              f"top-1 {row['val_top1']:.1%}, {row['time_s']:.1f} s, {row['images_per_s']:.0f} img/s", flush=True)

@@ -1,0 +1,154 @@
+"""`rvbench scale` end to end on the CPU: real torchrun, real gloo, a tiny ViT at 32 px.
+
+One command runs 1, 2 and 3 ranks, shared by the tests below (torchrun's start-up costs seconds); the
+3-rank job's rank 2 raises through the RVBENCH_SCALE_FAULT hook (bench.runner.ddp_rank), so the
+same run also shows how a failing rank ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.checks.gpu import judge_ddp
+from bench.cli import main
+from bench.errors import UsageError
+from bench.hardware.gpus import LINKS, Link, parse_link, ring_allreduce_s
+from bench.profiling.comm import overlap, total, union
+from bench.results import load
+from bench.runner.scale import alive
+
+REPO = Path(__file__).resolve().parent.parent
+BATCH = 2
+ARGS = ["vit_tiny_patch16_224", "--impls", "rv", "--device", "cpu", "--image-size", "32",
+        "--batch-per-rank", str(BATCH), "--warmup", "2", "--steps", "5", "--link-bw", "10GB/s"]
+
+
+@pytest.fixture(scope="module")
+def scale_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path_factory.mktemp("scale") / "reports"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RVBENCH_SCALE_FAULT": "rank2"}
+    done = subprocess.run([sys.executable, "-m", "bench", "scale", *ARGS, "--nproc", "1,2,3", "--timeout", "240",
+                           "--out", str(out)], check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert (out / "runs").is_dir(), done.stderr
+    (run_dir,) = (out / "runs").iterdir()
+    return done, run_dir
+
+
+def _rows(run_dir: Path) -> dict[int, dict]:
+    return {int(r["world_size"]): r for r in load(run_dir).to_dict("records")}
+
+
+def test_one_and_two_ranks_give_ok_rows_with_efficiency(scale_run):
+    done, run_dir = scale_run
+    assert done.returncode == 0, done.stderr
+    rows = _rows(run_dir)
+    one, two = rows[1], rows[2]
+    assert (one["status"], two["status"], one["mode"], two["mode"]) == ("ok", "ok", "ddp-train", "ddp-train")
+    assert one["scaling_efficiency"] == 1.0 and one["scaling_base"] == two["scaling_base"] == 1
+    assert two["scaling_efficiency"] == pytest.approx((two["throughput"] / 2) / one["throughput"])
+    ranks = json.loads(two["rank_stats"])
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert two["step_ms_p50"] == max(r["step_ms_p50"] for r in ranks)  # the slowest rank sets the step
+    assert two["throughput"] == pytest.approx(2 * BATCH / (two["step_ms_p50"] / 1e3))
+    assert one["comm_share"] < 1 and 0 < two["comm_share"] < 1 and two["comm_ms"] > 0
+    assert two["mem_rss_delta_mb"] > 0 and "max over ranks" in two["mem_note"]
+
+
+def test_all_reduced_bytes_equal_the_gradient_bytes(scale_run):
+    _, run_dir = scale_run
+    for world_size, row in _rows(run_dir).items():
+        if row["status"] != "ok":
+            continue
+        assert row["allreduce_bytes"] == row["grad_bytes"] == row["params_trainable"] * 4  # fp32 gradients
+        expected = 2 * (world_size - 1) / world_size * row["allreduce_bytes"] / 10e9 * 1e3
+        assert row["allreduce_bound_ms"] == pytest.approx(expected)
+
+
+def test_a_raising_rank_gives_an_error_row_and_leaves_no_process(scale_run):
+    _, run_dir = scale_run
+    row = _rows(run_dir)[3]
+    assert row["status"] == "error"  # not "timeout": torchrun ended the job when the rank raised
+    assert row["message"].splitlines()[0].startswith(
+        "world size 3: rank 2 failed: RuntimeError: injected fault on rank 2 (RVBENCH_SCALE_FAULT)")
+    pids = [json.loads(p.read_text())["pid"] for p in run_dir.glob("scale/*/rank*.json")]
+    assert len(pids) == 1 + 2 + 3 and not any(alive(pid) for pid in pids)
+    leftovers = []  # any process still naming this run (torchrun, a rank, their children)
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(run_dir).encode() in cmdline.read_bytes():
+                leftovers.append(cmdline.parent.name)
+        except OSError:
+            pass
+    assert not leftovers
+
+
+def test_the_report_has_the_scaling_section(scale_run):
+    """The run's page comes from `write_report` reading the run back, as `rvbench report DIR` does."""
+    _, run_dir = scale_run
+    html = (run_dir / "index.html").read_text()
+    assert 'id="scaling"' in html
+    for key in ("scaling_throughput", "scaling_efficiency", "scaling_comm"):
+        assert f'data-plot="{key}"' in html
+    assert "world size 3: rank 2 failed" in html  # the failed job is in the failed-cells table
+    assert "world sizes: 2 ok, 1 error" in (run_dir / "summary.txt").read_text()
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--nproc", "0"], "--nproc must be >= 1"),
+    (["--backend", "nccl"], "--backend nccl needs CUDA"),
+    (["--link-bw", "400"], "give a bandwidth per direction with its unit"),
+    (["--nnodes", "2"], "--nnodes > 1 needs --rdzv-endpoint"),
+    (["--rdzv-endpoint", "node1"], "expected HOST:PORT"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(bad, says, tmp_path, capsys):
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "kept.txt").write_text("earlier")
+    assert main(["scale", *ARGS, *bad, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1
+    assert [p.name for p in out.iterdir()] == ["kept.txt"] and (out / "kept.txt").read_text() == "earlier"
+
+
+def test_an_unknown_arch_names_the_valid_ones(tmp_path, capsys):
+    assert main(["scale", "resnet9", "--device", "cpu", "--out", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err
+    assert "resnet9" in err and "resnet18" in err and err.count("\n") == 1
+    assert not (tmp_path / "reports").exists()
+
+
+def test_link_bandwidth_units_and_the_ring_bound():
+    assert parse_link("450GB/s").gbytes_s == 450.0
+    assert parse_link("400Gb/s").gbytes_s == 50.0  # bits
+    assert parse_link("NVLink4") == LINKS["nvlink4"]
+    for bad in ("400", "fast", "0GB/s", "10 GiB/s"):
+        with pytest.raises(UsageError):
+            parse_link(bad)
+    link = Link("test", 100.0)
+    assert ring_allreduce_s(1e9, 1, link) == 0.0
+    assert ring_allreduce_s(1e9, 2, link) == pytest.approx(0.01)  # 2 * 1/2 * 1 GB at 100 GB/s
+    assert ring_allreduce_s(1e9, 8, link) == pytest.approx(2 * 7 / 8 * 0.01)
+
+
+def test_interval_arithmetic_of_the_communication_share():
+    assert union([(5, 7), (0, 2), (1, 3)]) == [(0, 3), (5, 7)]
+    assert total([(0, 2), (1, 3), (1, 2)]) == 3
+    assert overlap([(0, 10)], [(2, 4), (3, 5), (8, 12)]) == 5  # 2..5 and 8..10
+    assert overlap([(0, 1)], [(2, 3)]) == 0
+
+
+def test_ddp_gpu_check_rule():
+    ok = {"status": "ok", "message": "", "throughput": 900.0, "step_ms_p50": 71.0, "allreduce_bytes": 102.0 * 2**20,
+          "grad_bytes": 102.0 * 2**20}
+    passed, figure = judge_ddp(ok)
+    assert passed and "102.0 MiB per step = the gradients" in figure
+    assert judge_ddp({**ok, "allreduce_bytes": 51.0 * 2**20}) == (
+        False, f"all-reduced {51 * 2**20} B per step, gradients {102 * 2**20} B")
+    assert judge_ddp({**ok, "status": "error", "message": "world size 1: rank 0 failed: X\ntrace"}) == (
+        False, "error: world size 1: rank 0 failed: X")

@@ -1,0 +1,160 @@
+"""`rvbench transfer`: the procedural set in both formats, bad input, and a real run from locally cached weights.
+
+The run test makes its own "pretrained" weights: it trains vit_tiny briefly from scratch on another draw of the
+procedural set (1000-class head, as ImageNet weights have) and stores them where timm's loader looks, in a
+temporary Hugging Face cache, so the command finds them exactly as it finds real cached weights. The linear probe
+and full fine-tuning then start from features that carry over; that is what makes a linear probe meaningful
+offline. It runs as a subprocess because the cache location is fixed when huggingface_hub is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.data.datasets import read_dataset
+from bench.data.procedural import CLASSES, write_demo_data
+from bench.results import load
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH = "vit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_demo_data(tmp_path_factory.mktemp("demo"), n_train=300, n_test=100, seed=0)
+
+
+def _images(data) -> list[tuple[int, bytes]]:
+    x, y = torch.cat([data.train_x, data.val_x]), torch.cat([data.train_y, data.val_y])
+    return sorted((int(label), image.numpy().tobytes()) for image, label in zip(x, y))
+
+
+def test_demo_set_written_both_ways_loads_to_the_same_images(demo: tuple[Path, Path]) -> None:
+    folder, cifar = (read_dataset(path) for path in demo)
+    assert folder.format == "imagefolder" and cifar.format == "cifar10"
+    assert folder.classes == cifar.classes == CLASSES
+    assert cifar.train_x.shape == (300, 3, 32, 32) and cifar.val_x.shape == (100, 3, 32, 32)
+    assert cifar.train_x.dtype == folder.train_x.dtype == torch.uint8
+    assert _images(folder) == _images(cifar)
+    # the ImageFolder split holds out a fifth of every class, the same way every time
+    assert torch.bincount(folder.val_y).tolist() == [8] * 10
+    assert torch.equal(read_dataset(demo[0]).val_x, folder.val_x)
+
+
+def _exit(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    code = main(["transfer", ARCH, "--device", "cpu", *argv])
+    return code, capsys.readouterr().err
+
+
+def test_bad_data_exits_2_with_one_line_and_writes_nothing(demo: tuple[Path, Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "reports"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "data_batch_1").write_bytes(b"not a pickle")
+    shapes = tmp_path / "shapes"
+    shapes.mkdir()
+    (shapes / "data_batch_1").write_bytes(pickle.dumps({b"data": torch.zeros(4, 100, dtype=torch.uint8).numpy(),
+                                                        b"labels": [0, 1, 0, 1]}))
+    cases = {
+        "missing": ([str(tmp_path / "nowhere")], "is not a directory"),
+        "empty": ([str(empty)], "has no images"),
+        "corrupt": ([str(corrupt)], "data_batch_1 is not a CIFAR-10 batch (UnpicklingError"),
+        "shapes": ([str(shapes)], "b'data' is uint8 (4, 100)"),
+        "classes": ([str(demo[1]), "--num-classes", "5"], "has 10 classes (0-grating000"),
+    }
+    for name, (data, message) in cases.items():
+        code, err = _exit(["--data", *data, "--out", str(out)], capsys)
+        assert code == 2, name
+        assert message in err and err.count("\n") == 1, (name, err)
+    assert not out.exists()
+
+
+def test_bad_options_exit_2(demo: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    for argv, message in ((["--strategy", "staged", "--epochs", "2"], "staged needs --epochs >= 3"),
+                          (["--strategy", "probe"], "unknown strategy 'probe'"),
+                          (["--precision", "fp16"], "precision 'fp16' cannot train here"),
+                          (["--impls", "torchvision"], "torchvision has no vit_tiny_patch16_224"),
+                          (["--target-acc", "80"], "--target-acc is a top-1 fraction")):
+        code, err = _exit(["--data", str(demo[1]), *argv], capsys)
+        assert code == 2 and message in err, (argv, err)
+
+
+PRETRAIN = r"""
+import sys
+from pathlib import Path
+import safetensors.torch, timm, torch
+from bench.config.precision import numerics, plan_for
+from bench.data.datasets import ImageSet
+from bench.data.procedural import CLASSES, make_images
+from bench.execute.transfer import TransferRun, prepare, random_weights
+
+x, y = make_images(500, seed=1)  # another draw than the set the command trains on
+data = ImageSet(x, y, x[:0], y[:0], CLASSES, "procedural")
+run = TransferRun("vit_tiny_patch16_224", "timm", "scratch", 8, 32, 32, "fp32", "cpu", seed=1, num_classes=1000,
+                  lr=1e-3)
+plan = plan_for("fp32")
+with numerics(plan, torch.device("cpu")):
+    trainer, schedule = prepare(run, random_weights(run.arch, 32, 1), plan)
+    generator = torch.Generator().manual_seed(1)
+    for epoch in range(schedule.epochs):
+        schedule.apply(trainer.model, epoch)
+        for _ in trainer.train_epoch(data.train_x, data.train_y, 32, generator):
+            pass
+repo_id = timm.models.get_pretrained_cfg(run.arch).hf_hub_id
+snapshot = Path(sys.argv[1]) / "hub" / ("models--" + repo_id.replace("/", "--")) / "snapshots" / ("0" * 40)
+snapshot.mkdir(parents=True)
+(snapshot.parents[1] / "refs").mkdir()
+(snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+safetensors.torch.save_file(trainer.model.state_dict(), snapshot / "model.safetensors")
+"""
+
+
+@pytest.fixture(scope="module")
+def transfer_run(demo: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    home = tmp_path_factory.mktemp("caches")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TORCH_HOME"))}
+    env.update(HF_HOME=str(home), TORCH_HOME=str(home / "torch"), PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, "-c", PRETRAIN, str(home)], env=env, check=True, timeout=400)
+    out = tmp_path_factory.mktemp("reports")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "transfer", ARCH, "--data", str(demo[1]), "--impls", "rv",
+         "--strategy", "linear,full", "--epochs", "2", "--image-size", "32", "--batch-size", "32", "--device", "cpu",
+         "--target-acc", "0.3", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=400, check=True)
+    return out / "latest", done.stdout
+
+
+def test_linear_probe_and_fine_tuning_beat_chance_from_cached_weights(transfer_run: tuple[Path, str]) -> None:
+    run_dir, stdout = transfer_run
+    df = load(run_dir)
+    assert set(df["mode"]) == {"transfer"} and set(df["status"]) == {"ok"}
+    runs = df[df["record"] == "run"]
+    assert len(runs) == 2 and set(runs["weights"]) == {"timm timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"}
+    for _, run in runs.iterrows():
+        assert run["val_top1"] >= 0.3, (run["impl"], run["strategy"], run["val_top1"])  # chance: 0.1
+        assert run["time_to_target_s"] > 0
+    epochs = df[df["record"] == "epoch"]
+    assert len(epochs) == 4 and (epochs["images_per_s"] > 0).all() and epochs["mem_note"].str.contains("RSS").all()
+    assert set(epochs[epochs["strategy"] == "linear"]["trained_groups"]) == {"head"}
+    assert "no pretrained weights" not in stdout and "rv  " in stdout
+
+
+def test_report_shows_accuracy_vs_time(transfer_run: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
+    run_dir, _ = transfer_run
+    assert main(["report", str(run_dir)]) == 0
+    html = (run_dir / "index.html").read_text()
+    section = html.split('<section id="transfer">')[1].split("</section>")[0]
+    assert 'data-plot="transfer_accuracy"' in section
+    assert section.count("<tr>") == 1 + 2 and "timm/vit_tiny_patch16_224" in section
+    assert "No cell measured successfully." in html  # the sweep's sections stay empty, they do not choke

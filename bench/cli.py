@@ -32,6 +32,14 @@ def name_list(text: str) -> list[str]:
     return [name for name in re.split(r"[,\s]+", text) if name]
 
 
+def int_list(text: str) -> list[int]:
+    """argparse type for a list of integers, separated as in `name_list`, e.g. "1,32,256"."""
+    try:
+        return [int(t) for t in name_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def check_output(path: Path, flag: str, directory: bool = False) -> None:
     """UsageError unless `path` (a file, or with `directory` a folder, made if missing) can be
     written: checked before any work, so a long comparison or profile is not lost at its end."""

@@ -67,7 +67,7 @@ def test_runs_starting_in_the_same_second_get_distinct_directories(tmp_path, mon
     def start() -> None:
         barrier.wait()
         try:
-            made.append(run_command._new_run_dir(tmp_path, "cpu"))
+            made.append(run_command.new_run_dir(tmp_path, "cpu"))
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 

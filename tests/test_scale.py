@@ -96,6 +96,7 @@ def test_the_report_has_the_scaling_section(scale_run):
     for key in ("scaling_throughput", "scaling_efficiency", "scaling_comm"):
         assert f'data-plot="{key}"' in html
     assert "world size 3: rank 2 failed" in html  # the failed job is in the failed-cells table
+    assert '<section id="summary">' not in html  # a scale-only run has no sweep sections
     assert "world sizes: 2 ok, 1 error" in (run_dir / "summary.txt").read_text()
 
 

@@ -4,23 +4,19 @@ run directory, resumably."""
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import re
-import shutil
 import signal
-import socket
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
-from bench.cli import name_list
+from bench.cli import int_list, name_list
 from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED, DiskFull, UsageError, is_disk_full
 from bench.report.summary import SUMMARY_NAME, summary_counts, summary_text, write_run_report
 from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest, write_atomically
+from bench.results.rundir import DEFAULT_REPORTS, lock_run_dir, new_run_dir, write_config
 from bench.runner.cluster import SlotsLost, cluster_device, connect, run_cluster
 from bench.runner.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT, Job, Runner, group_jobs, plan_jobs, profile_cells
 from bench.runner.progress import progress_bar
@@ -36,21 +32,12 @@ SWEEP_OPTIONS = ("preset", "models", "impls", "batch_sizes", "precisions", "comp
                  "channels_last", "image_size", "rounds", "find_max_batch")
 # ... and with --resume the run stays where it is.
 RESUME_CONFLICTS = SWEEP_OPTIONS + ("out",)
-DEFAULT_OUT = Path("reports")
 # --cell-timeout when none is given on a GPU: far above any cell's running time, so only a hung cell
 # (or a compilation hung just as long: the two are timed apart, see bench.runner.runner) is killed.
 GPU_CELL_TIMEOUT_S = 900.0
-LOCK_FILE = ".lock"
 ENV_FILE = "env.json"
 # Exit code when every actor of a --cluster run was lost with cells left (rows kept; --resume goes on).
 EXIT_SLOTS_LOST = 1
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in name_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +51,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                        help="sweep preset from bench/config/presets (default: gpu on CUDA, else cpu)")
     sweep.add_argument("--models", type=name_list, help="archs to run, e.g. resnet50,vit_base_patch16_224")
     sweep.add_argument("--impls", type=name_list, help="implementations: rv, torchvision, timm")
-    sweep.add_argument("--batch-sizes", type=_ints, help="batch sizes, e.g. 1,32,256 (never reduced on OOM)")
+    sweep.add_argument("--batch-sizes", type=int_list, help="batch sizes, e.g. 1,32,256 (never reduced on OOM)")
     sweep.add_argument("--precisions", type=name_list,
                        help="fp32, tf32, torch-default (PyTorch's defaults: cuDNN TF32 on, matmul TF32 off; "
                             "timm's float32), amp-fp16, amp-bf16, fp16, bf16 (tf32/torch-default/fp16 variants need CUDA)")
@@ -99,7 +86,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                             "pip install 'rvbench[cluster]'")
     where.add_argument("--out", type=Path, default=None,
                        help="reports directory: the run goes to OUT/runs/<time>-<host>-<device>/, "
-                            f"OUT/latest links to it (default: {DEFAULT_OUT})")
+                            f"OUT/latest links to it (default: {DEFAULT_REPORTS})")
     where.add_argument("--resume", type=Path, metavar="DIR",
                        help="continue the run in DIR: run only cells without a row (its config.json "
                             "defines the sweep and where it runs, unless --devices or --cluster says otherwise)")
@@ -179,46 +166,6 @@ def _run_label(cluster: str | None, devices: list[str] | None, device: str) -> s
     return device.replace(":", "") if len(devices) == 1 else f"{len(devices)}x{_kind(device)}"
 
 
-def _new_run_dir(reports_dir: Path, label: str) -> Path:
-    """Create RUN_DIR = REPORTS/runs/<time>-<host>-<label>, suffixed -2, -3, ... when taken.
-
-    The mkdir itself claims the name (no exists-then-mkdir race), so two runs starting in the same
-    second on one host get distinct directories."""
-    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname().split(".")[0])
-    name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{host}-{label}"
-    runs, n = reports_dir / "runs", 1
-    while True:
-        run_dir = runs / (name if n == 1 else f"{name}-{n}")
-        try:
-            run_dir.mkdir(parents=True)
-            return run_dir
-        except FileExistsError:
-            n += 1
-        except OSError as exc:
-            raise UsageError(f"cannot create the run directory under --out {reports_dir}: {exc.strerror}") from None
-
-
-def _lock(run_dir: Path) -> IO[str]:
-    """Hold RUN_DIR/.lock (flock) until the process ends, so two runs never append to one directory.
-
-    Returns the open lock file, which the caller keeps for the whole run. Raises UsageError,
-    before anything is written, when another run holds it or the directory is not writable.
-    """
-    try:
-        fh = open(run_dir / LOCK_FILE, "a")
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise
-        raise UsageError(f"cannot write to {run_dir} ({exc.strerror}); a run goes on only in a writable "
-                         "directory") from None
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise UsageError(f"run in progress in {run_dir} (another rvbench run holds its lock)") from None
-    return fh
-
-
 def run(args: argparse.Namespace) -> int:
     """Validate everything, then sweep; returns _sweep's exit code (0 when all went well).
 
@@ -230,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         cluster, devices, _ = _where(args, config)
     else:
         cluster, devices, device = _where(args, None)
-        spec, reports_dir = _new_spec(args, device), args.out or DEFAULT_OUT
+        spec, reports_dir = _new_spec(args, device), args.out or DEFAULT_REPORTS
     if devices and {_kind(d) for d in devices} != {_kind(spec.device)}:
         raise UsageError(f"the run's cells are for {spec.device}; --devices must be {_kind(spec.device)} devices too")
     timing = timing_config(spec)
@@ -239,11 +186,11 @@ def run(args: argparse.Namespace) -> int:
     for device, precision in dict.fromkeys((d, c.precision) for d in devices or [] for c in cells):
         check_capability(device, precision)
 
-    run_dir = args.resume or _new_run_dir(reports_dir, _run_label(cluster, devices, spec.device))
-    lock = _lock(run_dir)
+    run_dir = args.resume or new_run_dir(reports_dir, _run_label(cluster, devices, spec.device))
+    lock = lock_run_dir(run_dir)
     try:
         if not args.resume:
-            _write_config(run_dir, {**spec.to_json(), "cells": len(cells), "jobs": len(jobs),
+            write_config(run_dir, {**spec.to_json(), "cells": len(cells), "jobs": len(jobs),
                                     "devices": devices, "cluster": cluster})
         with _signals_interrupt() as received:
             try:
@@ -259,17 +206,6 @@ def run(args: argparse.Namespace) -> int:
         raise DiskFull(exc, resume=run_dir) from None
     finally:
         lock.close()
-
-
-def _write_config(run_dir: Path, config: dict) -> None:
-    """Write RUN_DIR/config.json atomically; if even that fails, remove the new, empty run directory
-    (UsageError, exit 2) so no half-made run is left for `--resume` to trip on."""
-    try:
-        write_atomically(run_dir / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
-    except OSError as exc:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        reason = DiskFull(exc) if is_disk_full(exc) else exc.strerror
-        raise UsageError(f"cannot start the run in {run_dir} ({reason}); nothing written") from None
 
 
 def _try_update_latest(reports_dir: Path, run_dir: Path) -> None:

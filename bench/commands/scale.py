@@ -13,9 +13,9 @@ import re
 import sys
 from pathlib import Path
 
-from bench.cli import name_list
-from bench.commands.run import DEFAULT_OUT, _lock, _new_run_dir, _write_config
+from bench.cli import int_list, name_list
 from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED, UsageError
+from bench.results.rundir import DEFAULT_REPORTS, lock_run_dir, new_run_dir, write_config
 
 DEFAULT_STEPS = {"cpu": 10, "cuda": 30}
 DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
@@ -25,13 +25,6 @@ PROFILE_STEPS = 3
 _ENDPOINT = re.compile(r"^[^\s:]+:\d{1,5}$")
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in name_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the options of `rvbench scale`."""
     parser.epilog = ("Several nodes: run the same command on each, with --nnodes N --rdzv-endpoint HOST:PORT "
@@ -39,7 +32,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                      "2 bad input (nothing written), 4 HTML report failed, 5 no world size finished.")
     parser.add_argument("arch", help="the architecture, e.g. resnet50 or vit_base_patch16_224")
     parser.add_argument("--impls", type=name_list, default=["rv"], help="implementations: rv, torchvision, timm (default rv)")
-    parser.add_argument("--nproc", type=_ints, metavar="K,...",
+    parser.add_argument("--nproc", type=int_list, metavar="K,...",
                         help="ranks per node, one job each (default: 1, 2, 4, ... up to the GPUs present; 1,2 on a CPU)")
     parser.add_argument("--nnodes", type=int, default=1, help="nodes in every job (default 1)")
     parser.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
@@ -67,7 +60,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="link for the ring all-reduce bound: a bandwidth per direction with its unit "
                              "(450GB/s, 400Gb/s) or a name (nvlink4, pcie5, ib-ndr, ...); default: the GPU's "
                              "usual link in one node, none on a CPU or across nodes")
-    parser.add_argument("--out", type=Path, default=None, help=f"reports directory (default {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=None, help=f"reports directory (default {DEFAULT_REPORTS})")
     parser.set_defaults(func=run)
 
 
@@ -144,11 +137,11 @@ def run(args: argparse.Namespace) -> int:
     _validate(args, device)
     nprocs = _nprocs(args, device, gpus)
     specs = [_spec(args, impl, device) for impl in args.impls]
-    reports_dir = args.out or DEFAULT_OUT
-    run_dir = _new_run_dir(reports_dir, f"scale-{specs[0].cell.device}")
-    lock = _lock(run_dir)
+    reports_dir = args.out or DEFAULT_REPORTS
+    run_dir = new_run_dir(reports_dir, f"scale-{specs[0].cell.device}")
+    lock = lock_run_dir(run_dir)
     try:
-        _write_config(run_dir, {"command": "scale", "nproc": nprocs, "specs": [s.to_json() for s in specs]})
+        write_config(run_dir, {"command": "scale", "nproc": nprocs, "specs": [s.to_json() for s in specs]})
         writer = ResultWriter(run_dir)
         try:
             for spec in specs:

@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.cli import name_list
-from bench.commands.run import DEFAULT_OUT, _lock, _new_run_dir, _write_config
 from bench.errors import UsageError
 from bench.report.summary import write_run_report
 from bench.report.text import format_table
@@ -22,6 +21,7 @@ from bench.results import (
     update_latest,
     write_atomically,
 )
+from bench.results.rundir import DEFAULT_REPORTS, lock_run_dir, new_run_dir, write_config
 from bench.results.store import TRANSFER_MODE
 from bench.results.transfer import run_summary
 
@@ -61,7 +61,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the head, data order and augmentation")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"reports directory: the run goes to OUT/runs/<time>-<host>-transfer-<device>/ "
-                             f"(default: {DEFAULT_OUT})")
+                             f"(default: {DEFAULT_REPORTS})")
     parser.set_defaults(func=run)
 
 
@@ -113,11 +113,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--data {args.data} has {len(data.classes)} classes ({', '.join(data.classes[:12])}"
                          f"{' ...' if len(data.classes) > 12 else ''}) but --num-classes says the head has "
                          f"{args.num_classes}")
-    reports_dir = args.out or DEFAULT_OUT
-    run_dir = _new_run_dir(reports_dir, f"transfer-{device.replace(':', '')}")
-    lock = _lock(run_dir)
+    reports_dir = args.out or DEFAULT_REPORTS
+    run_dir = new_run_dir(reports_dir, f"transfer-{device.replace(':', '')}")
+    lock = lock_run_dir(run_dir)
     try:
-        _write_config(run_dir, {"command": "transfer", **{k: str(v) if isinstance(v, Path) else v
+        write_config(run_dir, {"command": "transfer", **{k: str(v) if isinstance(v, Path) else v
                                                           for k, v in vars(args).items() if k != "func"},
                                 "impls": impls, "image_size": image_size, "device": device})
         _train_all(args, impls, image_size, device, data, run_dir)

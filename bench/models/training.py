@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bench.models.registry import family_spec
-from rv_models.transfer import freeze_backbone
+from rv_models.transfer import freeze_backbone, train_mode
 from rv_models.vit import adamw
 
 DEFAULT_OPTIMIZER = "default"
@@ -33,11 +33,7 @@ def prepare_mode(model: nn.Module, mode: str) -> None:
     elif mode == "train":
         model.train()
     else:
-        freeze_backbone(model)
-        model.eval()
-        for module in model.modules():
-            if any(p.requires_grad for p in module.parameters(recurse=False)):
-                module.train()
+        train_mode(freeze_backbone(model))
 
 
 def _sgd_nesterov(params: list[nn.Parameter]) -> torch.optim.Optimizer:

@@ -95,6 +95,8 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
         title=f"rvbench report · {run_dir.name}",
         run_name=run_dir.name,
         facts=[*tables.header(env, config, df), ("Wall / timed", overhead(df))],
+        # A run of only `rvbench scale` or `rvbench transfer` rows shows their sections, not the sweep's.
+        sweep_run=not sweep.empty or len(sweep) == len(df),
         best_rule=BEST_CONFIG_RULE,
         summaries=tables.summary(configs),
         perf_plots=perf,

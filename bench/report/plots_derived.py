@@ -10,8 +10,8 @@ import pandas as pd
 import seaborn as sns
 
 from bench.report.data import is_baseline, panels, variant_order
-from bench.report.plots_perf import MAX_COLS, facet_lines
-from bench.report.style import IMPL_COLORS, Plot, encode, facet_size, impl_palette, log2_batch_axis, skipped, theme
+from bench.report.plots_perf import facet_lines
+from bench.report.style import IMPL_COLORS, Plot, encode, facet_grid, impl_palette, log2_batch_axis, skipped, theme
 from bench.results.analysis import PEAK_MEMORY, has_values
 
 _MATCH = ["arch", "impl", "mode", "batch_size", "image_size"]
@@ -72,13 +72,8 @@ def reference_ratio(ratios: pd.DataFrame) -> Plot:
     combos = panels(ratios, ["arch", "mode"])
     variants = variant_order(ratios)
     styles = dict(zip(variants, ["-", "--", ":", "-."] * len(variants)))
-    n_cols = min(len(combos), MAX_COLS)
-    n_rows = -(-len(combos) // n_cols)
-    height, aspect = facet_size(n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(height * aspect * n_cols, height * n_rows), squeeze=False)
-    for ax in axes.flat[len(combos):]:
-        ax.remove()
-    for ax, (arch, mode) in zip(axes.flat, combos):
+    fig, axes = facet_grid(len(combos))
+    for ax, (arch, mode) in zip(axes, combos):
         rows = ratios[(ratios["arch"] == arch) & (ratios["mode"] == mode)]
         for (reference, variant), line in rows.groupby(["reference", "variant"], sort=True):
             line = line.sort_values("batch_size")

@@ -7,10 +7,8 @@ import pandas as pd
 import seaborn as sns
 
 from bench.report.data import panels, variant_order
-from bench.report.style import Plot, encode, facet_size, impl_palette, log2_batch_axis, skipped, theme
+from bench.report.style import MAX_COLS, Plot, encode, facet_grid, facet_size, impl_palette, log2_batch_axis, skipped, theme
 from bench.results.analysis import has_values, memory_column
-
-MAX_COLS = 3  # panels per row before wrapping
 
 
 def facet_lines(configs: pd.DataFrame, y: str, ylabel: str, key: str, title: str, caption: str) -> Plot:
@@ -96,13 +94,8 @@ def latency(configs: pd.DataFrame) -> Plot:
     theme()
     combos = panels(data, ["arch", "mode", "variant"])
     palette = impl_palette(data["impl"])
-    n_cols = min(len(combos), MAX_COLS)
-    n_rows = -(-len(combos) // n_cols)
-    height, aspect = facet_size(n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(height * aspect * n_cols, height * 0.85 * n_rows), squeeze=False)
-    for ax in axes.flat[len(combos):]:
-        ax.remove()
-    for ax, (arch, mode, variant) in zip(axes.flat, combos):
+    fig, axes = facet_grid(len(combos), row_height=0.85)
+    for ax, (arch, mode, variant) in zip(axes, combos):
         cell = data[(data["arch"] == arch) & (data["mode"] == mode) & (data["variant"] == variant)]
         for impl, color in palette.items():
             impl_rows = cell[cell["impl"] == impl]

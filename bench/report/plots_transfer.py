@@ -3,12 +3,10 @@ implementation, and the table of runs (time to target, final accuracy)."""
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from bench.report.plots_perf import MAX_COLS
-from bench.report.style import IMPL_COLORS, Plot, encode, facet_size, skipped, theme
+from bench.report.style import IMPL_COLORS, Plot, encode, facet_grid, skipped, theme
 from bench.report.tables import Table, fmt, text
 from bench.results.transfer import epoch_rows, run_summary
 
@@ -24,13 +22,8 @@ def accuracy_vs_time(df: pd.DataFrame) -> Plot:
         return skipped("transfer_accuracy", title, "No transfer run finished an epoch.")
     theme()
     panels = sorted(epochs[["arch", "precision", "image_size"]].drop_duplicates().itertuples(index=False, name=None))
-    n_cols = min(len(panels), MAX_COLS)
-    n_rows = -(-len(panels) // n_cols)
-    height, aspect = facet_size(n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(height * aspect * n_cols, height * n_rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
-        ax.remove()
-    for ax, (arch, precision, size) in zip(axes.flat, panels):
+    fig, axes = facet_grid(len(panels))
+    for ax, (arch, precision, size) in zip(axes, panels):
         mine = epochs[(epochs["arch"] == arch) & (epochs["precision"] == precision) & (epochs["image_size"] == size)]
         for (impl, strategy, weights), run in mine.groupby(["impl", "strategy", "weights"], sort=True):
             ax.plot(run["time_s"], 100 * run["val_top1"], color=IMPL_COLORS[impl],

@@ -20,6 +20,8 @@ from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from bench.config.cell import IMPLS  # noqa: E402
 
+MAX_COLS = 3  # facets per row before wrapping
+
 IMPL_COLORS = {"rv": "#c0392b", "torchvision": "#2471a3", "timm": "#229954"}
 assert set(IMPL_COLORS) == set(IMPLS), "every implementation needs a fixed colour"
 
@@ -70,6 +72,19 @@ def encode(fig, key: str, title: str, caption: str = "") -> Plot:
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return Plot(key=key, title=title, caption=caption, png_b64=base64.b64encode(buf.getvalue()).decode("ascii"))
+
+
+def facet_grid(n_panels: int, row_height: float = 1.0) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A figure of `n_panels` facets, MAX_COLS to a row, each `facet_size` (rows `row_height` times as
+    tall); the unused places of the last row are removed. Returns the figure and its axes in reading order."""
+    n_cols = min(n_panels, MAX_COLS)
+    n_rows = -(-n_panels // n_cols)
+    height, aspect = facet_size(n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(height * aspect * n_cols, height * row_height * n_rows),
+                             squeeze=False)
+    for ax in axes.flat[n_panels:]:
+        ax.remove()
+    return fig, list(axes.flat[:n_panels])
 
 
 def facet_size(n_cols: int) -> tuple[float, float]:

@@ -46,7 +46,7 @@ from bench.execute.prepare import prepared_cell
 from bench.measure.memory import CudaPeak, RssPeak, weights_bytes
 from bench.measure.timing import summarize, synchronize, time_callable
 from bench.profiling.comm import comm_stats, split_events
-from bench.runner.worker import _exit_with_parent
+from bench.runner.worker import exit_with_parent
 
 FAULT_ENV = "RVBENCH_SCALE_FAULT"
 RESULT_NAME = "result.json"
@@ -147,7 +147,7 @@ def run_rank(spec: dict, rank: int) -> None:
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     rank = int(os.environ["RANK"])
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
     record = rank_file(Path(spec["out_dir"]), rank)
     _write_json(record, {"rank": rank, "pid": os.getpid()})
     try:

@@ -197,9 +197,10 @@ def _send(replies: IO[str], message: dict) -> None:
     replies.flush()
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Kill this worker's process group (itself and its compile subprocesses) once the runner is gone:
-    a runner killed with SIGKILL cannot kill us, and a hung cell never reads the closed stdin."""
+def exit_with_parent(parent: int) -> None:
+    """Kill this process's group (itself and its compile subprocesses), if it leads one, once its parent
+    is gone: a runner (or torchrun) killed with SIGKILL cannot kill us, and a hung cell never reads the
+    closed stdin. Run it in a daemon thread; the sweep worker and the DDP ranks of `rvbench scale` do."""
     while os.getppid() == parent:
         time.sleep(PARENT_POLL_S)
     if os.getpgid(0) == os.getpid():
@@ -210,7 +211,7 @@ def _exit_with_parent(parent: int) -> None:
 def main() -> None:
     """Serve requests until stdin closes. Ctrl-C is the runner's to handle, not ours."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     # Imported before "ready" so start-up is not billed to a cell's timeout.

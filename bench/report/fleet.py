@@ -50,5 +50,6 @@ def fleet_table(df: pd.DataFrame) -> Table:
         rows.append([text(r["arch"]), text(r["impl"]), text(r["mode"]), text(r["variant"]), fmt(r["batch_size"]),
                      *(fmt(r[m]) for m in models), *ratios])
     note = ("Median over the rounds each model ran. Groups go to whichever GPU is free, so a configuration "
-            "a model never got shows –; run --rounds at least the number of models to see more of them.")
+            "a model never got shows –; to compare models on every configuration, run the sweep on each model "
+            "and put the runs side by side with rvbench compare.")
     return Table(columns, rows, note)

@@ -4,7 +4,9 @@ pytest-xdist worker.
 The option lives here, at the top of the test tree, because pytest only reads `pytest_addoption`
 from conftest files it loads at start-up; `tests/benchmarks/conftest.py` turns it into fixtures.
 
-`make test` runs two xdist workers on two cores. Each worker, and every process a test starts from it
+`make test` runs two xdist workers on two cores (`--dist loadgroup`: a module whose module-scoped
+fixture is costly, a Ray cluster, a torchrun job, a real run, marks itself `xdist_group`, so one worker
+makes it once). Each worker, and every process a test starts from it
 (sweep workers, torchrun ranks, Ray nodes inherit OMP_NUM_THREADS), computes on one thread, so the
 workers share the cores instead of oversubscribing them, and a test bounded in time (a cell timeout)
 sees about the speed it sees in a serial run.
@@ -40,3 +42,4 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.device = resolve_device(config.getoption("--device"))
     except UsageError as err:
         raise pytest.UsageError(f"--device: {err}") from None
+

@@ -25,6 +25,9 @@ from bench.cli import main
 from bench.config.sweep import build_spec, expand
 from bench.results import load
 
+# Its module-scoped fixture is costly: one xdist worker makes it once (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("ray_cluster")
+
 REPO = Path(__file__).resolve().parent.parent
 SWEEP = ["--preset", "smoke", "--device", "cpu", "--models", "resnet18", "--impls", "rv,timm", "--batch-sizes", "1",
          "--rounds", "2"]

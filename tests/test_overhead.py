@@ -20,6 +20,9 @@ from bench.report.summary import overhead, summary_text
 from bench.results import load_run
 from rv_models import create_model
 
+# Its module-scoped fixture is costly: one xdist worker makes it once (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("overhead")
+
 CPU = torch.device("cpu")
 SIZE = 32
 

@@ -21,6 +21,9 @@ from bench.profiling.opcats import CATEGORIES, classify
 from bench.profiling.profile import profile_cell
 from bench.profiling.roofline import count_bytes, place, point
 
+# Its module-scoped fixture is costly: one xdist worker makes it once (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("profile")
+
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
 

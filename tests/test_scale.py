@@ -23,6 +23,9 @@ from bench.profiling.comm import overlap, total, union
 from bench.results import load
 from bench.runner.scale import alive
 
+# Its module-scoped fixture is costly: one xdist worker makes it once (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("scale")
+
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 2
 ARGS = ["vit_tiny_patch16_224", "--impls", "rv", "--device", "cpu", "--image-size", "32",

@@ -23,6 +23,9 @@ from bench.data.datasets import read_dataset
 from bench.data.procedural import CLASSES, write_demo_data
 from bench.results import load
 
+# Its module-scoped fixture is costly: one xdist worker makes it once (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("transfer")
+
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = "vit_tiny_patch16_224"
 

@@ -62,9 +62,10 @@ browser:
 
 # Benchmarks run one step each here (--benchmark-disable); the ratio gates run in full (timed in
 # process CPU time, so the second worker does not move them). Two xdist workers, one thread each
-# (tests/conftest.py), keep both cores busy while a test waits on the processes it started.
+# (tests/conftest.py), keep both cores busy while a test waits on the processes it started. An interpreter
+# given as PYTHON= without pytest-xdist runs them one at a time.
 test: $(SETUP) browser
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests --benchmark-disable
+	$(PY) -m pytest -q $$($(PY) -c 'import xdist; print("-n 2 --dist loadgroup")' 2>/dev/null) tests --benchmark-disable
 
 # After an intended change to a model, regenerate the deterministic gate's expected counts.
 counts: $(SETUP)

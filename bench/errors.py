@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+# Exit code of a --cluster run that lost every Ray actor with cells left (its rows kept; --resume goes on).
+EXIT_SLOTS_LOST = 1
 # Exit code of a command stopped by a full disk (its data written before is kept).
 EXIT_DISK_FULL = 3
 # Exit code of a run whose HTML report failed (a bug in the report code): its data is kept.

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.cli import int_list, name_list
-from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED, DiskFull, UsageError, is_disk_full
+from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED, EXIT_SLOTS_LOST, DiskFull, UsageError, is_disk_full
 from bench.report.summary import SUMMARY_NAME, summary_counts, summary_text, write_run_report
 from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest, write_atomically
 from bench.results.rundir import DEFAULT_REPORTS, lock_run_dir, new_run_dir, write_config
@@ -36,8 +36,6 @@ RESUME_CONFLICTS = SWEEP_OPTIONS + ("out",)
 # (or a compilation hung just as long: the two are timed apart, see bench.runner.runner) is killed.
 GPU_CELL_TIMEOUT_S = 900.0
 ENV_FILE = "env.json"
-# Exit code when every actor of a --cluster run was lost with cells left (rows kept; --resume goes on).
-EXIT_SLOTS_LOST = 1
 
 
 def register(parser: argparse.ArgumentParser) -> None:

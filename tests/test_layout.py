@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 STAGES = (
-    ("bench.errors",),
+    ("bench.errors", "bench.columns", "bench.precisions"),
     ("bench.models", "bench.hardware", "bench.data"),
     ("bench.config",),
     ("bench.counting",),

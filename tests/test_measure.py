@@ -13,7 +13,7 @@ from bench.config.cell import Cell
 from bench.errors import UsageError
 from bench.measure.cell import measure_cell
 from bench.models import get_entry
-from bench.results import MEASURE_COLUMNS
+from bench.columns import MEASURE_COLUMNS
 from bench.config.precision import numerics, numerics_state, plan_for
 from bench.execute.step import freezing_enabled, graphs_compiled, inductor_freezing, make_step
 from bench.models.training import make_optimizer, prepare_mode

@@ -15,7 +15,8 @@ from bench.config.precision import numerics, numerics_state, plan_for
 from bench.errors import UsageError
 from bench.execute.step import make_step
 from bench.hardware.gpus import H100_SXM, peak_tflops_for
-from bench.results.timm import timm_precision, timm_table
+from bench.precisions import precision
+from bench.results.timm import timm_table
 
 H100 = "NVIDIA H100 80GB HBM3"
 
@@ -72,7 +73,7 @@ def test_timm_export_takes_the_rows_timm_float32_matches_and_names_them():
     exported = set(zip(timm["device"], timm["precision"], timm["timm_precision"]))
     assert exported == {("cuda:0", "torch-default", "float32"), ("cuda:0", "amp-bf16", "amp_bfloat16"),
                         ("cpu", "fp32", "float32")}
-    assert timm_precision("fp32", "cuda:0") is None and timm_precision("tf32", "cuda:0") is None
+    assert precision("fp32").timm_name("cuda:0") is None and precision("tf32").timm_name("cuda:0") is None
 
 
 def test_timm_export_names_the_train_optimizer_and_keeps_optimizers_apart():

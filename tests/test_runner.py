@@ -80,7 +80,7 @@ def test_smoke_run_end_to_end(tmp_path):
     assert df["env_torch"].notna().all() and (df["wall_s"] > 0).all()
     assert set(load_samples(run_dir)) == expected
     assert json.loads((run_dir / "config.json").read_text())["cells"] == len(expected)
-    assert "rv/torchvision" in res.stdout and "report:" in res.stdout
+    assert "rv speed ÷ torchvision" in res.stdout and "report:" in res.stdout
 
 
 def test_failures_become_rows_and_the_sweep_goes_on(tmp_path):

@@ -8,12 +8,12 @@ import json
 import re
 
 from bench.cli import name_list
+from bench.precisions import DEFAULT_PRECISION, PRECISIONS, precision_help
 from bench.config.cell import (
     COMPILE_MODES,
     DEFAULT_OPTIMIZER,
     MODES,
     OPTIMIZERS,
-    PRECISIONS,
 )
 from bench.counting.memory import (
     CARDS,
@@ -57,8 +57,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", type=name_list, default=["64"], metavar="N,...",
                         help="batch sizes (default 64)")
     parser.add_argument("--image-size", type=int, metavar="N", help="input side in px (default: each model's own)")
-    parser.add_argument("--precision", type=name_list, default=["fp32"], metavar="P,...",
-                        help=f"precisions (default fp32): {', '.join(PRECISIONS)}")
+    parser.add_argument("--precision", type=name_list, default=[DEFAULT_PRECISION], metavar="P,...",
+                        help=f"precisions: {precision_help()}")
     parser.add_argument("--mode", type=name_list, default=["train"], metavar="M,...",
                         help=f"modes (default train): {', '.join(MODES)}")
     parser.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, metavar="NAME",

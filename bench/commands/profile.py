@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from bench.cli import check_output
-from bench.config.cell import COMPILE_MODES, IMPLS, MODES, PRECISIONS, Cell
+from bench.config.cell import COMPILE_MODES, IMPLS, MODES, Cell
 from bench.models import get_entry
 from bench.hardware.device import resolve_device
+from bench.precisions import DEFAULT_PRECISION, precision_help
 
 NAME_WIDTH = 70  # kernel names run to hundreds of characters; the JSON keeps them whole
 
@@ -19,7 +20,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("arch", help="timm-style arch name, e.g. resnet50 (see `rvbench models`)")
     parser.add_argument("--impl", default="rv", help=f"implementation: {', '.join(IMPLS)} (default rv)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    parser.add_argument("--precision", default="fp32", help=f"{', '.join(PRECISIONS)} (default fp32)")
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, help=precision_help())
     parser.add_argument("--compile", default="none", help=f"torch.compile mode: {', '.join(COMPILE_MODES)}")
     parser.add_argument("--mode", default="inference", help=f"{', '.join(MODES)} (default inference)")
     parser.add_argument("--image-size", type=int, default=None, help="input side in px (default: the arch's)")

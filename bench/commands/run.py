@@ -23,6 +23,7 @@ from bench.runner.progress import progress_bar
 from bench.runner.schedule import Board, run_local, slots
 from bench.config.sweep import SweepSpec, build_spec, expand, list_presets, timing_config
 from bench.hardware.device import check_capability, cuda_count, resolve_device
+from bench.precisions import CUDA_ONLY_PRECISIONS, PRECISIONS
 
 if TYPE_CHECKING:
     from bench.config.sweep import TimingConfig
@@ -51,8 +52,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--impls", type=name_list, help="implementations: rv, torchvision, timm")
     sweep.add_argument("--batch-sizes", type=int_list, help="batch sizes, e.g. 1,32,256 (never reduced on OOM)")
     sweep.add_argument("--precisions", type=name_list,
-                       help="fp32, tf32, torch-default (PyTorch's defaults: cuDNN TF32 on, matmul TF32 off; "
-                            "timm's float32), amp-fp16, amp-bf16, fp16, bf16 (tf32/torch-default/fp16 variants need CUDA)")
+                       help=f"{', '.join(PRECISIONS)} ({', '.join(CUDA_ONLY_PRECISIONS)} need CUDA; torch-default "
+                            "is PyTorch's defaults, cuDNN TF32 on and matmul TF32 off: timm's float32)")
     sweep.add_argument("--compile", type=name_list,
                        help="torch.compile modes: none, default, max-autotune, max-autotune-no-cudagraphs, "
                             "reduce-overhead (CUDA); default-freeze, max-autotune-freeze, "

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from bench.cli import int_list, name_list
 from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED, UsageError
+from bench.precisions import TRAINING_PRECISIONS, check_trains, default_train_precision
 from bench.results.rundir import DEFAULT_REPORTS, lock_run_dir, new_run_dir, write_config
 
 DEFAULT_STEPS = {"cpu": 10, "cuda": 30}
 DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
-DEFAULT_PRECISION = {"cpu": "fp32", "cuda": "amp-bf16"}
 DEFAULT_TIMEOUT_S = 900.0
 PROFILE_STEPS = 3
 _ENDPOINT = re.compile(r"^[^\s:]+:\d{1,5}$")
@@ -41,7 +41,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help=f"images per rank and step, fixed across world sizes (weak scaling); default "
                              f"{DEFAULT_BATCH['cuda']} on CUDA, {DEFAULT_BATCH['cpu']} on a CPU")
     parser.add_argument("--image-size", type=int, default=0, help="input side in px (0: the model's default)")
-    parser.add_argument("--precision", help="fp32, tf32, amp-bf16, ... (default amp-bf16 on CUDA, fp32 on a CPU)")
+    parser.add_argument("--precision", help=f"{', '.join(TRAINING_PRECISIONS)} (default "
+                                            f"{default_train_precision('cuda')} on CUDA, {default_train_precision('cpu')} on a CPU)")
     parser.add_argument("--compile", default="none", help="torch.compile mode of the DDP model (default none)")
     parser.add_argument("--optimizer", default="default", help="default (the family's), sgd or adamw")
     parser.add_argument("--channels-last", action="store_true", help="NHWC model and input")
@@ -82,8 +83,9 @@ def _spec(args: argparse.Namespace, impl: str, device: str):
     batch = args.batch_per_rank or DEFAULT_BATCH[kind]
     image_size = args.image_size or get_entry(args.arch, impl).image_size
     cell = Cell(arch=args.arch, impl=impl, batch_size=batch, image_size=image_size,
-                precision=args.precision or DEFAULT_PRECISION[kind], channels_last=args.channels_last,
+                precision=args.precision or default_train_precision(kind), channels_last=args.channels_last,
                 compile=args.compile, mode="train", optimizer=args.optimizer, device=device)
+    check_trains(cell.precision)
     check_cell(cell)
     if args.link_bw:
         link = parse_link(args.link_bw)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bench.cli import name_list
 from bench.errors import UsageError
+from bench.precisions import DEFAULT_PRECISION, TRAINING_PRECISIONS, check_trains, precision_help
 from bench.report.summary import write_run_report
 from bench.report.text import format_table
 from bench.results import (
@@ -22,7 +23,7 @@ from bench.results import (
     write_atomically,
 )
 from bench.results.rundir import DEFAULT_REPORTS, lock_run_dir, new_run_dir, write_config
-from bench.results.store import TRANSFER_MODE
+from bench.columns import TRANSFER_MODE
 from bench.results.transfer import run_summary
 
 STRATEGY_HELP = ("linear (head only, backbone frozen), staged (head, then the last backbone group, then "
@@ -32,7 +33,7 @@ STRATEGY_HELP = ("linear (head only, backbone frozen), staged (head, then the la
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the options of `rvbench transfer`."""
-    from bench.execute.transfer import PRECISIONS, STRATEGIES
+    from bench.execute.transfer import STRATEGIES
 
     parser.epilog = ("Every implementation starts from the same weights: the pretrained ones of the local torch hub "
                      "or Hugging Face cache (torchvision's first, then timm's; nothing is downloaded), else rv's "
@@ -48,7 +49,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=10, help="epochs per run (default 10)")
     parser.add_argument("--budget-s", type=float,
                         help="stop each run at the first epoch end past S seconds of training and evaluation")
-    parser.add_argument("--precision", default="fp32", help=f"{', '.join(PRECISIONS)} (default fp32)")
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, help=precision_help(TRAINING_PRECISIONS))
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N; auto = cuda:0 if present, else cpu")
     parser.add_argument("--image-size", type=int, help="model input side in px; images are resized on the device "
                                                        "(default: the model's, 224)")
@@ -67,16 +68,14 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _check(args: argparse.Namespace) -> tuple[list[str], int, str]:
     """UsageError for any bad option; returns the impls, the image size and the resolved device."""
-    from bench.config.cell import PRECISIONS as ALL_PRECISIONS
-    from bench.execute.transfer import PRECISIONS, STRATEGIES
+    from bench.execute.transfer import STRATEGIES
     from bench.hardware.device import check_capability, check_support, resolve_device
     from bench.models import get_entry, list_entries
 
     unknown = [s for s in args.strategy if s not in STRATEGIES]
     if unknown:
         raise UsageError(f"unknown strategy {', '.join(map(repr, unknown))}; valid: {', '.join(STRATEGIES)}")
-    if args.precision not in PRECISIONS:
-        raise UsageError(f"precision {args.precision!r} cannot train here; valid: {', '.join(PRECISIONS)}")
+    check_trains(args.precision)
     for name, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value < 1:
             raise UsageError(f"{name} must be >= 1, got {value}")
@@ -93,7 +92,7 @@ def _check(args: argparse.Namespace) -> tuple[list[str], int, str]:
     image_size = args.image_size or entries[0].image_size
     entries[0].check_image_size(image_size)
     device = resolve_device(args.device)
-    check_support(device, args.precision, "none", ALL_PRECISIONS, ("none",))
+    check_support(device, args.precision, "none", ("none",))
     check_capability(device, args.precision)
     return impls, image_size, device
 

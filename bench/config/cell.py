@@ -17,9 +17,8 @@ from bench.errors import UsageError
 from bench.hardware.device import check_support, validate_device
 from bench.models import IMPLS
 from bench.models.training import DEFAULT_OPTIMIZER, OPTIMIZERS
+from bench.precisions import DEFAULT_PRECISION, PRECISIONS
 
-# torch-default: PyTorch's own defaults (cuDNN TF32 on, matmul TF32 off), what timm's benchmark calls float32.
-PRECISIONS = ("fp32", "tf32", "torch-default", "amp-fp16", "amp-bf16", "fp16", "bf16")
 FREEZE_SUFFIX = "-freeze"
 # torch.compile's modes; max-autotune-no-cudagraphs tells autotuning gains apart from CUDA-graph gains.
 TORCH_COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -38,7 +37,7 @@ class Cell:
     impl: str  # which implementation: rv (ours), torchvision or timm
     batch_size: int  # images per step; never reduced silently
     image_size: int  # square input side in pixels
-    precision: str = "fp32"  # see PRECISIONS; amp-* autocast, fp16/bf16 cast the weights
+    precision: str = DEFAULT_PRECISION  # see bench.precisions; amp-* autocast, fp16/bf16 cast the weights
     channels_last: bool = False  # NHWC memory format for model and input
     compile: str = "none"  # torch.compile mode (+"-freeze": Inductor freezing), or "none" for eager
     mode: str = "inference"  # inference, train (full step) or finetune (frozen backbone)
@@ -160,4 +159,4 @@ def validate(cell: Cell) -> None:
         raise UsageError(f"batch size must be >= 1, got {cell.batch_size}")
     if cell.image_size < 16:
         raise UsageError(f"image size must be >= 16 px, got {cell.image_size}")
-    check_support(cell.device, cell.precision, cell.compile, PRECISIONS, COMPILE_MODES)
+    check_support(cell.device, cell.precision, cell.compile, COMPILE_MODES)

@@ -1,13 +1,8 @@
-"""Numeric precision of a cell: weight/input dtype, autocast, and the global TF32/cudnn switches.
+"""Numeric precision of a cell realised in torch: dtypes, autocast, and the global TF32/cudnn switches.
 
-`fp32` means real IEEE fp32: TF32 is switched off for both matmuls and cudnn convolutions.
-`tf32` turns TF32 on for both. `torch-default` leaves PyTorch's own defaults: cudnn TF32 on
-(convolutions), matmul TF32 off (`float32_matmul_precision` "highest"), which is what timm's
-benchmark.py measures as "float32"; a ResNet's convolutions then run TF32 and a ViT's matmuls fp32.
-Every other precision runs its remaining fp32 ops without TF32. CUDA cells run with
-`cudnn.benchmark` on (the autotuned algorithms are picked during warm-up). The switches are
-process-global, so `numerics` restores them when the cell ends; their effective state is recorded
-in the row.
+What each precision means is declared once in `bench.precisions`; this module turns a declaration into torch
+objects. CUDA cells run with `cudnn.benchmark` on (the autotuned algorithms are picked during warm-up). The switches
+are process-global, so `numerics` restores them when the cell ends; their effective state is recorded in the row.
 """
 
 from __future__ import annotations
@@ -18,13 +13,12 @@ from typing import Iterator
 
 import torch
 
-from bench.config.cell import PRECISIONS
-from bench.errors import UsageError
+from bench.precisions import precision
 
 
 @dataclass(frozen=True)
 class PrecisionPlan:
-    """How to realise one precision name."""
+    """How to realise one precision name in torch (its `bench.precisions.Precision` with dtypes resolved)."""
 
     param_dtype: torch.dtype  # dtype of weights and of the input batch
     autocast_dtype: torch.dtype | None  # autocast region dtype, None for no autocast
@@ -32,22 +26,11 @@ class PrecisionPlan:
     tf32_cudnn: bool  # allow TF32 in cudnn convolutions (cudnn.allow_tf32)
 
 
-_PLANS = {
-    "fp32": PrecisionPlan(torch.float32, None, False, False),
-    "tf32": PrecisionPlan(torch.float32, None, True, True),
-    "torch-default": PrecisionPlan(torch.float32, None, False, True),
-    "amp-fp16": PrecisionPlan(torch.float32, torch.float16, False, False),
-    "amp-bf16": PrecisionPlan(torch.float32, torch.bfloat16, False, False),
-    "fp16": PrecisionPlan(torch.float16, None, False, False),
-    "bf16": PrecisionPlan(torch.bfloat16, None, False, False),
-}
-
-
-def plan_for(precision: str) -> PrecisionPlan:
+def plan_for(name: str) -> PrecisionPlan:
     """The plan for a precision name; UsageError naming the valid ones otherwise."""
-    if precision not in _PLANS:
-        raise UsageError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    return _PLANS[precision]
+    spec = precision(name)
+    return PrecisionPlan(getattr(torch, spec.weights), spec.autocast and getattr(torch, spec.autocast),
+                         spec.tf32_matmul, spec.tf32_cudnn)
 
 
 def autocast(plan: PrecisionPlan, device: torch.device) -> contextlib.AbstractContextManager:

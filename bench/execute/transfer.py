@@ -26,8 +26,6 @@ from rv_models.convert import library_archs
 from rv_models.transfer import Stage, StageSchedule, replace_head
 
 STRATEGIES = ("linear", "staged", "full", "scratch")
-# Training keeps fp32 weights: autocast, or TF32 inside fp32 ops; cast fp16/bf16 weights lose accuracy.
-PRECISIONS = ("fp32", "tf32", "torch-default", "amp-fp16", "amp-bf16")
 RANDOM = "random"  # the weights label of a randomly initialised backbone
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -10,10 +10,9 @@ and run on another); `check_support` refuses what the device kind can never run 
 from __future__ import annotations
 
 from bench.errors import UsageError
+from bench.precisions import CUDA_ONLY_PRECISIONS, PRECISIONS
 
-# Precisions and compile modes that need CUDA: the CPU has no TF32 (so torch-default is fp32 there),
-# its fp16 kernels are reference-quality only, and reduce-overhead means CUDA graphs.
-CUDA_ONLY_PRECISIONS = ("tf32", "torch-default", "amp-fp16", "fp16")
+# Compile modes that need CUDA (precisions say so in bench.precisions): reduce-overhead means CUDA graphs.
 CUDA_ONLY_COMPILE = ("reduce-overhead",)
 
 
@@ -48,18 +47,17 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def check_support(device: str, precision: str, compile_mode: str, precisions: tuple[str, ...],
-                  compile_modes: tuple[str, ...]) -> None:
+def check_support(device: str, precision: str, compile_mode: str, compile_modes: tuple[str, ...]) -> None:
     """UsageError when the device kind can never run this precision or compile mode.
 
-    `precisions` and `compile_modes` are all valid names, so the message can list the ones that do run.
+    `compile_modes` are the valid compile modes to choose from, so the message can list the ones that do run.
     """
     if device != "cpu":
         return
     if precision in CUDA_ONLY_PRECISIONS:
         raise UsageError(
             f"precision {precision!r} needs CUDA; on cpu use one of: "
-            + ", ".join(p for p in precisions if p not in CUDA_ONLY_PRECISIONS)
+            + ", ".join(p for p in PRECISIONS if p not in CUDA_ONLY_PRECISIONS)
         )
     if compile_mode in CUDA_ONLY_COMPILE:
         raise UsageError(

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 from bench.errors import UsageError
+from bench.precisions import precision as precision_spec
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,6 @@ _RULES: tuple[tuple[str, DeviceSpec], ...] = (
     (r"\bB200\b", B200),
 )
 
-# Which peak bounds each cell precision: autocast runs its matmuls/convs in the low precision.
-# torch-default has none: its convolutions run TF32 and its matmuls fp32, so the bound depends on the
-# model's mix (a ResNet near the tf32 peak, a ViT the fp32 one), and a guessed peak would be worse than none.
-_PEAK_KEY = {"fp32": "fp32", "tf32": "tf32", "torch-default": None, "amp-fp16": "fp16", "fp16": "fp16",
-             "amp-bf16": "bf16", "bf16": "bf16"}
-
-
 def match_device(gpu_name: str | None) -> DeviceSpec | None:
     """The spec of a CUDA device name (as torch.cuda.get_device_name gives it), None if unknown.
 
@@ -97,9 +91,7 @@ def match_device(gpu_name: str | None) -> DeviceSpec | None:
 def peak_tflops_for(gpu_name: str | None, precision: str) -> float | None:
     """Dense peak TFLOP/s of that device at that cell precision; None for unknown devices and for
     torch-default (mixed TF32 convolutions and fp32 matmuls: no single peak)."""
-    if precision not in _PEAK_KEY:
-        raise UsageError(f"unknown precision {precision!r}; valid: {', '.join(_PEAK_KEY)}")
-    spec, key = match_device(gpu_name), _PEAK_KEY[precision]
+    spec, key = match_device(gpu_name), precision_spec(precision).peak  # autocast: its matmuls' precision
     return None if spec is None or key is None else spec.peak_tflops[key]
 
 

@@ -3,7 +3,8 @@
 Absolute step times drift with the machine (shared CI cores, clocks, other jobs), so the gate
 never compares against a stored number. It times the subject and its references interleaved in
 one process, round by round, so every round sees the same machine state, and gates the median of
-the per-round ratios. A failing attempt is re-measured, and only a failure every attempt confirms
+the per-round speed ratios (`speed_label`: subject speed ÷ reference speed, above 1 = the subject is
+faster; the convention of every ratio rvbench shows). A failing attempt is re-measured, and only a failure every attempt confirms
 fails. The confirmations must be independent of the first attempt: a state that one process
 happened to get (where the allocator placed the weights, which kernels oneDNN chose and cached)
 would repeat itself in the same process. So the caller can have them measured elsewhere, in a
@@ -23,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bench.errors import UsageError
+from bench.columns import speed_label
 
 Step = Callable[[], object]
 
@@ -34,14 +36,15 @@ class GateRule:
     Each attempt: every candidate runs `warmup` untimed steps, then `rounds` rounds; in a round
     each candidate runs `iters` steps back to back (order rotates round by round) and its round
     time is their mean, so a slowdown that hits only some steps still counts. The statistic is,
-    for each reference, the median over rounds of subject/reference round time; the gate
-    compares the largest of these (the one against the faster reference) with `max_ratio`.
+    for each reference, the median over rounds of the subject's speed ÷ the reference's (reference
+    round time / subject round time); the gate compares the smallest of these (the one against the
+    faster reference) with `min_speed`: the default 1/1.10 lets the subject take at most 10% longer.
     Up to `attempts` attempts; the gate fails only if all do. `clock` reads the time: wall
     time by default; a single-threaded CPU measurement can use `time.process_time`, which
     other jobs on a shared machine do not move.
     """
 
-    max_ratio: float = 1.10
+    min_speed: float = 1 / 1.10
     rounds: int = 15
     iters: int = 3
     warmup: int = 2
@@ -49,10 +52,10 @@ class GateRule:
     clock: Callable[[], float] = time.perf_counter
 
     def __post_init__(self) -> None:
-        if self.max_ratio <= 0 or min(self.rounds, self.iters, self.attempts) < 1 or self.warmup < 0:
+        if self.min_speed <= 0 or min(self.rounds, self.iters, self.attempts) < 1 or self.warmup < 0:
             raise UsageError(
-                "gate rule needs max_ratio > 0, rounds/iters/attempts >= 1 and warmup >= 0; "
-                f"got {self.max_ratio}, {self.rounds}/{self.iters}/{self.attempts}, {self.warmup}"
+                "gate rule needs min_speed > 0, rounds/iters/attempts >= 1 and warmup >= 0; "
+                f"got {self.min_speed}, {self.rounds}/{self.iters}/{self.attempts}, {self.warmup}"
             )
 
     def describe(self) -> str:
@@ -60,7 +63,7 @@ class GateRule:
         return (
             f"median over {self.rounds} interleaved rounds (mean of {self.iters} steps each, "
             f"clock {getattr(self.clock, '__name__', self.clock)}) "
-            f"of subject/reference time, vs the faster reference, must be <= {self.max_ratio:.2f}; "
+            f"of subject speed ÷ reference speed, vs the faster reference, must be >= {self.min_speed:.3f}; "
             f"fails only if all {self.attempts} attempts exceed it"
         )
 
@@ -71,15 +74,15 @@ class GateResult:
 
     label: str  # what was measured, e.g. "resnet50 inference 64px bs2 cpu"
     subject: str  # name of the candidate under test, e.g. "rv"
-    ratios: dict[str, float]  # reference -> median per-round ratio subject/reference
+    ratios: dict[str, float]  # reference -> median per-round subject speed ÷ reference speed
     median_ms: dict[str, float]  # candidate -> median round time in ms
     rule: GateRule
     history: tuple[float, ...]  # gate ratio of each attempt, the deciding one last
 
     @property
     def reference(self) -> str:
-        """The faster reference: the one the subject is furthest behind (largest ratio)."""
-        return max(self.ratios, key=self.ratios.__getitem__)
+        """The faster reference: the one the subject is furthest behind (smallest speed ratio)."""
+        return min(self.ratios, key=self.ratios.__getitem__)
 
     @property
     def ratio(self) -> float:
@@ -88,18 +91,18 @@ class GateResult:
 
     @property
     def passed(self) -> bool:
-        """True when the subject is within `max_ratio` of the faster reference."""
-        return self.ratio <= self.rule.max_ratio
+        """True when the subject reaches `min_speed` of the faster reference's speed."""
+        return self.ratio >= self.rule.min_speed
 
     def message(self) -> str:
         """One paragraph naming the model, the measured ratio and the rule."""
         verdict = "within" if self.passed else "SLOWER than allowed:"
         times = ", ".join(f"{name} {ms:.2f} ms" for name, ms in self.median_ms.items())
-        others = ", ".join(f"{self.subject}/{ref} {r:.3f}" for ref, r in self.ratios.items())
+        others = ", ".join(f"{speed_label(ref, self.subject)} {r:.3f}" for ref, r in self.ratios.items())
         attempts = ", ".join(f"{r:.3f}" for r in self.history)
         return (
-            f"{self.label}: {self.subject}/{self.reference} = {self.ratio:.3f} {verdict} "
-            f"limit {self.rule.max_ratio:.2f} (all refs: {others}; median step: {times}; "
+            f"{self.label}: {speed_label(self.reference, self.subject)} = {self.ratio:.3f} {verdict} "
+            f"floor {self.rule.min_speed:.3f} (all refs: {others}; median step: {times}; "
             f"attempts: {attempts}). Rule: {self.rule.describe()}."
         )
 
@@ -151,10 +154,10 @@ def decide(
     if subject not in times or not refs:
         raise UsageError(f"need the subject {subject!r} and at least one reference; got {', '.join(times)}")
     ratios = {
-        ref: statistics.median(s / t for s, t in zip(times[subject], times[ref], strict=True)) for ref in refs
+        ref: statistics.median(r / s for s, r in zip(times[subject], times[ref], strict=True)) for ref in refs
     }
     median_ms = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
-    return GateResult(label, subject, ratios, median_ms, rule, history + (max(ratios.values()),))
+    return GateResult(label, subject, ratios, median_ms, rule, history + (min(ratios.values()),))
 
 
 Rerun = Callable[[int], Mapping[str, list[float]]]

@@ -31,7 +31,7 @@ from bench.report.profile_tables import profile_details
 from bench.report.render import render
 from bench.report.summary import overhead
 from bench.results.analysis import BEST_CONFIG_RULE, has_values
-from bench.results.store import DDP_MODE, TRANSFER_MODE
+from bench.columns import DDP_MODE, TRANSFER_MODE
 
 CSV_NAME = "results.csv"
 

@@ -1,4 +1,4 @@
-"""Plots of derived quantities: speedups over fp32 eager, rv / reference ratio, finetune vs train,
+"""Plots of derived quantities: speedups over fp32 eager, rv speed ÷ reference, finetune vs train,
 MFU and energy per image."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from matplotlib.lines import Line2D
 import pandas as pd
 import seaborn as sns
 
+from bench.columns import speed_label
 from bench.report.data import is_baseline, panels, variant_order
 from bench.report.plots_perf import facet_lines
 from bench.report.style import IMPL_COLORS, Plot, encode, facet_grid, impl_palette, log2_batch_axis, skipped, theme
@@ -64,8 +65,8 @@ def speedup(configs: pd.DataFrame) -> Plot:
 
 
 def reference_ratio(ratios: pd.DataFrame) -> Plot:
-    """rv throughput / torchvision and / timm throughput vs batch size, with the spread over rounds."""
-    title = "rv / reference throughput ratio"
+    """rv speed ÷ torchvision and ÷ timm (throughput ratios) vs batch size, with the spread over rounds."""
+    title = f"{speed_label('reference')} (throughput ratio)"
     if ratios.empty:
         return skipped("ratio", title, "No configuration has rv and a reference implementation both measured.")
     theme()
@@ -83,9 +84,9 @@ def reference_ratio(ratios: pd.DataFrame) -> Plot:
             )
         ax.axhline(1.0, color="black", linewidth=0.8)
         log2_batch_axis(ax, rows["batch_size"])
-        ax.set_ylabel("rv / reference throughput (x)")
+        ax.set_ylabel(f"{speed_label('reference')} (x; above 1: rv faster)")
         ax.set_title(f"{arch} · {mode}", fontsize=10)
-    handles = [Line2D([], [], color=IMPL_COLORS[r], marker="o", label=f"rv / {r}") for r in sorted(ratios["reference"].unique())]
+    handles = [Line2D([], [], color=IMPL_COLORS[r], marker="o", label=speed_label(r)) for r in sorted(ratios["reference"].unique())]
     handles += [Line2D([], [], color="grey", linestyle=styles[v], label=v) for v in variants]
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8)
     fig.tight_layout()
@@ -113,7 +114,7 @@ def finetune_vs_train(configs: pd.DataFrame) -> Plot:
         modes["arch"] + "\n" + modes["variant"] + " · bs" + modes["batch_size"].astype(str) + "\n" + modes["mode"]
     )
     modes = modes.sort_values(["arch", "variant", "mode"], ascending=[True, True, False])
-    memory = [(PEAK_MEMORY.column, PEAK_MEMORY.axis_label)] if has_values(modes, PEAK_MEMORY.column) else []
+    memory = [(PEAK_MEMORY.name, PEAK_MEMORY.axis_label())] if has_values(modes, PEAK_MEMORY.name) else []
     panels = [("ms_per_image", "step time per image (ms)"), *memory]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
     palette = impl_palette(modes["impl"])

@@ -66,7 +66,7 @@ def memory(configs: pd.DataFrame) -> Plot:
     memory = memory_column(configs)
     if memory is None:
         return skipped("memory", title, "No memory measurement in this run.")
-    return facet_lines(configs, memory.column, memory.axis_label, "memory", title, "Median over rounds.")
+    return facet_lines(configs, memory.name, memory.axis_label(), "memory", title, "Median over rounds.")
 
 
 def _band(ax, rows: pd.DataFrame, color: str) -> None:

@@ -12,7 +12,7 @@ import pandas as pd
 from bench.report.style import Plot, encode, impl_palette, skipped, theme
 from bench.report.tables import Table, fmt
 from bench.report.text import format_table
-from bench.results.store import DDP_MODE
+from bench.columns import DDP_MODE
 
 MB = 2**20
 _KEYS = ["arch", "impl", "precision", "batch_size", "image_size"]

@@ -10,22 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pandas as pd
 
+from bench.columns import BY_NAME, METRICS, Column, speed_label
 from bench.config.cell import config_keys, config_label
 
 # A configuration on the run's device: what ratios and best configs are keyed on.
 CONFIG_KEYS = config_keys(device=True)
 REFERENCES = ("torchvision", "timm")
-
-# The columns whose median over rounds `config_medians` takes.
-METRICS = (
-    "throughput", "step_ms_p50", "step_ms_p90", "step_ms_p99", "mem_peak_alloc_mb", "mem_rss_delta_mb", "mem_predicted_mb",
-    "compile_s", "recompiles", "mfu", "achieved_tflops", "energy_j_per_image", "params_total",
-    "params_trainable", "gflops_per_image",
-)  # fmt: skip
 
 BEST_CONFIG_RULE = "highest median throughput over rounds among the ok cells of any implementation"
 
@@ -46,7 +39,7 @@ def has_values(df: pd.DataFrame, column: str) -> bool:
 
 
 def config_medians(df: pd.DataFrame) -> pd.DataFrame:
-    """Median over rounds of every METRICS column, per configuration and implementation (ok rows only).
+    """Median over rounds of every METRICS column (the columns bench.columns marks `median`), per configuration and implementation (ok rows only).
 
     Rounds are repeats of one config, so every view shows their median. One row per config, impl
     and device (the CONFIG_KEYS and impl columns), sorted by them; `rounds` counts the ok rounds.
@@ -90,39 +83,20 @@ def best_label(best: pd.Series) -> str:
     return config_label({k: best[k] for k in config_keys(impl=True) if k not in ("arch", "mode")})
 
 
-@dataclass(frozen=True)
-class MemoryColumn:
-    """The memory measurement a run can show: its results column and how views label it."""
-
-    column: str
-    name: str  # short column header, before the unit
-    description: str  # axis label, before the unit
-    approximate: bool
-
-    def header(self, unit: str = "MiB") -> str:
-        """Table header, e.g. "peak MiB" or "RSS growth MiB (approx.)" (MB here means 2**20 bytes too)."""
-        return f"{self.name} {unit}" + (" (approx.)" if self.approximate else "")
-
-    @property
-    def axis_label(self) -> str:
-        """Plot axis label, e.g. "peak allocated memory (MiB)"."""
-        return f"{self.description} (MiB{', approximate' if self.approximate else ''})"
+PEAK_MEMORY = BY_NAME["mem_peak_alloc_mb"]
+RSS_MEMORY = BY_NAME["mem_rss_delta_mb"]
 
 
-PEAK_MEMORY = MemoryColumn("mem_peak_alloc_mb", "peak", "peak allocated memory", approximate=False)
-RSS_MEMORY = MemoryColumn("mem_rss_delta_mb", "RSS growth", "RSS growth during the cell", approximate=True)
-
-
-def memory_column(df: pd.DataFrame) -> MemoryColumn | None:
+def memory_column(df: pd.DataFrame) -> Column | None:
     """The CUDA allocator's peak if the run measured it, else the CPU's RSS growth (approximate), else None.
 
     RSS growth is what a CPU can tell: too coarse to compare implementations, hence the label.
     """
-    return next((m for m in (PEAK_MEMORY, RSS_MEMORY) if has_values(df, m.column)), None)
+    return next((m for m in (PEAK_MEMORY, RSS_MEMORY) if has_values(df, m.name)), None)
 
 
 def ratios(df: pd.DataFrame) -> pd.DataFrame:
-    """rv / reference throughput per (config, round), then median and IQR per config.
+    """rv speed ÷ reference speed (`speed_label`: throughput ratio) per (config, round), then median and IQR per config.
 
     Ratios are taken within a round, where the implementations ran back to back, so slow drift
     of a shared machine cancels. Columns: CONFIG_KEYS, reference, ratio_median, ratio_iqr,
@@ -151,7 +125,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (arch, mode): the best config (`best_configs`), its throughput, p50 latency, memory, rv ratios.
 
     The numbers are the best implementation's medians over rounds; the ratios are the median
-    per-round rv/reference ratios at that config (None where rv or the reference did not run it).
+    per-round rv speed ÷ reference speed at that config (None where rv or the reference did not run it).
     The memory column is headed as `memory_column` says, in MB; there is none if nothing was measured.
     """
     medians = config_medians(df)
@@ -164,10 +138,10 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         row = {"arch": best["arch"], "mode": best["mode"], "best config": best_label(best),
                "img/s": round(best["throughput"], 1), "p50 ms": round(best["step_ms_p50"], 2)}
         if memory is not None:
-            row[memory.header("MB")] = round(best[memory.column], 1) if pd.notna(best[memory.column]) else None
+            row[memory.header("MB")] = round(best[memory.name], 1) if pd.notna(best[memory.name]) else None
         at_best = at_config(ratio, best)
         for ref in REFERENCES:
             match = at_best[at_best["reference"] == ref]
-            row[f"rv/{ref}"] = round(match["ratio_median"].iloc[0], 3) if len(match) else None
+            row[speed_label(ref)] = round(match["ratio_median"].iloc[0], 3) if len(match) else None
         rows.append(row)
     return pd.DataFrame(rows)

@@ -19,6 +19,7 @@ from typing import BinaryIO, Callable
 
 import pandas as pd
 
+from bench.columns import COLUMNS
 from bench.config.cell import DEFAULT_OPTIMIZER
 from bench.errors import UsageError, is_disk_full
 from bench.results.timm import timm_table
@@ -28,53 +29,8 @@ SCHEMA_VERSION = 1
 RESULTS_JSONL = "results.jsonl"
 SAMPLES_JSONL = "samples.jsonl"
 
-# The columns every row has (null where a cell did not produce them), in table order; the
-# measurement columns come from bench.measure.cell, the env_* columns (appended) from bench.measure.env.
-# find_max_batch marks the row of a --find-max-batch search (its batch_size is the largest that
-# fits; max_batch_oom_at the smallest probed batch that did not, null if the limit was reached;
-# max_batch_limit_reason why: oom, crash, timeout, "timeout compiling", "error: ...", or limit).
-# The measurement columns, exactly what bench.measure.cell.measure_cell returns (less "samples_ms").
-MEASURE_COLUMNS = (
-    "params_total", "params_trainable", "gflops_per_image", "gflops_per_step",
-    "n_iters", "timed_s", "warmup_iters", "step_ms_p50", "step_ms_p90", "step_ms_p95", "step_ms_p99",
-    "step_ms_mean", "step_ms_std", "step_ms_min", "step_ms_max", "step_ms_iqr", "noisy",
-    "throughput", "throughput_wall", "build_s", "compile_s", "recompiles", "recompiles_timed",
-    "inductor_freezing", "cudagraph_record_s", "optimizer_used", "amp_skipped_steps",
-    "mem_peak_alloc_mb", "mem_peak_reserved_mb", "mem_weights_mb", "mem_activation_mb",
-    "mem_graph_pool_mb", "mem_rss_delta_mb", "mem_note",
-    "power_w_mean", "power_w_max", "power_source", "sm_clock_mhz", "mem_clock_mhz", "temp_c_max",
-    "gpu_util_pct", "throttle_reasons", "energy_j_per_image", "energy_source", "power_note",
-    "achieved_tflops", "mfu", "tf32_matmul", "tf32_cudnn", "cudnn_benchmark",
-)  # fmt: skip
-# `rvbench scale` rows (bench.runner.scale) have mode DDP_MODE and these columns, null on sweep rows:
-# the world size and DDP's settings, every rank's step-time percentiles and memory (rank_stats, JSON),
-# the weak-scaling efficiency against the smallest world size measured (scaling_base), communication
-# from the profiler (per step, share of the step, share hidden under compute), the bytes all-reduced
-# per step against the gradient bytes, and the ring all-reduce bound over the link (GB/s per direction).
-DDP_MODE = "ddp-train"
-SCALE_COLUMNS = (
-    "world_size", "nnodes", "ddp_backend", "ddp_bucket_mb", "ddp_static_graph", "ddp_grad_as_bucket_view",
-    "threads_per_rank", "rank_stats", "scaling_efficiency", "scaling_base", "comm_ms", "comm_share",
-    "comm_overlap", "allreduce_bytes", "grad_bytes", "link", "link_gbytes_s", "allreduce_bound_ms",
-)  # fmt: skip
-# `rvbench transfer` rows (bench.measure.transfer) have mode TRANSFER_MODE and these columns, null on sweep rows:
-# `record` is "epoch" (one per epoch) or "run" (one per run, after its epochs: final accuracy, time to target);
-# the strategy, the starting weights ("random" without pretrained ones), the seed, the epoch (1-based; a run row:
-# epochs run), the parameter groups trained, mean train loss, validation top-1 (0..1), the epoch's training and
-# evaluation seconds, cumulative seconds (both), training images/s, the target top-1 and when it was first reached
-# (cumulative seconds; null: not reached), and the data (path, format, images, classes).
-TRANSFER_MODE = "transfer"
-TRANSFER_COLUMNS = (
-    "record", "strategy", "weights", "seed", "epoch", "trained_groups", "train_loss", "val_top1", "epoch_s",
-    "eval_s", "time_s", "images_per_s", "target_acc", "time_to_target_s", "data", "data_format", "train_images",
-    "val_images", "num_classes",
-)  # fmt: skip
-COLUMNS = (
-    "schema_version", "run_id", "cell_id", "arch", "impl", "batch_size", "image_size", "precision",
-    "channels_last", "compile", "mode", "optimizer", "device", "slot", "round", "find_max_batch", "max_batch_oom_at",
-    "max_batch_limit_reason", "status", "message", "started_at", "wall_s", "overhead_s", "mem_predicted_mb",
-    *MEASURE_COLUMNS, *SCALE_COLUMNS, *TRANSFER_COLUMNS,
-)  # fmt: skip
+# The columns of a row and their order are declared in bench.columns (null where a row does not carry them).
+COLUMN_ORDER = tuple(c.name for c in COLUMNS)
 
 
 def _open_append(path: Path) -> BinaryIO:
@@ -165,8 +121,8 @@ def _tidy(rows: list[dict]) -> pd.DataFrame:
     if not df.empty:
         # A cell is recorded once, but be robust to hand-merged files: the last row wins.
         df = df.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
-    extra = [c for c in df.columns if c not in COLUMNS]
-    return _with_optimizer(df.reindex(columns=list(COLUMNS) + extra))
+    extra = [c for c in df.columns if c not in COLUMN_ORDER]
+    return _with_optimizer(df.reindex(columns=list(COLUMN_ORDER) + extra))
 
 
 def _with_optimizer(df: pd.DataFrame) -> pd.DataFrame:
@@ -181,7 +137,7 @@ def load(run_dir: str | Path) -> pd.DataFrame:
 
     The parquet file is used only when it is at least as new as the jsonl: a run resumed after it
     was written (and perhaps killed again) has rows the parquet lacks. Always has every column of
-    `COLUMNS` (null where absent), one row per cell.
+    bench.columns (null where absent), one row per cell.
     """
     run_dir = Path(run_dir)
     parquet, jsonl = run_dir / "results.parquet", run_dir / RESULTS_JSONL

@@ -18,6 +18,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.config.cell import split_compile
+from bench.precisions import precision
 
 # timm's benchmark.py columns (inference then train; param_count last, as in its "both" mode).
 # infer_gmacs is MACs per image / 1e9; infer_macts (activation count, millions, from fvcore)
@@ -28,19 +29,6 @@ TIMM_COLUMNS = [
     "train_img_size", "param_count",
 ]  # fmt: skip
 _TIMM_EXTRA = ["impl", "precision", "timm_precision", "channels_last", "compile", "device"]
-# Our precision -> timm benchmark.py's `--precision` name, on CUDA and on a CPU.
-_TIMM_PRECISION = {
-    "cuda": {"torch-default": "float32", "amp-fp16": "amp", "amp-bf16": "amp_bfloat16", "fp16": "float16",
-             "bf16": "bfloat16"},
-    "cpu": {"fp32": "float32", "amp-bf16": "amp_bfloat16", "bf16": "bfloat16"},
-}
-
-
-def timm_precision(precision: str, device: str) -> str | None:
-    """The timm benchmark.py precision a row of ours matches on its device, None if none does."""
-    return _TIMM_PRECISION["cpu" if device == "cpu" else "cuda"].get(precision)
-
-
 def timm_table(df: pd.DataFrame) -> pd.DataFrame:
     """The ok inference/train cells timm's benchmark could have run (see the module docstring), in
     its benchmark-CSV layout, median over rounds.
@@ -52,7 +40,7 @@ def timm_table(df: pd.DataFrame) -> pd.DataFrame:
     """
     frozen = df["compile"].map(lambda mode: split_compile(str(mode))[1]).astype(bool)
     ok = df[(df["status"] == "ok") & df["mode"].isin(["inference", "train"]) & ~frozen].copy()
-    ok["timm_precision"] = [timm_precision(str(p), str(d)) for p, d in zip(ok["precision"], ok["device"])]
+    ok["timm_precision"] = [precision(str(p)).timm_name(str(d)) for p, d in zip(ok["precision"], ok["device"])]
     ok = ok[ok["timm_precision"].notna()]
     ok["train_optimizer"] = ok["optimizer_used"] if "optimizer_used" in ok else None
     keys = ["arch", "batch_size", "image_size"] + _TIMM_EXTRA

@@ -1,14 +1,14 @@
 """The rows of `rvbench transfer` in a run's results, and the one summary of its runs that every view shows.
 
 A transfer run writes one row per epoch (record "epoch") and then one for the run (record "run"); see the
-TRANSFER_COLUMNS comment in bench.results.store.
+"transfer" columns of bench.columns.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from bench.results.store import TRANSFER_MODE
+from bench.columns import TRANSFER_MODE
 
 RUN_KEYS = ["arch", "impl", "strategy", "weights", "precision", "batch_size", "image_size", "seed"]
 

@@ -9,7 +9,7 @@ checked gone by the pids they recorded. On one node the rendezvous is 127.0.0.1 
 several, every node runs the same command with the same HOST:PORT, and the node of global rank 0
 gets the figures of all ranks and writes the rows.
 
-Rows have mode DDP_MODE and the SCALE_COLUMNS of bench.results.store: the step-time columns are the
+Rows have mode DDP_MODE and the "scale" columns of bench.columns: the step-time columns are the
 maximum over ranks of each statistic (a data-parallel step is as slow as its slowest rank), the
 throughput is every rank's images at that step time, and the efficiency is weak scaling (fixed batch
 per rank) against the smallest world size of the run that finished:
@@ -35,7 +35,8 @@ from pathlib import Path
 from bench.config.cell import Cell
 from bench.execute.ddp import DdpOptions
 from bench.hardware.gpus import Link, ring_allreduce_s
-from bench.results.store import DDP_MODE, SCHEMA_VERSION, ResultWriter, write_atomically
+from bench.columns import DDP_MODE
+from bench.results.store import SCHEMA_VERSION, ResultWriter, write_atomically
 from bench.runner.ddp_rank import RESULT_NAME
 
 # Characters of torchrun's log kept in a row whose ranks recorded no error.

@@ -64,14 +64,14 @@ def test_thirty_percent_slower_fails_naming_model_and_ratio() -> None:
     assert not result.passed
     message = result.message()
     assert "resnet50 inference 64px" in message
-    assert "rv/torchvision = 1.300" in message and "limit 1.10" in message
+    assert "rv speed ÷ torchvision = 0.769" in message and "floor 0.909" in message
 
 
 def test_gate_compares_with_the_faster_reference() -> None:
-    # rv equals torchvision but is 12.5% slower than timm: the faster reference decides.
+    # rv equals torchvision but takes 12.5% longer than timm: the faster reference decides.
     times = {"rv": [0.9] * ROUNDS, "torchvision": [0.9] * ROUNDS, "timm": [0.8] * ROUNDS}
     result = decide("m", "rv", times, RULE)
-    assert result.reference == "timm" and result.ratio == pytest.approx(1.125)
+    assert result.reference == "timm" and result.ratio == pytest.approx(0.8 / 0.9)
     assert not result.passed
 
 
@@ -103,8 +103,8 @@ def test_equal_workloads_pass_when_measured() -> None:
 def test_injected_slowdown_fails_after_a_confirming_rerun() -> None:
     result = ratio_gate("fake", "rv", {"rv": lambda: work(13 * UNIT // 10), "ref": lambda: work(UNIT)}, RULE)
     assert not result.passed
-    assert len(result.history) == RULE.attempts and all(r > RULE.max_ratio for r in result.history)
-    assert 1.2 < result.ratio < 1.4
+    assert len(result.history) == RULE.attempts and all(r < RULE.min_speed for r in result.history)
+    assert 1 / 1.4 < result.ratio < 1 / 1.2
 
 
 def test_a_failure_not_confirmed_by_the_rerun_passes() -> None:
@@ -118,7 +118,7 @@ def test_a_failure_not_confirmed_by_the_rerun_passes() -> None:
 
     result = ratio_gate("fake", "rv", {"rv": slow_at_first, "ref": lambda: work(UNIT)}, RULE)
     assert result.passed
-    assert len(result.history) == 2 and result.history[0] > RULE.max_ratio
+    assert len(result.history) == 2 and result.history[0] < RULE.min_speed
 
 
 def test_each_attempt_runs_the_candidates_in_another_order() -> None:
@@ -141,7 +141,7 @@ def test_confirmations_come_from_rerun_and_a_passing_one_passes() -> None:
     steps = {"rv": lambda: work(2 * UNIT), "ref": lambda: work(UNIT)}
     result = ratio_gate("fake", "rv", steps, RULE, rerun=rerun)
     assert asked == [1]
-    assert result.passed and len(result.history) == 2 and result.history[0] > RULE.max_ratio
+    assert result.passed and len(result.history) == 2 and result.history[0] < RULE.min_speed
 
 
 def test_every_confirmation_must_fail_for_the_gate_to_fail() -> None:
@@ -165,4 +165,4 @@ def test_real_rv_model_made_30pct_slower_fails(gate_clock: Callable[[], float], 
     assert not result.passed
     message = result.message()
     assert arch in message and f"{result.ratio:.3f} SLOWER than allowed" in message
-    assert result.ratio > 1.15
+    assert result.ratio < 1 / 1.15

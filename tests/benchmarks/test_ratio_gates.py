@@ -5,8 +5,8 @@ built for the same arch, mode and input (conftest's CI set: 64 px, batch 2, fp32
 2 untimed steps each, then timed interleaved in one process for R rounds; the start of each round
 rotates (A B C, B C A, C A B, ...) and in a round each impl runs k steps back to back, its round
 time being their mean. For each reference the statistic is the median over rounds of the per-round
-ratio rv/reference; the gate compares the larger one (the one against the faster reference) with
-1.10 and fails when it is above.
+speed ratio rv ÷ reference; the gate compares the smaller one (the one against the faster reference) with
+1/1.10 and fails when it is below.
 
 A failing attempt is measured again, up to 3 attempts, and only a failure every attempt confirms
 fails the test. The confirmations are independent of the first attempt: each runs this same test

@@ -1,0 +1,183 @@
+"""Every column of a results row, declared once: name, group, unit, label, how it summarises over rounds, the modes
+whose rows carry it, and its place in timm's benchmark CSV.
+
+The store's column order and its MEASURE/POWER/SCALE/TRANSFER subsets, the analysis's per-config medians, the
+report's labels and units and the timm export all derive from `COLUMNS`, and each instrument returns its group's
+values through `values`, which refuses an undeclared name. A new metric column is: declare it here, compute it in
+the instrument that sees it, and (if it deserves one) plot it. What each column means is in README.md ("What the
+numbers mean"); `tests/test_columns.py` checks that every column is documented there.
+
+This module imports neither torch nor pandas, so help texts can use it for free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+SWEEP_MODES = ("inference", "train", "finetune")  # the modes of `rvbench run` cells
+DDP_MODE = "ddp-train"  # the mode of `rvbench scale` rows
+TRANSFER_MODE = "transfer"  # the mode of `rvbench transfer` rows
+ALL_MODES = (*SWEEP_MODES, DDP_MODE, TRANSFER_MODE)
+_SWEEP_DDP = (*SWEEP_MODES, DDP_MODE)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One results column."""
+
+    name: str
+    group: str  # see GROUPS
+    unit: str = ""  # as labels show it: "ms", "img/s", "MiB" (2**20 bytes) ...; "" for counts, flags and text
+    label: str = ""  # axis label before the unit, e.g. "p50 step time"; default: the name
+    short: str = ""  # table header before the unit, e.g. "p50"; default: the label
+    median: bool = False  # views show its median over rounds (bench.results.analysis.config_medians)
+    modes: tuple[str, ...] | None = None  # the modes whose rows carry it (null on the others); None: its group's
+    approximate: bool = False  # a coarse measurement, labelled "(approx.)" wherever it is shown
+    timm: tuple[str, float] | None = None  # (timm benchmark-CSV name after infer_/train_, factor from ours)
+
+    def axis_label(self) -> str:
+        """Plot axis label, e.g. "p50 step time (ms)", "RSS growth during the cell (MiB, approximate)"."""
+        text = self.label or self.name
+        unit = ", ".join(u for u in (self.unit, "approximate" if self.approximate else "") if u)
+        return f"{text} ({unit})" if unit else text
+
+    def header(self, unit: str | None = None) -> str:
+        """Table header, e.g. "p50 ms", "RSS growth MiB (approx.)"; `unit` overrides the declared one."""
+        text = " ".join(t for t in (self.short or self.label or self.name, self.unit if unit is None else unit) if t)
+        return text + (" (approx.)" if self.approximate else "")
+
+
+def _group(group: str, *columns: Column | str, modes: tuple[str, ...] = ALL_MODES) -> tuple[Column, ...]:
+    """Columns of one group, in order, carried by rows of `modes` unless a column says otherwise; a bare name
+    is a column with no unit or label."""
+    made = [Column(c, group) if isinstance(c, str) else c for c in columns]
+    return tuple(replace(c, group=group, modes=c.modes or modes) for c in made)
+
+
+def _ms(name: str, label: str, short: str, median: bool = False) -> Column:
+    return Column(name, "", "ms", label, short, median=median, modes=_SWEEP_DDP)
+
+
+COLUMNS: tuple[Column, ...] = (
+    *_group("identity", "schema_version", "run_id", "cell_id"),
+    # the cell's fields (bench.config.cell.Cell), and `slot`: where it ran (a device or a Ray actor's GPU)
+    *_group("config", "arch", "impl", Column("batch_size", "", label="batch size", short="bs"),
+            Column("image_size", "", "px", "image size"), "precision", "channels_last", "compile", "mode",
+            "optimizer", "device", "slot", "round"),
+    *_group("search", "find_max_batch", "max_batch_oom_at", "max_batch_limit_reason", modes=SWEEP_MODES),
+    *_group("outcome", "status", "message", "started_at", Column("wall_s", "", "s", "cell wall time"),
+            Column("overhead_s", "", "s", "time outside the timed loop")),
+    *_group("prediction", Column("mem_predicted_mb", "", "MiB", "predicted peak allocated", "predicted",
+                                 median=True, modes=SWEEP_MODES)),
+    *_group("counts", Column("params_total", "", label="parameters", median=True, modes=ALL_MODES,
+                             timm=("param_count", 1e-6)),
+            Column("params_trainable", "", label="trainable parameters", median=True, modes=ALL_MODES),
+            Column("gflops_per_image", "", "GFLOP", "forward FLOPs per image", median=True, modes=SWEEP_MODES,
+                   timm=("gmacs", 0.5)),
+            Column("gflops_per_step", "", "GFLOP", "FLOPs per step", modes=SWEEP_MODES), modes=_SWEEP_DDP),
+    *_group("timing", "n_iters", Column("timed_s", "", "s", "timed loop"), "warmup_iters",
+            _ms("step_ms_p50", "p50 step time", "p50", median=True), _ms("step_ms_p90", "p90 step time", "p90", True),
+            _ms("step_ms_p95", "p95 step time", "p95"), _ms("step_ms_p99", "p99 step time", "p99", True),
+            Column("step_ms_mean", "", "ms", "mean step time", "mean", timm=("step_time", 1)),
+            _ms("step_ms_std", "step time standard deviation", "std"), _ms("step_ms_min", "fastest step", "min"),
+            _ms("step_ms_max", "slowest step", "max"), _ms("step_ms_iqr", "step time IQR", "IQR"), "noisy",
+            Column("throughput", "", "img/s", "throughput", median=True),
+            Column("throughput_wall", "", "img/s", "throughput over the loop's wall time",
+                   timm=("samples_per_sec", 1)), modes=_SWEEP_DDP),
+    *_group("build", Column("build_s", "", "s", "model build"),
+            Column("compile_s", "", "s", "compile time (first step)", "compile", median=True),
+            Column("recompiles", "", label="recompilations", median=True), "recompiles_timed", "inductor_freezing",
+            Column("cudagraph_record_s", "", "s", "CUDA graph recording"), modes=SWEEP_MODES),
+    *_group("training", Column("optimizer_used", "", modes=(*SWEEP_MODES, TRANSFER_MODE)), "amp_skipped_steps",
+            modes=SWEEP_MODES),
+    *_group("memory", Column("mem_peak_alloc_mb", "", "MiB", "peak allocated memory", "peak", median=True),
+            Column("mem_peak_reserved_mb", "", "MiB", "peak reserved memory", "reserved"),
+            Column("mem_weights_mb", "", "MiB", "weights"), Column("mem_activation_mb", "", "MiB", "activations"),
+            Column("mem_graph_pool_mb", "", "MiB", "CUDA graph pool"),
+            Column("mem_rss_delta_mb", "", "MiB", "RSS growth during the cell", "RSS growth", median=True,
+                   approximate=True),
+            "mem_note"),
+    *_group("power", Column("power_w_mean", "", "W", "mean board power"), Column("power_w_max", "", "W", "peak power"),
+            "power_source", Column("sm_clock_mhz", "", "MHz", "SM clock"),
+            Column("mem_clock_mhz", "", "MHz", "memory clock"), Column("temp_c_max", "", "°C", "peak temperature"),
+            Column("gpu_util_pct", "", "%", "GPU utilisation"), "throttle_reasons",
+            Column("energy_j_per_image", "", "J/img", "energy per image", "energy", median=True), "energy_source",
+            "power_note", modes=SWEEP_MODES),
+    *_group("efficiency", Column("achieved_tflops", "", "TFLOP/s", "achieved", median=True),
+            Column("mfu", "", label="model FLOPs utilisation", short="MFU", median=True), modes=SWEEP_MODES),
+    *_group("numerics", "tf32_matmul", "tf32_cudnn", "cudnn_benchmark", modes=(*SWEEP_MODES, TRANSFER_MODE)),
+    # `rvbench scale` (bench.runner.scale): the world size and DDP's settings, every rank's step-time percentiles
+    # and memory (rank_stats, JSON), the weak-scaling efficiency against the smallest world size measured
+    # (scaling_base), communication from the profiler (per step, share of the step, share hidden under compute),
+    # the bytes all-reduced per step against the gradient bytes, and the ring all-reduce bound over the link.
+    *_group("scale", Column("world_size", "", label="ranks"), "nnodes", "ddp_backend", "ddp_bucket_mb",
+            "ddp_static_graph", "ddp_grad_as_bucket_view", "threads_per_rank", "rank_stats",
+            Column("scaling_efficiency", "", label="weak-scaling efficiency"), "scaling_base",
+            Column("comm_ms", "", "ms", "communication per step"), Column("comm_share", "", label="communication share"),
+            Column("comm_overlap", "", label="communication hidden under compute"),
+            Column("allreduce_bytes", "", "B", "bytes all-reduced per step"), Column("grad_bytes", "", "B"), "link",
+            Column("link_gbytes_s", "", "GB/s", "link bandwidth per direction"),
+            Column("allreduce_bound_ms", "", "ms", "ring all-reduce bound"), modes=(DDP_MODE,)),
+    # `rvbench transfer` (bench.measure.transfer): `record` is "epoch" (one per epoch) or "run" (one per run, after
+    # its epochs: final accuracy, time to target); the strategy, the starting weights ("random" without pretrained
+    # ones), the seed, the epoch (1-based; a run row: epochs run), the parameter groups trained, mean train loss,
+    # validation top-1 (0..1), the epoch's training and evaluation seconds, cumulative seconds (both), training
+    # images/s, the target top-1 and when it was first reached (cumulative seconds; null: not reached), the data.
+    *_group("transfer", "record", "strategy", "weights", "seed", "epoch", "trained_groups", "train_loss",
+            Column("val_top1", "", label="validation top-1"), Column("epoch_s", "", "s"), Column("eval_s", "", "s"),
+            Column("time_s", "", "s", "training and evaluation time"), Column("images_per_s", "", "img/s"),
+            "target_acc", Column("time_to_target_s", "", "s", "time to target"), "data", "data_format",
+            "train_images", "val_images", "num_classes", modes=(TRANSFER_MODE,)),
+    # The environment of the slot that ran the row (bench.measure.env.collect_env, once per slot).
+    *_group("environment", "env_torch", "env_torchvision", "env_timm", "env_fvcore", "env_cuda", "env_cudnn",
+            "env_gpu_name", "env_driver", "env_sm_count", Column("env_gpu_mem_gb", "", "GiB"), "env_cpu",
+            "env_threads", "env_os", "env_python", "env_host", "env_git_commit", "env_git_dirty", "env_timestamp"),
+)  # fmt: skip
+
+BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+if len(BY_NAME) != len(COLUMNS):
+    raise ValueError("a column is declared twice")
+GROUPS: tuple[str, ...] = tuple(dict.fromkeys(c.group for c in COLUMNS))
+# What bench.measure.cell.measure_cell returns (less "samples_ms"), in table order.
+MEASURE_GROUPS = ("counts", "timing", "build", "training", "memory", "power", "efficiency", "numerics")
+
+
+def names(*groups: str) -> tuple[str, ...]:
+    """The names of the columns of `groups`, in table order."""
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"unknown column group(s) {sorted(unknown)}; valid: {', '.join(GROUPS)}")
+    return tuple(c.name for c in COLUMNS if c.group in groups)
+
+
+def for_mode(mode: str) -> tuple[str, ...]:
+    """The names of the columns rows of `mode` carry (the others are null on them)."""
+    return tuple(c.name for c in COLUMNS if mode in c.modes)
+
+
+def values(group: str, **measured: object) -> dict:
+    """An instrument's columns: every column of `group`, in order, None where `measured` has no value.
+
+    ValueError for a name the group does not declare, so an instrument cannot return a column the store,
+    analysis and report would not know.
+    """
+    declared = names(group)
+    undeclared = measured.keys() - set(declared)
+    if undeclared:
+        raise ValueError(f"column(s) {sorted(undeclared)} not declared in group {group!r} of bench.columns")
+    return {name: measured.get(name) for name in declared}
+
+
+MEASURE_COLUMNS: tuple[str, ...] = names(*MEASURE_GROUPS)
+POWER_COLUMNS: tuple[str, ...] = names("power")
+SCALE_COLUMNS: tuple[str, ...] = names("scale")
+TRANSFER_COLUMNS: tuple[str, ...] = names("transfer")
+ENV_COLUMNS: tuple[str, ...] = names("environment")
+# The columns whose median over rounds every view of a configuration shows.
+METRICS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.median)
+
+
+def speed_label(reference: str, subject: str = "rv") -> str:
+    """How every view labels a ratio of two implementations: the subject's speed ÷ the reference's, so above 1
+    means the subject is faster (its time ratio is the inverse), e.g. "rv speed ÷ torchvision"."""
+    return f"{subject} speed ÷ {reference}"

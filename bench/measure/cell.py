@@ -39,6 +39,7 @@ from typing import Iterator
 
 import torch
 
+from bench.columns import values
 from bench.config.cell import Cell
 from bench.config.precision import numerics_state
 from bench.config.sweep import TimingConfig
@@ -117,27 +118,23 @@ def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
     gflops_per_step = per_image * cell.batch_size / 1e9
     achieved = gflops_per_step / stats["step_ms_p50"]  # GFLOP per ms == TFLOP/s
     peak = peak_tflops_for(torch.cuda.get_device_name(device), cell.precision) if device.type == "cuda" else None
+    skipped_before, skipped_after = window["skipped_before"], window["skipped_after"]
     return {
-        "params_total": params_total,
-        "params_trainable": params_trainable,
-        "gflops_per_image": forward / 1e9,
-        "gflops_per_step": gflops_per_step,
+        **values("counts", params_total=params_total, params_trainable=params_trainable,
+                 gflops_per_image=forward / 1e9, gflops_per_step=gflops_per_step),
         **stats,
         "warmup_iters": result.warmup_iters,
-        "build_s": built.build_s,
-        "compile_s": compile_s,
-        "recompiles": window["graphs_after"] - graphs_first,
-        "recompiles_timed": window["graphs_after"] - window["graphs_before"],
-        "inductor_freezing": freezing_enabled(cell.compile),
-        "cudagraph_record_s": cudagraph_recording_s() - recorded_s if step.cudagraphs else None,
-        "optimizer_used": optimizer_name(built.optimizer),
-        "amp_skipped_steps": None if window["skipped_before"] is None
-        else window["skipped_after"] - window["skipped_before"],
+        **values("build", build_s=built.build_s, compile_s=compile_s,
+                 recompiles=window["graphs_after"] - graphs_first,
+                 recompiles_timed=window["graphs_after"] - window["graphs_before"],
+                 inductor_freezing=freezing_enabled(cell.compile),
+                 cudagraph_record_s=cudagraph_recording_s() - recorded_s if step.cudagraphs else None),
+        **values("training", optimizer_used=optimizer_name(built.optimizer),
+                 amp_skipped_steps=None if skipped_before is None else skipped_after - skipped_before),
         **memory,
         **power,
-        "achieved_tflops": achieved,
-        "mfu": None if peak is None else achieved / peak,
-        **numerics_state(),
+        **values("efficiency", achieved_tflops=achieved, mfu=None if peak is None else achieved / peak),
+        **values("numerics", **numerics_state()),
         "samples_ms": result.samples_ms,
     }
 

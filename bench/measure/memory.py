@@ -39,6 +39,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from bench.columns import values
 from bench.measure.sampler import BackgroundSampler
 
 MB = float(2**20)
@@ -99,15 +100,15 @@ class CudaPeak:
         else:
             note = ("CUDA caching allocator, timed loop; activation = peak - allocated at rest,"
                     " gradients freed")
-        return {
-            "mem_peak_alloc_mb": self.peak_alloc / MB,
-            "mem_peak_reserved_mb": self.peak_reserved / MB,
-            "mem_weights_mb": weights / MB,
-            "mem_activation_mb": None if self.graph_pool else (self.peak_alloc - self.at_rest) / MB,
-            "mem_graph_pool_mb": self.graph_pool / MB,
-            "mem_rss_delta_mb": None,
-            "mem_note": note,
-        }
+        return values(
+            "memory",
+            mem_peak_alloc_mb=self.peak_alloc / MB,
+            mem_peak_reserved_mb=self.peak_reserved / MB,
+            mem_weights_mb=weights / MB,
+            mem_activation_mb=None if self.graph_pool else (self.peak_alloc - self.at_rest) / MB,
+            mem_graph_pool_mb=self.graph_pool / MB,
+            mem_note=note,
+        )
 
 
 class RssPeak:
@@ -135,12 +136,9 @@ class RssPeak:
         else:
             note = (f"approximate: peak RSS growth, sampled every {RSS_INTERVAL_S * 1e3:g} ms"
                     " from the first step to the end of timing")
-        return {
-            "mem_peak_alloc_mb": None,
-            "mem_peak_reserved_mb": None,
-            "mem_weights_mb": weights / MB,
-            "mem_activation_mb": None,
-            "mem_graph_pool_mb": None,
-            "mem_rss_delta_mb": None if self._delta is None else self._delta / MB,
-            "mem_note": note,
-        }
+        return values(
+            "memory",
+            mem_weights_mb=weights / MB,
+            mem_rss_delta_mb=None if self._delta is None else self._delta / MB,
+            mem_note=note,
+        )

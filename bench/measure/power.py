@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import torch
 
+from bench.columns import values
 from bench.measure.sampler import BackgroundSampler
 
 POWER_INTERVAL_S = 0.05
@@ -60,10 +61,6 @@ THROTTLE_REASONS = {
 _VALUE_MEMBERS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")
 MIG_NOTE = "MIG slice: NVML's power and energy are the whole board's, shared by all its slices"
 
-POWER_COLUMNS = (
-    "power_w_mean", "power_w_max", "power_source", "sm_clock_mhz", "mem_clock_mhz", "temp_c_max",
-    "gpu_util_pct", "throttle_reasons", "energy_j_per_image", "energy_source",
-)  # fmt: skip
 
 
 def decode_throttle(mask: int) -> str:
@@ -194,7 +191,7 @@ class PowerSample:
 
 def empty_columns(note: str) -> dict:
     """All power columns None, with the reason."""
-    return {**dict.fromkeys(POWER_COLUMNS), "power_note": note}
+    return values("power", power_note=note)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -265,29 +262,30 @@ class PowerMonitor:
 
     def columns(self, images: int) -> dict:
         """Power columns for `images` images processed between start() and stop()."""
-        values = [s for _, s in self._samples]
-        masks = [s.throttle_mask for s in values if s.throttle_mask is not None]
-        power = [s.power_w for s in values]
+        samples = [s for _, s in self._samples]
+        masks = [s.throttle_mask for s in samples if s.throttle_mask is not None]
+        power = [s.power_w for s in samples]
         energy_j, source = self._energy_j()
         if source is None:
             note = "board reports neither energy nor power"
-        elif not values:
+        elif not samples:
             note = f"no power sample: the loop was shorter than {POWER_INTERVAL_S * 1e3:g} ms"
         else:
             note = ""
-        return {
-            "power_w_mean": _mean(power),
-            "power_w_max": _max(power),
-            "power_source": self.source if _mean(power) is not None else None,
-            "sm_clock_mhz": _mean([s.sm_clock_mhz for s in values]),
-            "mem_clock_mhz": _mean([s.mem_clock_mhz for s in values]),
-            "temp_c_max": _max([s.temp_c for s in values]),
-            "gpu_util_pct": _mean([s.util_pct for s in values]),
-            "throttle_reasons": decode_throttle(functools.reduce(operator.or_, masks)) if masks else None,
-            "energy_j_per_image": None if energy_j is None else energy_j / images,
-            "energy_source": source,
-            "power_note": note,
-        }
+        return values(
+            "power",
+            power_w_mean=_mean(power),
+            power_w_max=_max(power),
+            power_source=self.source if _mean(power) is not None else None,
+            sm_clock_mhz=_mean([s.sm_clock_mhz for s in samples]),
+            mem_clock_mhz=_mean([s.mem_clock_mhz for s in samples]),
+            temp_c_max=_max([s.temp_c for s in samples]),
+            gpu_util_pct=_mean([s.util_pct for s in samples]),
+            throttle_reasons=decode_throttle(functools.reduce(operator.or_, masks)) if masks else None,
+            energy_j_per_image=None if energy_j is None else energy_j / images,
+            energy_source=source,
+            power_note=note,
+        )
 
 
 def power_monitor(device: torch.device) -> PowerMonitor | str:

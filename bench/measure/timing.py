@@ -22,6 +22,7 @@ from typing import Callable, ContextManager
 import numpy as np
 import torch
 
+from bench.columns import values
 from bench.config.sweep import TimingConfig
 
 # Steps the host may run ahead of the GPU in the timed loop (see module docstring).
@@ -129,19 +130,20 @@ Throughputs are None for zero-length steps (only possible with a fake clock).
     p25, p50, p75, p90, p95, p99 = np.percentile(arr, [25, 50, 75, 90, 95, 99])
     iqr = float(p75 - p25)
     wall_s = float(arr.sum()) / 1e3 if timed_s is None else timed_s
-    return {
-        "n_iters": int(arr.size),
-        "timed_s": wall_s,
-        "step_ms_p50": float(p50),
-        "step_ms_p90": float(p90),
-        "step_ms_p95": float(p95),
-        "step_ms_p99": float(p99),
-        "step_ms_mean": float(arr.mean()),
-        "step_ms_std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
-        "step_ms_min": float(arr.min()),
-        "step_ms_max": float(arr.max()),
-        "step_ms_iqr": iqr,
-        "noisy": bool(p50 > 0 and iqr / p50 >= NOISY_IQR_RATIO),
-        "throughput": batch_size / (p50 / 1e3) if p50 > 0 else None,
-        "throughput_wall": batch_size * arr.size / wall_s if wall_s > 0 else None,
-    }
+    return values(
+        "timing",
+        n_iters=int(arr.size),
+        timed_s=wall_s,
+        step_ms_p50=float(p50),
+        step_ms_p90=float(p90),
+        step_ms_p95=float(p95),
+        step_ms_p99=float(p99),
+        step_ms_mean=float(arr.mean()),
+        step_ms_std=float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+        step_ms_min=float(arr.min()),
+        step_ms_max=float(arr.max()),
+        step_ms_iqr=iqr,
+        noisy=bool(p50 > 0 and iqr / p50 >= NOISY_IQR_RATIO),
+        throughput=batch_size / (p50 / 1e3) if p50 > 0 else None,
+        throughput_wall=batch_size * arr.size / wall_s if wall_s > 0 else None,
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bench.columns import COLUMNS
 from bench.config.cell import split_compile
 from bench.precisions import precision
 
@@ -29,6 +30,9 @@ TIMM_COLUMNS = [
     "train_img_size", "param_count",
 ]  # fmt: skip
 _TIMM_EXTRA = ["impl", "precision", "timm_precision", "channels_last", "compile", "device"]
+# Our column -> (timm's name, after infer_/train_ where timm prefixes it, and the factor from our unit to timm's),
+# as bench.columns declares it: samples/s over the loop's wall time, mean step ms, GMACs, params in millions.
+_FROM = {c.name: c.timm for c in COLUMNS if c.timm is not None}
 def timm_table(df: pd.DataFrame) -> pd.DataFrame:
     """The ok inference/train cells timm's benchmark could have run (see the module docstring), in
     its benchmark-CSV layout, median over rounds.
@@ -48,19 +52,14 @@ def timm_table(df: pd.DataFrame) -> pd.DataFrame:
     for mode, prefix in (("inference", "infer"), ("train", "train")):
         part_keys = keys + ["train_optimizer"] if prefix == "train" else keys
         part = ok[ok["mode"] == mode].groupby(part_keys, dropna=False).agg(
-            samples_per_sec=("throughput_wall", "median"),
-            step_time=("step_ms_mean", "median"),
-            gmacs=("gflops_per_image", "first"),
-            param_count=("params_total", "first"),
-        )
-        part["gmacs"] = (part["gmacs"] / 2).round(2)
-        part["param_count"] = (part["param_count"] / 1e6).round(2)
+            **{name: (ours, "median") for ours, (name, _) in _FROM.items()})
+        for name, factor in _FROM.values():
+            part[name] = (part[name] * factor).round(3)
         part = part.reset_index()
         part[f"{prefix}_batch_size"] = part["batch_size"]
         part[f"{prefix}_img_size"] = part["image_size"]
-        part = part.rename(columns={c: f"{prefix}_{c}" for c in ("samples_per_sec", "step_time", "gmacs")})
-        if prefix == "train":
-            part = part.drop(columns="train_gmacs")
+        prefixed = {name: f"{prefix}_{name}" for name, _ in _FROM.values() if name not in TIMM_COLUMNS}
+        part = part.rename(columns=prefixed).drop(columns=[c for c in prefixed.values() if c not in TIMM_COLUMNS])
         out = part if out is None else out.merge(part, on=keys, how="outer", suffixes=("", "_train"))
     if "param_count_train" in out:
         out["param_count"] = out["param_count"].fillna(out.pop("param_count_train"))

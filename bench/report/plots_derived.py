@@ -135,7 +135,8 @@ def mfu(configs: pd.DataFrame) -> Plot:
     if not has_values(configs, "mfu"):
         return skipped("mfu", title, "MFU is not available: the device is not in the known-device table (or is a CPU).")
     data = configs[configs["mfu"].notna()].assign(mfu_pct=lambda d: 100.0 * d["mfu"])
-    return facet_lines(data, "mfu_pct", "MFU (% of dense peak)", "mfu", title, "Achieved FLOP/s over the peak for the precision.")
+    return facet_lines(data, "mfu_pct", "mfu", title, "Achieved FLOP/s over the peak for the precision.",
+                       ylabel="MFU (% of dense peak)")
 
 
 def energy(configs: pd.DataFrame) -> Plot:
@@ -144,4 +145,4 @@ def energy(configs: pd.DataFrame) -> Plot:
     if not has_values(configs, "energy_j_per_image"):
         return skipped("energy", title, "Energy was not measured (no power counter on this device).")
     data = configs[configs["energy_j_per_image"].notna()]
-    return facet_lines(data, "energy_j_per_image", "energy per image (J)", "energy", title, "Board energy over the timed loop / images.")
+    return facet_lines(data, "energy_j_per_image", "energy", title, "Board energy over the timed loop / images.")

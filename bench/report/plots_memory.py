@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from bench.columns import BY_NAME
 from bench.counting.memory import CARDS, CUDA_CONTEXT_BYTES, MB, NOT_MODELLED, card_batches
 from bench.models import get_entry
 from bench.report.plots_perf import facet_lines
@@ -28,7 +29,7 @@ def predicted(configs: pd.DataFrame) -> Plot:
     title = "Predicted peak CUDA memory vs batch size"
     if not has_values(configs, PREDICTED):
         return skipped("memory_predicted", title, "No predicted memory in this run (rows from before the column).")
-    return facet_lines(configs, PREDICTED, "predicted peak allocated (MiB)", "memory_predicted", title, _CAPTION)
+    return facet_lines(configs, PREDICTED, "memory_predicted", title, _CAPTION)
 
 
 def relative_errors(configs: pd.DataFrame) -> pd.Series:
@@ -57,7 +58,7 @@ def predicted_vs_measured(configs: pd.DataFrame) -> Plot:
     for factor, style in ((1.0, "-"), (0.9, ":"), (1.1, ":")):
         ax.plot([low, high], [low * factor, high * factor], style, color="grey", linewidth=1)
     ax.set(xscale="log", yscale="log", xlim=(low, high), ylim=(low, high),
-           xlabel="predicted peak allocated (MiB)", ylabel="measured peak allocated (MiB)")
+           xlabel=BY_NAME[PREDICTED].axis_label(), ylabel=BY_NAME[MEASURED].axis_label())
     caption = (f"Eager configurations; dotted lines are ±10%. Error predicted/measured - 1: median "
                f"{errors.median():+.1%}, worst {errors.loc[errors.abs().idxmax()]:+.1%}. {_CAPTION}")
     return encode(fig, "memory_check", title, caption)

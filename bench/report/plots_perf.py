@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from bench.columns import BY_NAME
 from bench.report.data import panels, variant_order
 from bench.report.style import Plot, encode, facet_grid, impl_palette, log2_batch_axis, skipped, theme
 from bench.results.analysis import has_values, memory_column
@@ -15,8 +16,10 @@ from bench.results.analysis import has_values, memory_column
 VARIANT_STYLES = [("-", "o"), ("--", "X"), (":", "s"), ("-.", "P"), ((0, (5, 1, 1, 1)), "D"), ((0, (1, 3)), "^")]
 
 
-def facet_lines(configs: pd.DataFrame, y: str, ylabel: str, key: str, title: str, caption: str) -> Plot:
+def facet_lines(configs: pd.DataFrame, y: str, key: str, title: str, caption: str, ylabel: str | None = None) -> Plot:
     """Line plot of `y` vs batch size: one panel per (arch, mode) measured, colour impl, style variant.
+
+    The axis is labelled as bench.columns declares `y`, or `ylabel` for a derived quantity.
 
     Where a panel has several configurations of one impl, variant and batch size (two image sizes,
     say), the line goes through their mean. Drawn with matplotlib directly: seaborn's relplot lays a
@@ -35,7 +38,7 @@ def facet_lines(configs: pd.DataFrame, y: str, ylabel: str, key: str, title: str
             dash, marker = styles[variant]
             ax.plot(means.index, means.values, color=palette[impl], linestyle=dash, marker=marker, markersize=5)
         log2_batch_axis(ax, rows["batch_size"])
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(ylabel or BY_NAME[y].axis_label())
         ax.set_ylim(bottom=0)
         ax.set_title(f"{arch} · {mode}", fontsize=10)
     handles = [Line2D([], [], color=color, marker="o", label=impl) for impl, color in palette.items()]
@@ -53,7 +56,6 @@ def throughput(configs: pd.DataFrame) -> Plot:
     return facet_lines(
         configs,
         "throughput",
-        "throughput (images/s)",
         "throughput",
         title,
         "Median over rounds of batch / p50 step time. Line style is the precision / layout / compile variant.",
@@ -66,7 +68,7 @@ def memory(configs: pd.DataFrame) -> Plot:
     memory = memory_column(configs)
     if memory is None:
         return skipped("memory", title, "No memory measurement in this run.")
-    return facet_lines(configs, memory.name, memory.axis_label(), "memory", title, "Median over rounds.")
+    return facet_lines(configs, memory.name, "memory", title, "Median over rounds.")
 
 
 def _band(ax, rows: pd.DataFrame, color: str) -> None:
@@ -99,7 +101,7 @@ def latency(configs: pd.DataFrame) -> Plot:
             if not impl_rows.empty:
                 _band(ax, impl_rows, color)
         log2_batch_axis(ax, cell["batch_size"])
-        ax.set_ylabel("step time (ms)")
+        ax.set_ylabel(BY_NAME["step_ms_p50"].axis_label())
         ax.set_ylim(bottom=0)
         ax.set_title(f"{arch} · {mode} · {variant}", fontsize=9)
     handles = [plt.Line2D([], [], color=color, marker="o", label=impl) for impl, color in palette.items()]

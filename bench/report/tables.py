@@ -10,9 +10,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from bench.columns import BY_NAME
 from bench.config.cell import IMPLS, config_keys, variant_label
 from bench.report.data import failed_rows, panels
 from bench.results.analysis import at_config, best_configs, best_label, is_max_batch_search, memory_column
+
+THROUGHPUT = BY_NAME["throughput"]
 
 
 @dataclass
@@ -96,7 +99,8 @@ def summary(configs: pd.DataFrame) -> list[dict]:
             continue  # no throughput measured in this group
         best = winners[(arch, mode)]
         same = at_config(configs, best)
-        table = Table(["impl", "img/s", "vs best", "p50 ms", "p99 ms", *([memory.header()] if memory else [])])
+        table = Table(["impl", THROUGHPUT.unit, "vs best", *(BY_NAME[c].header() for c in ("step_ms_p50", "step_ms_p99")),
+                       *([memory.header()] if memory else [])])
         for impl in IMPLS:
             hit = same[same["impl"] == impl]
             if hit.empty:
@@ -109,7 +113,7 @@ def summary(configs: pd.DataFrame) -> list[dict]:
                 f"{r['throughput'] / best['throughput']:.2f}x",
                 fmt(r["step_ms_p50"], 2),
                 fmt(r["step_ms_p99"], 2),
-                *([fmt(r[memory.column], 0)] if memory else []),
+                *([fmt(r[memory.name], 0)] if memory else []),
             ])
         out.append({
             "arch": arch,

@@ -136,7 +136,8 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, best in best_configs(medians).iterrows():
         row = {"arch": best["arch"], "mode": best["mode"], "best config": best_label(best),
-               "img/s": round(best["throughput"], 1), "p50 ms": round(best["step_ms_p50"], 2)}
+               BY_NAME["throughput"].unit: round(best["throughput"], 1),
+               BY_NAME["step_ms_p50"].header(): round(best["step_ms_p50"], 2)}
         if memory is not None:
             row[memory.header("MB")] = round(best[memory.name], 1) if pd.notna(best[memory.name]) else None
         at_best = at_config(ratio, best)

@@ -86,7 +86,7 @@ def test_bad_data_exits_2_with_one_line_and_writes_nothing(demo: tuple[Path, Pat
 def test_bad_options_exit_2(demo: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
     for argv, message in ((["--strategy", "staged", "--epochs", "2"], "staged needs --epochs >= 3"),
                           (["--strategy", "probe"], "unknown strategy 'probe'"),
-                          (["--precision", "fp16"], "precision 'fp16' cannot train here"),
+                          (["--precision", "fp16"], "precision 'fp16' casts the weights, so it cannot train here"),
                           (["--impls", "torchvision"], "torchvision has no vit_tiny_patch16_224"),
                           (["--target-acc", "80"], "--target-acc is a top-1 fraction")):
         code, err = _exit(["--data", str(demo[1]), *argv], capsys)

@@ -7,7 +7,7 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +16,7 @@ from bench.cli import int_list, name_list
 from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED, EXIT_SLOTS_LOST, DiskFull, UsageError, is_disk_full
 from bench.report.summary import SUMMARY_NAME, summary_counts, summary_text, write_run_report
 from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest, write_atomically
-from bench.results.rundir import DEFAULT_REPORTS, lock_run_dir, new_run_dir, write_config
+from bench.results.rundir import DEFAULT_REPORTS, env_recorder, lock_run_dir, new_run_dir, write_config
 from bench.runner.cluster import SlotsLost, cluster_device, connect, run_cluster
 from bench.runner.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT, Job, Runner, group_jobs, plan_jobs, profile_cells
 from bench.runner.progress import progress_bar
@@ -36,7 +36,6 @@ RESUME_CONFLICTS = SWEEP_OPTIONS + ("out",)
 # --cell-timeout when none is given on a GPU: far above any cell's running time, so only a hung cell
 # (or a compilation hung just as long: the two are timed apart, see bench.runner.runner) is killed.
 GPU_CELL_TIMEOUT_S = 900.0
-ENV_FILE = "env.json"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -215,26 +214,6 @@ def _try_update_latest(reports_dir: Path, run_dir: Path) -> None:
         pass
 
 
-def _env_recorder(run_dir: Path) -> Callable[[str, dict], None]:
-    """The callback that records each slot's environment in RUN_DIR/env.json as the slot comes up.
-
-    One slot: its env_* keys, as always. Several: the first slot's at the top level (what a reader of
-    a one-device run looks for) and every slot's, named, under "slots". A resumed run keeps the
-    env.json of its first invocation; every row carries the environment of the slot that ran it.
-    """
-    path = run_dir / ENV_FILE
-    if path.exists():
-        return lambda name, env: None
-    envs: list[dict] = []
-
-    def record(name: str, env: dict) -> None:
-        envs.append({"slot": name, **env})
-        content = {**envs[0], "slots": envs} if len(envs) > 1 else envs[0]
-        write_atomically(path, lambda p: p.write_text(json.dumps(content, indent=2, default=str) + "\n"))
-
-    return record
-
-
 @contextmanager
 def _signals_interrupt() -> Iterator[list[int]]:
     """Make SIGTERM (a scheduler's stop) and SIGINT both raise KeyboardInterrupt, so either stops the
@@ -281,7 +260,7 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
         cell_timeout = GPU_CELL_TIMEOUT_S
     writer = ResultWriter(run_dir)
     bar = progress_bar(len(jobs), len(jobs) - len(todo))
-    board = Board(bar, _env_recorder(run_dir))
+    board = Board(bar, env_recorder(run_dir))
     runners = [Runner(run_dir, run_dir.name, timing, cell_timeout, slot) for slot in slots(devices or [])]
     lost = None
     try:

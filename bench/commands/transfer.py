@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.cli import name_list
@@ -15,14 +14,9 @@ from bench.errors import UsageError
 from bench.precisions import DEFAULT_PRECISION, TRAINING_PRECISIONS, check_trains, precision_help
 from bench.report.summary import write_run_report
 from bench.report.text import format_table
-from bench.results import (
-    SCHEMA_VERSION,
-    ResultWriter,
-    finalize,
-    update_latest,
-    write_atomically,
-)
-from bench.results.rundir import DEFAULT_REPORTS, lock_run_dir, new_run_dir, write_config
+from bench.results import ResultWriter, finalize, update_latest
+from bench.results.rows import make_row
+from bench.results.rundir import DEFAULT_REPORTS, env_recorder, lock_run_dir, new_run_dir, write_config
 from bench.columns import TRANSFER_MODE
 from bench.results.transfer import run_summary
 
@@ -133,14 +127,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _train_all(args: argparse.Namespace, impls: list[str], image_size: int, device: str, data, run_dir: Path) -> None:
     """Every strategy x implementation in turn, each row appended (fsynced) as its epoch ends."""
-    import torch
-
+    from bench.config.cell import Cell
     from bench.execute.transfer import TransferRun, pretrained_weights, random_weights
     from bench.measure.env import collect_env
     from bench.measure.transfer import measure_transfer
+    from bench.runner.worker import is_oom
 
     env = collect_env(device)
-    write_atomically(run_dir / "env.json", lambda p: p.write_text(json.dumps(env, indent=2, default=str) + "\n"))
+    env_recorder(run_dir)(device, env)
     random = random_weights(args.arch, image_size, args.seed)
     pretrained = random
     if any(s != "scratch" for s in args.strategy):
@@ -156,29 +150,28 @@ def _train_all(args: argparse.Namespace, impls: list[str], image_size: int, devi
             for impl in impls:
                 run = TransferRun(args.arch, impl, strategy, args.epochs, args.batch_size, image_size, args.precision,
                                   device, args.seed, len(data.classes), args.lr)
+                cell = Cell(args.arch, impl, args.batch_size, image_size, args.precision, mode=TRANSFER_MODE,
+                            device=device)
                 key = {"arch": args.arch, "impl": impl, "strategy": strategy, "batch_size": args.batch_size,
                        "image_size": image_size, "precision": args.precision, "device": device, "seed": args.seed}
-                base = {
-                    "schema_version": SCHEMA_VERSION, "run_id": run_dir.name, **key, "channels_last": False,
-                    "compile": "none", "mode": TRANSFER_MODE, "optimizer": "default", "round": 0, "find_max_batch": False,
-                    "status": "ok",
-                    "weights": weights.label, "target_acc": args.target_acc, "data": str(args.data),
-                    "data_format": data.format, "train_images": len(data.train_x), "val_images": len(data.val_x),
-                    "num_classes": len(data.classes), **env,
-                }
+                fields = {"find_max_batch": False, "strategy": strategy, "seed": args.seed, "weights": weights.label,
+                          "target_acc": args.target_acc, "data": str(args.data), "data_format": data.format,
+                          "train_images": len(data.train_x), "val_images": len(data.val_x),
+                          "num_classes": len(data.classes)}
                 started = time.time()
                 try:
                     for row in measure_transfer(run, weights, on_device, args.target_acc, args.budget_s):
-                        if row["record"] == "run":
-                            row = {**row, "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(
-                                timespec="seconds"), "wall_s": time.time() - started}
-                        writer.write({**base, **row, "cell_id": _cell_id(key, f"{row['record']}{row['epoch']}")}, None)
+                        measured = dict(row)
+                        message = measured.pop("message", "")
+                        writer.write(make_row(run_dir.name, _cell_id(key, f"{row['record']}{row['epoch']}"), cell,
+                                              "ok", message, env=env, started=started if row["record"] == "run"
+                                              else None, **fields, **measured), None)
                         _print_row(impl, strategy, row)
-                except (torch.OutOfMemoryError, RuntimeError, ValueError) as exc:
-                    status = "oom" if isinstance(exc, torch.OutOfMemoryError) else "error"
+                except (RuntimeError, ValueError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+                    status = "oom" if is_oom(exc) else "error"
                     message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    writer.write({**base, "record": "run", "status": status, "message": message,
-                                  "cell_id": _cell_id(key, "run")}, None)
+                    writer.write(make_row(run_dir.name, _cell_id(key, "run"), cell, status, message, env=env,
+                                          **fields, record="run"), None)
                     print(f"{impl} {strategy}: {status}: {message}")
     finally:
         writer.close()

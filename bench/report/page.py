@@ -31,6 +31,7 @@ from bench.report.profile_tables import profile_details
 from bench.report.render import render
 from bench.report.summary import overhead
 from bench.results.analysis import BEST_CONFIG_RULE, has_values
+from bench.results.rundir import ENV_FILE
 from bench.columns import DDP_MODE, TRANSFER_MODE
 
 CSV_NAME = "results.csv"
@@ -42,7 +43,7 @@ def _read_json(path: Path) -> dict:
 
 def _env(run_dir: Path, df: pd.DataFrame) -> dict:
     """env.json, or the env_* columns of the first row for a run whose env.json is missing."""
-    env = _read_json(run_dir / "env.json")
+    env = _read_json(run_dir / ENV_FILE)
     env.pop("slots", None)  # a run on several slots: each one's env, shown per GPU model instead
     if env or df.empty:
         return env

@@ -11,7 +11,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 from bench.errors import DiskFull, UsageError, is_disk_full
 from bench.results.store import write_atomically
@@ -19,6 +19,7 @@ from bench.results.store import write_atomically
 # Where runs go when no --out is given: REPORTS/runs/<run>/, REPORTS/latest linking the newest.
 DEFAULT_REPORTS = Path("reports")
 LOCK_FILE = ".lock"
+ENV_FILE = "env.json"
 
 
 def new_run_dir(reports_dir: Path, label: str) -> Path:
@@ -70,3 +71,24 @@ def write_config(run_dir: Path, config: dict) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         reason = DiskFull(exc) if is_disk_full(exc) else exc.strerror
         raise UsageError(f"cannot start the run in {run_dir} ({reason}); nothing written") from None
+
+
+def env_recorder(run_dir: Path) -> Callable[[str, dict], None]:
+    """The callback that records each slot's environment in RUN_DIR/env.json as the slot comes up.
+
+    Every command that records rows records their environment this way (run: each slot; scale: rank 0 of the
+    first job; transfer: its device). One slot: its env_* keys, as always. Several: the first slot's at the top level (what a reader of
+    a one-device run looks for) and every slot's, named, under "slots". A resumed run keeps the
+    env.json of its first invocation; every row carries the environment of the slot that ran it.
+    """
+    path = run_dir / ENV_FILE
+    if path.exists():
+        return lambda name, env: None
+    envs: list[dict] = []
+
+    def record(name: str, env: dict) -> None:
+        envs.append({"slot": name, **env})
+        content = {**envs[0], "slots": envs} if len(envs) > 1 else envs[0]
+        write_atomically(path, lambda p: p.write_text(json.dumps(content, indent=2, default=str) + "\n"))
+
+    return record

@@ -22,15 +22,15 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from bench.config.cell import IMPLS, Cell
 from bench.counting.memory import MB, predict_cell_peak
-from bench.results import CONFIG_KEYS, SCHEMA_VERSION
+from bench.results import CONFIG_KEYS
 from bench.results.analysis import best_configs, config_medians
+from bench.results.rows import make_row
 from bench.runner.client import Worker, WorkerLost
 
 # --find-max-batch never probes beyond this batch size on a GPU.
@@ -138,19 +138,14 @@ class Runner:
             return {"status": lost.status, "message": str(lost)}
 
     def _row(self, job: Job, cell: Cell, reply: dict, started: float, extra: dict) -> dict:
-        identity = {
-            "schema_version": SCHEMA_VERSION, "run_id": self.run_id, "cell_id": job.job_id,
-            **cell.config(), "slot": self.slot.name, "find_max_batch": job.max_batch, **extra,
-            "status": reply["status"], "message": reply["message"],
-            "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-            "wall_s": round(time.time() - started, 3),
-        }
+        wall_s = round(time.time() - started, 3)  # before the prediction, which is not the cell's time
+        result = reply.get("result", {})
         # Everything but the timed loop (worker start, build, warm-up, compilation, the protocol);
         # null for a row whose cell did not finish timing.
-        timed_s = reply.get("result", {}).get("timed_s")
-        identity["overhead_s"] = None if timed_s is None else round(identity["wall_s"] - timed_s, 3)
-        identity["mem_predicted_mb"] = predicted_mb(cell)
-        return {**reply.get("result", {}), **self.env, **identity}
+        overhead_s = None if result.get("timed_s") is None else round(wall_s - result["timed_s"], 3)
+        return make_row(self.run_id, job.job_id, cell, reply["status"], reply["message"], started=started,
+                        env=self.env, **result, slot=self.slot.name, find_max_batch=job.max_batch, **extra,
+                        wall_s=wall_s, overhead_s=overhead_s, mem_predicted_mb=predicted_mb(cell))
 
     def run(self, job: Job) -> tuple[dict, list[float]]:
         """Run one job; returns its row and timing samples (empty unless ok)."""
@@ -246,8 +241,7 @@ class Runner:
 
 def lost_row(run_id: str, job: Job, message: str) -> dict:
     """The row of a job that never got a reply (its Ray actor was lost, bench.runner.cluster): an error."""
-    return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "cell_id": job.job_id, **job.cell.config(),
-            "find_max_batch": job.max_batch, "status": "error", "message": message}
+    return make_row(run_id, job.job_id, job.cell, "error", message, find_max_batch=job.max_batch)
 
 
 def _limit(misfit_at: int | None, reason: str | None) -> dict:

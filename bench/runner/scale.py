@@ -29,14 +29,15 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.columns import DDP_MODE
 from bench.config.cell import Cell
 from bench.execute.ddp import DdpOptions
 from bench.hardware.gpus import Link, ring_allreduce_s
-from bench.columns import DDP_MODE
-from bench.results.store import SCHEMA_VERSION, ResultWriter, write_atomically
+from bench.results.rows import make_row
+from bench.results.rundir import env_recorder
+from bench.results.store import ResultWriter
 from bench.runner.ddp_rank import RESULT_NAME
 
 # Characters of torchrun's log kept in a row whose ranks recorded no error.
@@ -228,7 +229,7 @@ def run_scale(spec: ScaleSpec, nprocs: list[int], run_dir: Path, writer: ResultW
         # Weak scaling: every rank of every world size gets the same share of the cores.
         cpu_threads = max(1, len(os.sched_getaffinity(0)) // max(nprocs))
     rows: list[dict] = []
-    env: dict | None = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else None
+    record_env, env = env_recorder(run_dir), None
     base: tuple[int, float] | None = None  # (world size, throughput) of the smallest finished job
     for nproc in sorted(nprocs):
         world_size = nproc * spec.nnodes
@@ -236,31 +237,29 @@ def run_scale(spec: ScaleSpec, nprocs: list[int], run_dir: Path, writer: ResultW
         started = time.time()
         print(f"world size {world_size} ({spec.nnodes} node(s) x {nproc}) ...", flush=True)
         outcome = launch(spec, nproc, job_dir, cpu_threads, collect_env=env is None)
-        row = {"schema_version": SCHEMA_VERSION, "run_id": run_dir.name, "cell_id": job_id(spec, world_size),
-               **spec.cell.config(), "mode": DDP_MODE, "find_max_batch": False,
-               "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-               "wall_s": round(outcome.wall_s, 3), "world_size": world_size, "nnodes": spec.nnodes,
-               "ddp_backend": spec.backend, "ddp_bucket_mb": spec.ddp.bucket_mb,
-               "ddp_static_graph": spec.ddp.static_graph, "ddp_grad_as_bucket_view": spec.ddp.grad_as_bucket_view}
+        settings = {"mode": DDP_MODE, "find_max_batch": False, "wall_s": round(outcome.wall_s, 3),
+                    "world_size": world_size, "nnodes": spec.nnodes, "ddp_backend": spec.backend,
+                    "ddp_bucket_mb": spec.ddp.bucket_mb, "ddp_static_graph": spec.ddp.static_graph,
+                    "ddp_grad_as_bucket_view": spec.ddp.grad_as_bucket_view}
         result_path = job_dir / RESULT_NAME
         if outcome.returncode == 0 and result_path.exists():
             result = json.loads(result_path.read_text())
             if env is None:
                 env = result["env"]
-                text = json.dumps(env, indent=2) + "\n"
-                write_atomically(run_dir / "env.json", lambda p, text=text: p.write_text(text))
+                record_env(spec.cell.device, env)
             measured = figures(spec, world_size, sorted(result["ranks"], key=lambda r: r["rank"]))
             base = base or (world_size, measured["throughput"])
-            row = {**env, **row, **measured, "status": "ok", "message": "",
-                   "overhead_s": round(outcome.wall_s - measured["timed_s"], 3),
-                   "scaling_efficiency": (measured["throughput"] / world_size) / (base[1] / base[0]),
-                   "scaling_base": base[0]}
+            row = make_row(run_dir.name, job_id(spec, world_size), spec.cell, "ok", started=started, env=env,
+                           **settings, **measured, overhead_s=round(outcome.wall_s - measured["timed_s"], 3),
+                           scaling_efficiency=(measured["throughput"] / world_size) / (base[1] / base[0]),
+                           scaling_base=base[0])
         elif outcome.returncode == 0:
             print(f"world size {world_size}: done; its figures are on the node of global rank 0")
             continue
         else:
             status, message = _failure(spec, world_size, job_dir, outcome)
-            row = {**row, "status": status, "message": message}
+            row = make_row(run_dir.name, job_id(spec, world_size), spec.cell, status, message, started=started,
+                           **settings)
         writer.write(row, None)
         rows.append(row)
         print(f"world size {world_size}: {row['status']}"

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
-import tempfile
 import warnings
-from pathlib import Path
 
 from bench.errors import EXIT_DISK_FULL, DiskFull, UsageError, is_disk_full
 
@@ -25,37 +22,6 @@ COMMANDS = {
     "scale": "Data-parallel training throughput and efficiency from 1 to N ranks, under torchrun.",
     "transfer": "Time to accuracy of linear probe, staged and full fine-tuning, and from scratch, per implementation.",
 }
-
-
-def name_list(text: str) -> list[str]:
-    """argparse type for a list of names: comma- (or space-) separated, e.g. "resnet50,vit_base_patch16_224"."""
-    return [name for name in re.split(r"[,\s]+", text) if name]
-
-
-def int_list(text: str) -> list[int]:
-    """argparse type for a list of integers, separated as in `name_list`, e.g. "1,32,256"."""
-    try:
-        return [int(t) for t in name_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def check_output(path: Path, flag: str, directory: bool = False) -> None:
-    """UsageError unless `path` (a file, or with `directory` a folder, made if missing) can be
-    written: checked before any work, so a long comparison or profile is not lost at its end."""
-    if directory and path.exists() and not path.is_dir():
-        raise UsageError(f"{flag} {path} is not a directory")
-    if not directory and path.is_dir():
-        raise UsageError(f"{flag} {path} is a directory; give a file name")
-    if not directory and not path.parent.is_dir():
-        raise UsageError(f"{flag} {path}: the folder {path.parent} does not exist")
-    try:
-        if directory:
-            path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path if directory else path.parent):
-            pass
-    except OSError as exc:
-        raise UsageError(f"{flag} {path} is not writable ({exc.strerror})") from None
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

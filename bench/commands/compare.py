@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.cli import check_output
+from bench.commands.args import check_output
 from bench.errors import UsageError
 from bench.regress.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT, compare_runs
 from bench.report.compare_page import comparison_text, write_html

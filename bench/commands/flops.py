@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench.cli import name_list
+from bench.commands.args import name_list
 from bench.counting.flops import count
 from bench.models import list_entries
 from bench.report.text import format_table

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from bench.cli import check_output, name_list
+from bench.commands.args import check_output, name_list
 from bench.errors import UsageError
 
 SCHEMA_VERSION = 1

@@ -7,7 +7,7 @@ import argparse
 import json
 import re
 
-from bench.cli import name_list
+from bench.commands.args import name_list
 from bench.config.cell import (
     COMPILE_MODES,
     DEFAULT_OPTIMIZER,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.cli import check_output
+from bench.commands.args import check_output
 from bench.config.cell import COMPILE_MODES, IMPLS, MODES, PRECISIONS, Cell
 from bench.models import get_entry
 from bench.hardware.device import resolve_device

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.cli import check_output
+from bench.commands.args import check_output
 from bench.errors import UsageError
 from bench.report import REPORT_NAME, write_report
 

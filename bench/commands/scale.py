@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from bench.cli import int_list, name_list
+from bench.commands.args import int_list, name_list
 from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED, UsageError
 from bench.results.rundir import DEFAULT_REPORTS, lock_run_dir, new_run_dir, write_config
 

@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.cli import name_list
+from bench.commands.args import name_list
 from bench.errors import UsageError
 from bench.report.summary import write_run_report
 from bench.report.text import format_table

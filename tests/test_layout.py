@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 STAGES = (
-    ("bench.errors",),
+    ("bench.errors", "bench.provenance"),
     ("bench.models", "bench.hardware", "bench.data"),
     ("bench.config",),
     ("bench.counting",),

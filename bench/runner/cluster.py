@@ -22,7 +22,7 @@ from collections import deque
 from pathlib import Path
 
 from bench.errors import UsageError
-from bench.measure.env import git_state
+from bench.provenance import git_state
 from bench.results import ResultWriter
 from bench.runner.runner import Job, Runner, Slot, lost_row
 from bench.runner.schedule import Board

@@ -23,7 +23,7 @@ from test_robustness import REPO, TINY, _cell_ids, _damaged_store, _error_lines,
 import bench.commands.run as run_command
 from bench.cli import main
 from bench.config.sweep import build_spec
-from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED
+from bench.errors import ExitCode
 from bench.report import plots_perf
 
 ONE_CELL = [*TINY, "--batch-sizes", "1"]  # the last --batch-sizes wins
@@ -41,7 +41,7 @@ def test_a_report_bug_exits_4_and_keeps_the_data(tmp_path, capsys, monkeypatch):
         raise RuntimeError("a bug in a plot")
 
     monkeypatch.setattr(plots_perf, "throughput", broken_plot)
-    assert main(["run", *ONE_CELL, "--out", str(tmp_path)]) == EXIT_REPORT_FAILED
+    assert main(["run", *ONE_CELL, "--out", str(tmp_path)]) == ExitCode.REPORT_FAILED
     out, err = capsys.readouterr()
     assert "HTML report failed" in _one_error_line(err) and "Traceback" not in out
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -52,7 +52,7 @@ def test_a_report_bug_exits_4_and_keeps_the_data(tmp_path, capsys, monkeypatch):
 
 def test_a_run_that_measures_nothing_exits_5(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RVBENCH_FAULT", "oom:resnet18")  # the worker inherits it
-    assert main(["run", *ONE_CELL, "--out", str(tmp_path)]) == EXIT_NOTHING_MEASURED
+    assert main(["run", *ONE_CELL, "--out", str(tmp_path)]) == ExitCode.NOTHING_MEASURED
     assert "no cell was measured (1 oom)" in _one_error_line(capsys.readouterr().err)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert len(_cell_ids(run_dir)) == 1 and (run_dir / "index.html").exists()

@@ -11,7 +11,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from bench.errors import UsageError
+from bench.errors import ExitCode, UsageError
 
 
 def name_list(text: str) -> list[str]:
@@ -43,3 +43,10 @@ def check_output(path: Path, flag: str, directory: bool = False) -> None:
             pass
     except OSError as exc:
         raise UsageError(f"{flag} {path} is not writable ({exc.strerror})") from None
+
+
+def exit_codes_help(*codes: ExitCode) -> str:
+    """The exit-code sentence of a command's --help: the codes it can return, by name (the table in
+    bench.errors, shown by `rvbench --help`, says what each means)."""
+    listed = ", ".join(f"{int(code)} {code.name.lower().replace('_', ' ')}" for code in codes)
+    return f"Exit codes: {listed} (each explained in `rvbench --help`)."

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.commands.args import check_output
-from bench.errors import UsageError
+from bench.commands.args import check_output, exit_codes_help
+from bench.errors import ExitCode, UsageError
 from bench.regress.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT, compare_runs
 from bench.report.compare_page import comparison_text, write_html
 
@@ -16,7 +16,7 @@ DEFAULT_PAGE = "compare.html"  # next to RUN_B, the run it judges, not wherever 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of `rvbench compare`."""
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    parser.epilog = "Exit codes: 0 done, 1 --fail-on-regression tripped, 2 bad input."
+    parser.epilog = exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE)
     parser.add_argument("run_a", type=Path, metavar="RUN_A", help="baseline run directory")
     parser.add_argument("run_b", type=Path, metavar="RUN_B", help="run directory compared against RUN_A")
     parser.add_argument("--out", type=Path, default=None,
@@ -44,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {write_html(cmp, out)}")
     reason = cmp.failure(args.fail_on_regression) if args.fail_on_regression is not None else None
     if reason:
-        print(f"--fail-on-regression: {reason}: exit 1")
-        return 1
-    return 0
+        print(f"--fail-on-regression: {reason}: exit {int(ExitCode.FAILED)}")
+        return ExitCode.FAILED
+    return ExitCode.OK

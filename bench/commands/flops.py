@@ -7,6 +7,7 @@ import json
 
 from bench.commands.args import name_list
 from bench.counting.flops import count
+from bench.errors import ExitCode
 from bench.models import list_entries
 from bench.report.text import format_table
 
@@ -46,10 +47,10 @@ def run(args: argparse.Namespace) -> int:
     rows = [count(entry, args.image_size or None) for entry in entries]
     if args.json:
         print(json.dumps(rows, indent=1))
-        return 0
+        return ExitCode.OK
     print(format_table([h for h, _, _ in _TABLE], [[_cell(r, k, f) for _, k, f in _TABLE] for r in rows], left=2))
     print("\nGMACs: multiply-accumulates per image (FLOPs = 2 x MACs); torchvision's published _ops are GMACs.")
     print("fvcore counts 1 per multiply-add, adds norms/pools and drops fused attention; per model:")
     for r in rows:
         print(f"  {r['arch']} {r['impl']}: {r['fvcore_note']}")
-    return 0
+    return ExitCode.OK

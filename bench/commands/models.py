@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 
+from bench.errors import ExitCode
 from bench.models import list_entries
 from bench.report.text import format_table
 
@@ -23,6 +24,6 @@ def run(args: argparse.Namespace) -> int:
     rows = [dataclasses.asdict(e) for e in list_entries()]
     if args.json:
         print(json.dumps(rows, indent=1))
-        return 0
+        return ExitCode.OK
     print(format_table(_COLUMNS, [[r[c] for c in _COLUMNS] for r in rows]))
-    return 0
+    return ExitCode.OK

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.commands.args import int_list, name_list
-from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED, EXIT_SLOTS_LOST, DiskFull, UsageError, is_disk_full
+from bench.commands.args import exit_codes_help, int_list, name_list
+from bench.errors import DiskFull, ExitCode, UsageError, is_disk_full
 from bench.report.summary import SUMMARY_NAME, summary_counts, summary_text, write_run_report
 from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest, write_atomically
 from bench.results.rundir import DEFAULT_REPORTS, lock_run_dir, new_run_dir, write_config
@@ -40,10 +40,8 @@ ENV_FILE = "env.json"
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the options of `rvbench run`."""
-    parser.epilog = ("Lists are comma-separated. Overrides replace that axis in every block of the "
-                     "preset. Exit codes: 0 done, 1 --cluster lost every actor (rows kept), 2 bad input (nothing written), 3 disk full, "
-                     "4 HTML report failed (results and summary.txt kept), 5 no cell measured (every "
-                     "cell oom, error, timeout or skipped), 130 Ctrl-C, 143 SIGTERM (finished cells kept; continue with --resume).")
+    parser.epilog = ("Lists are comma-separated. Overrides replace that axis in every block of the preset. "
+                     + exit_codes_help(*ExitCode))
     sweep = parser.add_argument_group("sweep (preset and overrides)")
     sweep.add_argument("--preset", choices=list_presets(), default=None,
                        help="sweep preset from bench/config/presets (default: gpu on CUDA, else cpu)")
@@ -253,9 +251,9 @@ def _signals_interrupt() -> Iterator[list[int]]:
             signal.signal(sig, old)
 
 
-def _signal_exit(received: list[int]) -> int:
-    """The exit code of a run stopped by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM)."""
-    return 128 + (received[0] if received else signal.SIGINT)
+def _signal_exit(received: list[int]) -> ExitCode:
+    """The exit code of a run stopped by a signal: INTERRUPTED (Ctrl-C) or TERMINATED (SIGTERM)."""
+    return ExitCode(128 + (received[0] if received else signal.SIGINT))
 
 
 def _resume_hint(run_dir: Path) -> str:
@@ -269,8 +267,8 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
     """Run the jobs not yet recorded in run_dir on the cluster or local devices of `where`, then write
     the tables, report and summary.
 
-    Returns 0; 128 + the signal in `received` when a signal stopped the sweep; else
-    EXIT_REPORT_FAILED when the HTML report failed, EXIT_NOTHING_MEASURED when no cell is ok."""
+    Returns OK; FAILED when a cluster lost every slot; the signal's code when one in `received`
+    stopped the sweep; else REPORT_FAILED when the HTML report failed, NOTHING_MEASURED when no cell is ok."""
     done = finished_cell_ids(run_dir)
     todo = [job for job in jobs if job.job_id not in done]
     cluster, devices = where
@@ -306,16 +304,16 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
     if lost is not None:
         print(f"rvbench run: error: {lost}; {len(df)} of {len(jobs)} cells recorded; {_resume_hint(run_dir)}",
               file=sys.stderr)
-        return EXIT_SLOTS_LOST
+        return ExitCode.FAILED
     if not completed:
         print(f"interrupted: {len(df)} of {len(jobs)} cells recorded; {_resume_hint(run_dir)}")
         return _signal_exit(received)
     if report is None:
         print(f"rvbench run: error: the HTML report failed (its error is in {run_dir / SUMMARY_NAME}); "
               f"the results are kept, rebuild with `rvbench report {run_dir}`", file=sys.stderr)
-        return EXIT_REPORT_FAILED
+        return ExitCode.REPORT_FAILED
     if not (df["status"] == "ok").any():
         print(f"rvbench run: error: no cell was measured ({summary_counts(df)}); see {run_dir / SUMMARY_NAME}",
               file=sys.stderr)
-        return EXIT_NOTHING_MEASURED
-    return 0
+        return ExitCode.NOTHING_MEASURED
+    return ExitCode.OK

@@ -10,8 +10,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.commands.args import name_list
-from bench.errors import UsageError
+from bench.commands.args import exit_codes_help, name_list
+from bench.errors import ExitCode, UsageError
 from bench.report.summary import write_run_report
 from bench.report.text import format_table
 from bench.results import (
@@ -36,8 +36,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     parser.epilog = ("Every implementation starts from the same weights: the pretrained ones of the local torch hub "
                      "or Hugging Face cache (torchvision's first, then timm's; nothing is downloaded), else rv's "
-                     "random init (weights column 'random'). Exit codes: 0 done, 2 bad input (nothing written), "
-                     "3 disk full, 130 Ctrl-C (finished epochs kept).")
+                     "random init (weights column 'random'). "
+                     + exit_codes_help(ExitCode.OK, ExitCode.USAGE, ExitCode.DISK_FULL, ExitCode.INTERRUPTED))
     parser.add_argument("arch", metavar="ARCH", help="e.g. resnet18, vit_tiny_patch16_224")
     parser.add_argument("--data", type=Path, required=True,
                         help="an ImageFolder directory (one subdirectory of images per class) or a CIFAR-10 "
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         lock.close()
     print(text + f"run directory: {run_dir}" + (f"\nreport: {report}" if report else ""))
-    return 0
+    return ExitCode.OK
 
 
 def _train_all(args: argparse.Namespace, impls: list[str], image_size: int, device: str, data, run_dir: Path) -> None:

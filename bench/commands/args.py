@@ -13,6 +13,9 @@ from pathlib import Path
 
 from bench.errors import ExitCode, UsageError
 
+# Where runs go when no --out is given: REPORTS/runs/<run>/, REPORTS/latest linking the newest.
+DEFAULT_REPORTS = Path("reports")
+
 
 def name_list(text: str) -> list[str]:
     """argparse type for a list of names: comma- (or space-) separated, e.g. "resnet50,vit_base_patch16_224"."""

@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.commands.args import exit_codes_help, int_list, name_list
+from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, int_list, name_list
 from bench.errors import DiskFull, ExitCode, UsageError, is_disk_full
 from bench.report.summary import SUMMARY_NAME, summary_counts, summary_text, write_run_report
 from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest, write_atomically
-from bench.results.rundir import DEFAULT_REPORTS, lock_run_dir, new_run_dir, write_config
+from bench.results.rundir import lock_run_dir, new_run_dir, write_config
 from bench.runner.cluster import SlotsLost, cluster_device, connect, run_cluster
 from bench.runner.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT, Job, Runner, group_jobs, plan_jobs, profile_cells
 from bench.runner.progress import progress_bar

@@ -13,9 +13,9 @@ import re
 import sys
 from pathlib import Path
 
-from bench.commands.args import exit_codes_help, int_list, name_list
+from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, int_list, name_list
 from bench.errors import ExitCode, UsageError
-from bench.results.rundir import DEFAULT_REPORTS, lock_run_dir, new_run_dir, write_config
+from bench.results.rundir import lock_run_dir, new_run_dir, write_config
 
 DEFAULT_STEPS = {"cpu": 10, "cuda": 30}
 DEFAULT_BATCH = {"cpu": 8, "cuda": 64}

@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.commands.args import exit_codes_help, name_list
+from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, name_list
 from bench.errors import ExitCode, UsageError
 from bench.report.summary import write_run_report
 from bench.report.text import format_table
@@ -21,7 +21,7 @@ from bench.results import (
     update_latest,
     write_atomically,
 )
-from bench.results.rundir import DEFAULT_REPORTS, lock_run_dir, new_run_dir, write_config
+from bench.results.rundir import lock_run_dir, new_run_dir, write_config
 from bench.results.store import TRANSFER_MODE
 from bench.results.transfer import run_summary
 

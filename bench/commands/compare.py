@@ -7,8 +7,7 @@ from pathlib import Path
 
 from bench.commands.args import check_output, exit_codes_help
 from bench.errors import ExitCode, UsageError
-from bench.regress.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT, compare_runs
-from bench.report.compare_page import comparison_text, write_html
+from bench.regress import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT
 
 DEFAULT_PAGE = "compare.html"  # next to RUN_B, the run it judges, not wherever the command ran
 
@@ -33,6 +32,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the comparison table, write the HTML page, and apply --fail-on-regression."""
+    from bench.regress.compare import compare_runs  # pandas, scipy: not for --help
+    from bench.report.compare_page import comparison_text, write_html
+
     if not 0.0 < args.alpha < 1.0:
         raise UsageError(f"--alpha must be between 0 and 1 (exclusive), got {args.alpha}")
     if args.threshold < 0 or (args.fail_on_regression is not None and args.fail_on_regression < 0):

@@ -6,9 +6,7 @@ import argparse
 import json
 
 from bench.commands.args import name_list
-from bench.counting.flops import count
 from bench.errors import ExitCode
-from bench.models import list_entries
 from bench.report.text import format_table
 
 # (header, key, format) of the table; the JSON has every field of bench.counting.flops.count.
@@ -43,6 +41,9 @@ def _cell(row: dict, key: str, fmt: str) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Count the selected models and print a table (or JSON), then how to read fvcore's column."""
+    from bench.counting.flops import count  # torch: not for --help
+    from bench.models import list_entries
+
     entries = list_entries(archs=args.models, impls=args.impls)
     rows = [count(entry, args.image_size or None) for entry in entries]
     if args.json:

@@ -7,7 +7,6 @@ import dataclasses
 import json
 
 from bench.errors import ExitCode
-from bench.models import list_entries
 from bench.report.text import format_table
 
 _COLUMNS = ("arch", "impl", "family", "lib_name", "image_size", "tv_weights")
@@ -21,6 +20,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print every registered entry, as a table or as JSON."""
+    from bench.models import list_entries  # torch: not for --help
+
     rows = [dataclasses.asdict(e) for e in list_entries()]
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -13,19 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, int_list, name_list
+from bench.config.presets import list_presets
 from bench.errors import DiskFull, ExitCode, UsageError, is_disk_full
-from bench.report.summary import SUMMARY_NAME, summary_counts, summary_text, write_run_report
-from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest, write_atomically
-from bench.results.rundir import lock_run_dir, new_run_dir, write_config
-from bench.runner.cluster import SlotsLost, cluster_device, connect, run_cluster
-from bench.runner.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT, Job, Runner, group_jobs, plan_jobs, profile_cells
-from bench.runner.progress import progress_bar
-from bench.runner.schedule import Board, run_local, slots
-from bench.config.sweep import SweepSpec, build_spec, expand, list_presets, timing_config
 from bench.hardware.device import check_capability, cuda_count, resolve_device
+from bench.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT
 
+# The sweep's modules (torch, pandas) are imported where they are used, so `rvbench run --help` is instant.
 if TYPE_CHECKING:
-    from bench.config.sweep import TimingConfig
+    from bench.config.sweep import SweepSpec, TimingConfig
+    from bench.runner.runner import Job
 
 # Options that define the sweep; with --resume the sweep comes from DIR/config.json instead.
 SWEEP_OPTIONS = ("preset", "models", "impls", "batch_sizes", "precisions", "compile", "modes", "optimizers",
@@ -108,12 +104,16 @@ def _resume_spec(args: argparse.Namespace) -> tuple[SweepSpec, dict, Path]:
         data = json.loads(config.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{config} is damaged ({exc}); it is not a run's config") from None
+    from bench.config.sweep import SweepSpec
+
     spec = SweepSpec.from_json(data, where=str(config))
     reports_dir = args.resume.parent.parent if args.resume.parent.name == "runs" else None
     return spec, data, reports_dir
 
 
 def _new_spec(args: argparse.Namespace, device: str) -> SweepSpec:
+    from bench.config.sweep import build_spec
+
     preset = args.preset or ("cpu" if device == "cpu" else "gpu")
     overrides = {o: getattr(args, o) for o in SWEEP_OPTIONS if o not in ("preset", "find_max_batch")}
     return build_spec(preset, device, overrides, find_max_batch=bool(args.find_max_batch))
@@ -145,6 +145,8 @@ def _where(args: argparse.Namespace, config: dict | None) -> tuple[str | None, l
         raise UsageError("--profile runs on this machine, not on a cluster: profile with `rvbench profile` on a node")
     cluster = args.cluster or (None if config is None or args.devices else config.get("cluster"))
     if cluster:
+        from bench.runner.cluster import cluster_device, connect
+
         connect(cluster)
         if config is None:
             return cluster, None, cluster_device(args.device)
@@ -166,6 +168,10 @@ def run(args: argparse.Namespace) -> int:
     """Validate everything, then sweep; returns _sweep's exit code (0 when all went well).
 
     A full disk raises DiskFull naming the run directory to resume (finished rows are kept)."""
+    from bench.config.sweep import expand, timing_config
+    from bench.results.rundir import lock_run_dir, new_run_dir, write_config
+    from bench.runner.runner import plan_jobs
+
     if args.cell_timeout is not None and args.cell_timeout <= 0:
         raise UsageError(f"--cell-timeout must be > 0 seconds, got {args.cell_timeout:g}")
     if args.resume:
@@ -206,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _try_update_latest(reports_dir: Path, run_dir: Path) -> None:
     """update_latest, where the disk still allows it (a link needs little or no space)."""
+    from bench.results import update_latest
+
     try:
         update_latest(reports_dir, run_dir)
     except OSError:
@@ -219,6 +227,8 @@ def _env_recorder(run_dir: Path) -> Callable[[str, dict], None]:
     a one-device run looks for) and every slot's, named, under "slots". A resumed run keeps the
     env.json of its first invocation; every row carries the environment of the slot that ran it.
     """
+    from bench.results import write_atomically
+
     path = run_dir / ENV_FILE
     if path.exists():
         return lambda name, env: None
@@ -269,6 +279,13 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
 
     Returns OK; FAILED when a cluster lost every slot; the signal's code when one in `received`
     stopped the sweep; else REPORT_FAILED when the HTML report failed, NOTHING_MEASURED when no cell is ok."""
+    from bench.report.summary import SUMMARY_NAME, summary_counts, summary_text, write_run_report
+    from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest
+    from bench.runner.cluster import SlotsLost, run_cluster
+    from bench.runner.progress import progress_bar
+    from bench.runner.runner import Runner, group_jobs, profile_cells
+    from bench.runner.schedule import Board, run_local, slots
+
     done = finished_cell_ids(run_dir)
     todo = [job for job in jobs if job.job_id not in done]
     cluster, devices = where

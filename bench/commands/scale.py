@@ -15,7 +15,6 @@ from pathlib import Path
 
 from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, int_list, name_list
 from bench.errors import ExitCode, UsageError
-from bench.results.rundir import lock_run_dir, new_run_dir, write_config
 
 DEFAULT_STEPS = {"cpu": 10, "cuda": 30}
 DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
@@ -130,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.hardware.device import cuda_count, resolve_device
     from bench.report.plots_scaling import scaling_text
     from bench.report.summary import write_run_report
+    from bench.results.rundir import lock_run_dir, new_run_dir, write_config
     from bench.results.store import ResultWriter, finalize, update_latest
     from bench.runner.scale import run_scale
 

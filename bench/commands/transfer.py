@@ -40,7 +40,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                      + exit_codes_help(ExitCode.OK, ExitCode.USAGE, ExitCode.DISK_FULL, ExitCode.INTERRUPTED))
     parser.add_argument("arch", metavar="ARCH", help="e.g. resnet18, vit_tiny_patch16_224")
     parser.add_argument("--data", type=Path, required=True,
-                        help="an ImageFolder directory (one subdirectory of images per class) or a CIFAR-10 "
+                        help="an ImageFolder directory (one subdirectory of images per class; a fifth of each "
+                             "validates), a directory of train/ and val/ ImageFolders, or a CIFAR-10 "
                              "python-batches directory (cifar-10-batches-py)")
     parser.add_argument("--impls", type=name_list, help="rv, torchvision, timm (default: every one that has ARCH)")
     parser.add_argument("--strategy", type=name_list, default=list(STRATEGIES), help=STRATEGY_HELP)

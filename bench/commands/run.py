@@ -282,7 +282,7 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
     from bench.report.summary import SUMMARY_NAME, summary_counts, summary_text, write_run_report
     from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest
     from bench.runner.cluster import SlotsLost, run_cluster
-    from bench.runner.progress import progress_bar
+    from bench.runner.progress import sweep_progress
     from bench.runner.runner import Runner, group_jobs, profile_cells
     from bench.runner.schedule import Board, run_local, slots
 
@@ -294,7 +294,7 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
     if cell_timeout is None and spec.device != "cpu":
         cell_timeout = GPU_CELL_TIMEOUT_S
     writer = ResultWriter(run_dir)
-    bar = progress_bar(len(jobs), len(jobs) - len(todo))
+    bar = sweep_progress(len(jobs), len(jobs) - len(todo))
     board = Board(bar, _env_recorder(run_dir))
     runners = [Runner(run_dir, run_dir.name, timing, cell_timeout, slot) for slot in slots(devices or [])]
     lost = None

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
-import tempfile
+import textwrap
 import warnings
-from pathlib import Path
 
-from bench.errors import EXIT_DISK_FULL, DiskFull, UsageError, is_disk_full
+from bench import __version__
+from bench.errors import DiskFull, ExitCode, UsageError, is_disk_full
+from bench.provenance import git_state
+
+DESCRIPTION = "Benchmark and profile ResNet and ViT implementations (rv, torchvision, timm)."
 
 # Subcommand name -> help; its module is bench.commands.<name with "-" as "_">, with register(parser) and run(args) -> int.
 COMMANDS = {
@@ -27,43 +29,48 @@ COMMANDS = {
 }
 
 
-def name_list(text: str) -> list[str]:
-    """argparse type for a list of names: comma- (or space-) separated, e.g. "resnet50,vit_base_patch16_224"."""
-    return [name for name in re.split(r"[,\s]+", text) if name]
+def version_line() -> str:
+    """`rvbench --version`: the package version and, in a git checkout, its short commit ("+dirty"
+    when tracked files differ from it), e.g. "rvbench 0.1.0 (git 07cbcb6)"."""
+    commit, dirty = git_state()
+    return f"rvbench {__version__}" + (f" (git {commit[:7]}{'+dirty' if dirty else ''})" if commit else "")
 
 
-def int_list(text: str) -> list[int]:
-    """argparse type for a list of integers, separated as in `name_list`, e.g. "1,32,256"."""
-    try:
-        return [int(t) for t in name_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+class _VersionAction(argparse.Action):
+    """--version, asking git only when given (argparse's own action would compute the text on every run)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs=0,
+                         help="print the version and the git commit of this checkout, and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_line())
+        parser.exit()
 
 
-def check_output(path: Path, flag: str, directory: bool = False) -> None:
-    """UsageError unless `path` (a file, or with `directory` a folder, made if missing) can be
-    written: checked before any work, so a long comparison or profile is not lost at its end."""
-    if directory and path.exists() and not path.is_dir():
-        raise UsageError(f"{flag} {path} is not a directory")
-    if not directory and path.is_dir():
-        raise UsageError(f"{flag} {path} is a directory; give a file name")
-    if not directory and not path.parent.is_dir():
-        raise UsageError(f"{flag} {path}: the folder {path.parent} does not exist")
-    try:
-        if directory:
-            path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path if directory else path.parent):
-            pass
-    except OSError as exc:
-        raise UsageError(f"{flag} {path} is not writable ({exc.strerror})") from None
+def exit_codes_epilog() -> str:
+    """The exit-code table of `rvbench --help`, from bench.errors.ExitCode (the README shows the same)."""
+    lines = ["exit codes:"]
+    for code in ExitCode:
+        lines += textwrap.wrap(code.meaning.replace("`", ""), width=96, initial_indent=f"  {int(code):<5}",
+                               subsequent_indent=" " * 7)
+    return "\n".join(lines)
+
+
+def start_text() -> str:
+    """What a bare `rvbench` prints: the commands and how to begin."""
+    width = max(map(len, COMMANDS))
+    commands = "\n".join(f"  {name:<{width}}  {help_text}" for name, help_text in COMMANDS.items())
+    return (f"{DESCRIPTION}\n\ncommands:\n{commands}\n\n"
+            "start with:  rvbench run --preset smoke   (seconds on a CPU; then open reports/latest/index.html)\n"
+            "options:     rvbench COMMAND --help       (rvbench --help: the exit codes)\n")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser; only `command`'s module is imported (each pulls in torch, which is slow)."""
-    parser = argparse.ArgumentParser(
-        prog="rvbench",
-        description="Benchmark and profile ResNet and ViT implementations (rv, torchvision, timm).",
-    )
+    parser = argparse.ArgumentParser(prog="rvbench", description=DESCRIPTION, epilog=exit_codes_epilog(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -90,24 +97,27 @@ def _reject_empty(argv: list[str], args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, dispatch, and turn a UsageError (exit 2) or a full disk (exit
-    EXIT_DISK_FULL) into a one-line message."""
+    """Parse arguments, dispatch, and turn a UsageError or a full disk into a one-line message and
+    its exit code. No arguments at all: the commands and how to start."""
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print(start_text(), end="")
+        return ExitCode.OK
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
     warnings.formatwarning = _one_line_warning
     try:
         _reject_empty(argv, args)
-        return int(args.func(args) or 0)
+        return int(args.func(args))
     except UsageError as exc:
         print(f"rvbench {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except (DiskFull, OSError) as exc:
         if not isinstance(exc, DiskFull) and not is_disk_full(exc):
             raise
         print(f"rvbench {args.command}: error: {exc if isinstance(exc, DiskFull) else DiskFull(exc)}",
               file=sys.stderr)
-        return EXIT_DISK_FULL
+        return ExitCode.DISK_FULL
     except KeyboardInterrupt:
         print(f"rvbench {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED

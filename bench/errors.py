@@ -3,22 +3,48 @@
 from __future__ import annotations
 
 import errno
+import signal
+from enum import IntEnum
 from pathlib import Path
 
-# Exit code of a --cluster run that lost every Ray actor with cells left (its rows kept; --resume goes on).
-EXIT_SLOTS_LOST = 1
-# Exit code of a command stopped by a full disk (its data written before is kept).
-EXIT_DISK_FULL = 3
-# Exit code of a run whose HTML report failed (a bug in the report code): its data is kept.
-EXIT_REPORT_FAILED = 4
-# Exit code of a run that finished but measured no cell (every row oom, error, timeout or skipped).
-EXIT_NOTHING_MEASURED = 5
+
+class ExitCode(IntEnum):
+    """Every exit code of `rvbench`, each declared once with its meaning.
+
+    The meaning is the README's "Exit codes" table cell (Markdown; a test keeps the two equal), and
+    `rvbench --help` lists the same text. Commands return these, never a bare number.
+    """
+
+    meaning: str
+
+    def __new__(cls, code: int, meaning: str) -> ExitCode:
+        member = int.__new__(cls, code)
+        member._value_ = code
+        member.meaning = meaning
+        return member
+
+    OK = 0, "done"
+    FAILED = 1, ("`compare --fail-on-regression` tripped; `gpu-check`: a check failed; `profile`: the cell ran "
+                 "out of memory (one line; try a smaller `--batch-size`); `run --cluster`: every Ray actor was "
+                 "lost with cells left (rows kept; `--resume DIR`)")
+    USAGE = 2, ("bad input (unknown name, bad flag, an empty value or list, damaged `config.json`, unwritable "
+                "`--out`, a read-only run directory for `report` without `--out` or for `--resume`): one line, "
+                "nothing written")
+    DISK_FULL = 3, ("disk full: one line naming the file; rows written before are kept; free space and "
+                    "`rvbench run --resume DIR`")
+    REPORT_FAILED = 4, ("`run`, `scale`: the HTML report failed (a bug in the report code): one line; the "
+                        "results (and `run`'s `summary.txt`, with the error) kept; `rvbench report DIR` rebuilds it")
+    NOTHING_MEASURED = 5, ("`run`: no cell was measured (every row oom, error, timeout or skipped), `scale`: no "
+                           "world size finished: one line; all rows kept")
+    INTERRUPTED = 128 + signal.SIGINT, ("interrupted by Ctrl-C (SIGINT); finished cells kept, continue with "
+                                        "`--resume`")
+    TERMINATED = 128 + signal.SIGTERM, "stopped by SIGTERM; as 130"
 
 
 class UsageError(ValueError):
     """Bad input from the user: an unknown name, an impossible combination, a bad number.
 
-    Raised before anything is written, so the CLI can print it and exit 2 with no traceback.
+    Raised before anything is written, so the CLI can print it and exit ExitCode.USAGE with no traceback.
     """
 
 
@@ -31,7 +57,7 @@ class DiskFull(Exception):
     """A write failed for lack of space; everything written before it is kept.
 
     The one place that words a full disk: `resume` is the run directory to continue, if any.
-    The CLI prints it as one line and exits EXIT_DISK_FULL.
+    The CLI prints it as one line and exits ExitCode.DISK_FULL.
     """
 
     def __init__(self, exc: OSError, resume: Path | None = None) -> None:

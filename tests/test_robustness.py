@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.errors import EXIT_DISK_FULL
+from bench.errors import ExitCode
 from bench.results import (
     ResultWriter,
     finished_cell_ids,
@@ -109,7 +109,7 @@ def test_disk_full_mid_run_keeps_rows_and_resumes(tiny_disk):
     out = tiny_disk / "out"
     filler = _fill(tiny_disk, 20_000)
     code, stdout, stderr = _finish(_rvbench("run", *TINY, "--out", str(out)))
-    assert code == EXIT_DISK_FULL, stderr
+    assert code == ExitCode.DISK_FULL, stderr
     assert "Traceback" not in stdout + stderr
     (line,) = _error_lines(stderr)
     assert "disk full while writing" in line and "rvbench run --resume" in line
@@ -236,7 +236,7 @@ def test_report_on_a_full_disk_is_one_line_and_leaves_no_torn_page(tiny_disk, ca
     _damaged_store(tiny_disk)
     _fill(tiny_disk, 0)
     with pytest.warns(UserWarning):
-        assert main(["report", str(tiny_disk)]) == EXIT_DISK_FULL
+        assert main(["report", str(tiny_disk)]) == ExitCode.DISK_FULL
     (line,) = capsys.readouterr().err.splitlines()
     assert f"disk full while writing {tiny_disk / 'index.html'}" in line
     assert not (tiny_disk / "index.html").exists() and not list(tiny_disk.glob(".*.tmp"))

@@ -20,11 +20,11 @@ import pytest
 from report_fixture import write_run
 from test_robustness import REPO, TINY, _cell_ids, _damaged_store, _error_lines, _tmpfs
 
-import bench.commands.run as run_command
 from bench.cli import main
 from bench.config.sweep import build_spec
-from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED
-from bench.report import plots_perf
+from bench.errors import ExitCode
+from bench.report import plots_perf, summary
+from bench.results.rundir import new_run_dir
 
 ONE_CELL = [*TINY, "--batch-sizes", "1"]  # the last --batch-sizes wins
 
@@ -41,7 +41,7 @@ def test_a_report_bug_exits_4_and_keeps_the_data(tmp_path, capsys, monkeypatch):
         raise RuntimeError("a bug in a plot")
 
     monkeypatch.setattr(plots_perf, "throughput", broken_plot)
-    assert main(["run", *ONE_CELL, "--out", str(tmp_path)]) == EXIT_REPORT_FAILED
+    assert main(["run", *ONE_CELL, "--out", str(tmp_path)]) == ExitCode.REPORT_FAILED
     out, err = capsys.readouterr()
     assert "HTML report failed" in _one_error_line(err) and "Traceback" not in out
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -52,7 +52,7 @@ def test_a_report_bug_exits_4_and_keeps_the_data(tmp_path, capsys, monkeypatch):
 
 def test_a_run_that_measures_nothing_exits_5(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RVBENCH_FAULT", "oom:resnet18")  # the worker inherits it
-    assert main(["run", *ONE_CELL, "--out", str(tmp_path)]) == EXIT_NOTHING_MEASURED
+    assert main(["run", *ONE_CELL, "--out", str(tmp_path)]) == ExitCode.NOTHING_MEASURED
     assert "no cell was measured (1 oom)" in _one_error_line(capsys.readouterr().err)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert len(_cell_ids(run_dir)) == 1 and (run_dir / "index.html").exists()
@@ -67,7 +67,7 @@ def test_runs_starting_in_the_same_second_get_distinct_directories(tmp_path, mon
     def start() -> None:
         barrier.wait()
         try:
-            made.append(run_command.new_run_dir(tmp_path, "cpu"))
+            made.append(new_run_dir(tmp_path, "cpu"))
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
@@ -160,13 +160,13 @@ def test_a_second_signal_during_the_report_keeps_the_resume_hint(tmp_path, capsy
     """SIGTERM stops the sweep at its second (hung) cell; a SIGINT while the report is written
     must still end with the resume line and SIGTERM's exit code, the first row kept."""
     monkeypatch.setenv("RVBENCH_FAULT", "hang:bs2")
-    write_run_report = run_command.write_run_report
+    write_run_report = summary.write_run_report
 
     def interrupted_report(run_dir: Path, text: str) -> Path | None:
         os.kill(os.getpid(), signal.SIGINT)
         return write_run_report(run_dir, text)
 
-    monkeypatch.setattr(run_command, "write_run_report", interrupted_report)
+    monkeypatch.setattr(summary, "write_run_report", interrupted_report)
 
     done = threading.Event()
 

@@ -7,7 +7,8 @@ import pytest
 from bench.cli import main
 from bench.errors import UsageError
 from bench.models import list_archs
-from bench.config.sweep import build_spec, expand, list_presets, timing_config
+from bench.config.presets import list_presets
+from bench.config.sweep import build_spec, expand, timing_config
 
 
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu", "gpu-full", "full"])

@@ -93,6 +93,44 @@ def test_bad_options_exit_2(demo: tuple[Path, Path], capsys: pytest.CaptureFixtu
         assert code == 2 and message in err, (argv, err)
 
 
+def _write_images(folder: Path, counts: dict[str, int], side: int = 8, suffix: str = ".png") -> None:
+    """Tiny images, one folder per class; each class a flat colour of its own (its index in `counts`)."""
+    from PIL import Image
+
+    for index, (name, n) in enumerate(counts.items()):
+        (folder / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (side, side), (40 * index, 10 * i, 0)).save(folder / name / f"{i}{suffix}")
+
+
+def test_train_and_val_folders_are_the_split(tmp_path: Path) -> None:
+    """ImageNet's layout: val/ validates as it is (no fifth held out), classes from train/, images of
+    val/ resized to train/'s side."""
+    _write_images(tmp_path / "train", {"cat": 3, "dog": 4})
+    _write_images(tmp_path / "val", {"cat": 1, "dog": 2}, side=12, suffix=".jpg")
+    data = read_dataset(tmp_path)
+    assert data.classes == ("cat", "dog") and data.format == "imagefolder"
+    assert data.train_y.tolist() == [0, 0, 0, 1, 1, 1, 1] and data.val_y.tolist() == [0, 1, 1]
+    assert data.train_x.shape == (7, 3, 8, 8) and data.val_x.shape == (3, 3, 8, 8)
+    assert data.val_x[1:, 0].eq(40).all()  # dog's red channel, kept through the resize
+
+
+def test_a_single_root_still_holds_out_a_fifth(tmp_path: Path) -> None:
+    _write_images(tmp_path, {"cat": 5, "dog": 10})
+    data = read_dataset(tmp_path)
+    assert torch.bincount(data.val_y).tolist() == [1, 2] and torch.bincount(data.train_y).tolist() == [4, 8]
+
+
+def test_val_folders_other_than_train_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "data"
+    _write_images(data / "train", {"cat": 2, "dog": 2})
+    _write_images(data / "val", {"cat": 1, "cow": 1})
+    code, err = _exit(["--data", str(data), "--out", str(tmp_path / "reports")], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "val/ must hold the class folders of train/; missing in val/: dog; only in val/: cow" in err
+    assert not (tmp_path / "reports").exists()
+
+
 PRETRAIN = r"""
 import sys
 from pathlib import Path

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.cli import check_output
-from bench.errors import UsageError
-from bench.regress.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT, compare_runs
-from bench.report.compare_page import comparison_text, write_html
+from bench.commands.args import check_output, exit_codes_help
+from bench.errors import ExitCode, UsageError
+from bench.regress import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT
 
 DEFAULT_PAGE = "compare.html"  # next to RUN_B, the run it judges, not wherever the command ran
 
@@ -16,7 +15,7 @@ DEFAULT_PAGE = "compare.html"  # next to RUN_B, the run it judges, not wherever 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of `rvbench compare`."""
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    parser.epilog = "Exit codes: 0 done, 1 --fail-on-regression tripped, 2 bad input."
+    parser.epilog = exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE)
     parser.add_argument("run_a", type=Path, metavar="RUN_A", help="baseline run directory")
     parser.add_argument("run_b", type=Path, metavar="RUN_B", help="run directory compared against RUN_A")
     parser.add_argument("--out", type=Path, default=None,
@@ -33,6 +32,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the comparison table, write the HTML page, and apply --fail-on-regression."""
+    from bench.regress.compare import compare_runs  # pandas, scipy: not for --help
+    from bench.report.compare_page import comparison_text, write_html
+
     if not 0.0 < args.alpha < 1.0:
         raise UsageError(f"--alpha must be between 0 and 1 (exclusive), got {args.alpha}")
     if args.threshold < 0 or (args.fail_on_regression is not None and args.fail_on_regression < 0):
@@ -44,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {write_html(cmp, out)}")
     reason = cmp.failure(args.fail_on_regression) if args.fail_on_regression is not None else None
     if reason:
-        print(f"--fail-on-regression: {reason}: exit 1")
-        return 1
-    return 0
+        print(f"--fail-on-regression: {reason}: exit {int(ExitCode.FAILED)}")
+        return ExitCode.FAILED
+    return ExitCode.OK

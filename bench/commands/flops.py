@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench.cli import name_list
-from bench.counting.flops import count
-from bench.models import list_entries
+from bench.commands.args import name_list
+from bench.errors import ExitCode
 from bench.report.text import format_table
 
 # (header, key, format) of the table; the JSON has every field of bench.counting.flops.count.
@@ -42,14 +41,17 @@ def _cell(row: dict, key: str, fmt: str) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Count the selected models and print a table (or JSON), then how to read fvcore's column."""
+    from bench.counting.flops import count  # torch: not for --help
+    from bench.models import list_entries
+
     entries = list_entries(archs=args.models, impls=args.impls)
     rows = [count(entry, args.image_size or None) for entry in entries]
     if args.json:
         print(json.dumps(rows, indent=1))
-        return 0
+        return ExitCode.OK
     print(format_table([h for h, _, _ in _TABLE], [[_cell(r, k, f) for _, k, f in _TABLE] for r in rows], left=2))
     print("\nGMACs: multiply-accumulates per image (FLOPs = 2 x MACs); torchvision's published _ops are GMACs.")
     print("fvcore counts 1 per multiply-add, adds norms/pools and drops fused attention; per model:")
     for r in rows:
         print(f"  {r['arch']} {r['impl']}: {r['fvcore_note']}")
-    return 0
+    return ExitCode.OK

@@ -2,7 +2,7 @@
 
 Writes OUT/gpu-check.json (every check's figures, verdict and seconds, plus the environment) and
 OUT/gpu-check.txt (the lines printed), OUT being `--out` or reports/gpu-check/<time>-<device>/.
-Exit 0 when no check fails, 1 when one does, 2 without a CUDA device (one line, nothing written).
+Exit OK when no check fails, FAILED when one does, USAGE without a CUDA device (one line, nothing written).
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ import json
 import time
 from pathlib import Path
 
-from bench.cli import check_output, name_list
-from bench.errors import UsageError
+from bench.commands.args import check_output, exit_codes_help, name_list
+from bench.errors import ExitCode, UsageError
 
 SCHEMA_VERSION = 1
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the command's options."""
+    parser.epilog = exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE)
     parser.add_argument("--device", default="cuda:0", help="the CUDA device to check (default cuda:0)")
     parser.add_argument("--only", type=name_list, metavar="CHECKS",
                         help="comma-separated checks to run (default: all, in order); see the list in --help")
@@ -71,4 +72,4 @@ def run(args: argparse.Namespace) -> int:
                          for r in results]}
     write_atomically(out / "gpu-check.json", lambda p: p.write_text(json.dumps(report, indent=1, default=str)))
     print(f"wrote {out}/gpu-check.json and gpu-check.txt")
-    return 1 if failed else 0
+    return ExitCode.FAILED if failed else ExitCode.OK

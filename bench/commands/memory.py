@@ -7,7 +7,7 @@ import argparse
 import json
 import re
 
-from bench.cli import name_list
+from bench.commands.args import name_list
 from bench.precisions import DEFAULT_PRECISION, PRECISIONS, precision_help
 from bench.config.cell import (
     COMPILE_MODES,
@@ -25,7 +25,7 @@ from bench.counting.memory import (
     max_batch,
     predict_step_memory,
 )
-from bench.errors import UsageError
+from bench.errors import ExitCode, UsageError
 from bench.models import list_entries
 from bench.report.text import format_table
 
@@ -123,12 +123,12 @@ def run(args: argparse.Namespace) -> int:
                         row["max_batch"] = best
     if args.json:
         print(json.dumps(rows, indent=1))
-        return 0
+        return ExitCode.OK
     _print_rows(rows, gpu_mem)
     if args.compile != "none":
         print(f"--compile {args.compile}: predicted as the eager program; Inductor's fusion and recompute "
               "and CUDA graphs' private pools are not modelled.")
-    return 0
+    return ExitCode.OK
 
 
 def _print_rows(rows: list[dict], gpu_mem: int | None) -> None:
@@ -164,11 +164,11 @@ def _print_cards(args: argparse.Namespace, entries: list, modes: list[str], prec
                              "precision": precision, **card_batches(entry.arch, impl, size, precision, mode)})
     if args.json:
         print(json.dumps(rows, indent=1))
-        return 0
+        return ExitCode.OK
     columns = ["arch", "impl", "px", "mode", "precision", *(card for card, _ in CARDS)]
     keys = ["arch", "impl", "image_size", "mode", "precision", *(card for card, _ in CARDS)]
     print(format_table(columns, [[r[k] for k in keys] for r in rows], left=5))
     print(f"\nLargest batch predicted to fit each card (its memory as nvidia-smi reports it, less "
           f"{CUDA_CONTEXT_BYTES // MB} MiB for the CUDA context), family optimizers. {NOT_MODELLED[0].upper()}"
           f"{NOT_MODELLED[1:]}.")
-    return 0
+    return ExitCode.OK

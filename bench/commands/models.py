@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 
-from bench.models import list_entries
+from bench.errors import ExitCode
 from bench.report.text import format_table
 
 _COLUMNS = ("arch", "impl", "family", "lib_name", "image_size", "tv_weights")
@@ -20,9 +20,11 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print every registered entry, as a table or as JSON."""
+    from bench.models import list_entries  # torch: not for --help
+
     rows = [dataclasses.asdict(e) for e in list_entries()]
     if args.json:
         print(json.dumps(rows, indent=1))
-        return 0
+        return ExitCode.OK
     print(format_table(_COLUMNS, [[r[c] for c in _COLUMNS] for r in rows]))
-    return 0
+    return ExitCode.OK

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.cli import check_output
+from bench.commands.args import check_output, exit_codes_help
 from bench.config.cell import COMPILE_MODES, IMPLS, MODES, Cell
+from bench.errors import ExitCode
 from bench.models import get_entry
 from bench.hardware.device import resolve_device
 from bench.precisions import DEFAULT_PRECISION, precision_help
@@ -17,6 +18,7 @@ NAME_WIDTH = 70  # kernel names run to hundreds of characters; the JSON keeps th
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the profile arguments."""
+    parser.epilog = exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE)
     parser.add_argument("arch", help="timm-style arch name, e.g. resnet50 (see `rvbench models`)")
     parser.add_argument("--impl", default="rv", help=f"implementation: {', '.join(IMPLS)} (default rv)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
@@ -83,8 +85,8 @@ def _print_summary(s: dict, out_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the cell from the arguments, check it and the output folder before writing anything,
-    profile it, print the summary. Returns 0, or 1 (one line on stderr) when the cell runs out of
-    memory."""
+    profile it, print the summary. Returns OK, or FAILED (one line on stderr) when the cell runs out
+    of memory."""
     from bench.profiling.profile import check_profile, profile_cell
     from bench.runner.worker import is_oom
 
@@ -102,6 +104,6 @@ def run(args: argparse.Namespace) -> int:
             raise
         print(f"rvbench profile: error: out of memory at batch size {cell.batch_size} on {cell.device} "
               f"({str(exc).splitlines()[0]}); try a smaller --batch-size", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     _print_summary(summary, out_dir)
-    return 0
+    return ExitCode.OK

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.cli import check_output
-from bench.errors import UsageError
+from bench.commands.args import check_output
+from bench.errors import ExitCode, UsageError
 from bench.report import REPORT_NAME, write_report
 
 
@@ -28,4 +28,4 @@ def run(args: argparse.Namespace) -> int:
         except UsageError as exc:
             raise UsageError(f"{exc}; write it elsewhere with --out FILE") from None
     print(write_report(args.run_dir, args.out))
-    return 0
+    return ExitCode.OK

@@ -12,21 +12,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.cli import int_list, name_list
-from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED, EXIT_SLOTS_LOST, DiskFull, UsageError, is_disk_full
-from bench.report.summary import SUMMARY_NAME, summary_counts, summary_text, write_run_report
-from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest, write_atomically
-from bench.results.rundir import DEFAULT_REPORTS, env_recorder, lock_run_dir, new_run_dir, write_config
-from bench.runner.cluster import SlotsLost, cluster_device, connect, run_cluster
-from bench.runner.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT, Job, Runner, group_jobs, plan_jobs, profile_cells
-from bench.runner.progress import progress_bar
-from bench.runner.schedule import Board, run_local, slots
-from bench.config.sweep import SweepSpec, build_spec, expand, list_presets, timing_config
+from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, int_list, name_list
+from bench.config.presets import list_presets
+from bench.errors import DiskFull, ExitCode, UsageError, is_disk_full
 from bench.hardware.device import check_capability, cuda_count, resolve_device
 from bench.precisions import CUDA_ONLY_PRECISIONS, PRECISIONS
+from bench.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT
 
+# The sweep's modules (torch, pandas) are imported where they are used, so `rvbench run --help` is instant.
 if TYPE_CHECKING:
-    from bench.config.sweep import TimingConfig
+    from bench.config.sweep import SweepSpec, TimingConfig
+    from bench.runner.runner import Job
 
 # Options that define the sweep; with --resume the sweep comes from DIR/config.json instead.
 SWEEP_OPTIONS = ("preset", "models", "impls", "batch_sizes", "precisions", "compile", "modes", "optimizers",
@@ -40,10 +36,8 @@ GPU_CELL_TIMEOUT_S = 900.0
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the options of `rvbench run`."""
-    parser.epilog = ("Lists are comma-separated. Overrides replace that axis in every block of the "
-                     "preset. Exit codes: 0 done, 1 --cluster lost every actor (rows kept), 2 bad input (nothing written), 3 disk full, "
-                     "4 HTML report failed (results and summary.txt kept), 5 no cell measured (every "
-                     "cell oom, error, timeout or skipped), 130 Ctrl-C, 143 SIGTERM (finished cells kept; continue with --resume).")
+    parser.epilog = ("Lists are comma-separated. Overrides replace that axis in every block of the preset. "
+                     + exit_codes_help(*ExitCode))
     sweep = parser.add_argument_group("sweep (preset and overrides)")
     sweep.add_argument("--preset", choices=list_presets(), default=None,
                        help="sweep preset from bench/config/presets (default: gpu on CUDA, else cpu)")
@@ -110,12 +104,16 @@ def _resume_spec(args: argparse.Namespace) -> tuple[SweepSpec, dict, Path]:
         data = json.loads(config.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{config} is damaged ({exc}); it is not a run's config") from None
+    from bench.config.sweep import SweepSpec
+
     spec = SweepSpec.from_json(data, where=str(config))
     reports_dir = args.resume.parent.parent if args.resume.parent.name == "runs" else None
     return spec, data, reports_dir
 
 
 def _new_spec(args: argparse.Namespace, device: str) -> SweepSpec:
+    from bench.config.sweep import build_spec
+
     preset = args.preset or ("cpu" if device == "cpu" else "gpu")
     overrides = {o: getattr(args, o) for o in SWEEP_OPTIONS if o not in ("preset", "find_max_batch")}
     return build_spec(preset, device, overrides, find_max_batch=bool(args.find_max_batch))
@@ -147,6 +145,8 @@ def _where(args: argparse.Namespace, config: dict | None) -> tuple[str | None, l
         raise UsageError("--profile runs on this machine, not on a cluster: profile with `rvbench profile` on a node")
     cluster = args.cluster or (None if config is None or args.devices else config.get("cluster"))
     if cluster:
+        from bench.runner.cluster import cluster_device, connect
+
         connect(cluster)
         if config is None:
             return cluster, None, cluster_device(args.device)
@@ -168,6 +168,10 @@ def run(args: argparse.Namespace) -> int:
     """Validate everything, then sweep; returns _sweep's exit code (0 when all went well).
 
     A full disk raises DiskFull naming the run directory to resume (finished rows are kept)."""
+    from bench.config.sweep import expand, timing_config
+    from bench.results.rundir import lock_run_dir, new_run_dir, write_config
+    from bench.runner.runner import plan_jobs
+
     if args.cell_timeout is not None and args.cell_timeout <= 0:
         raise UsageError(f"--cell-timeout must be > 0 seconds, got {args.cell_timeout:g}")
     if args.resume:
@@ -208,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _try_update_latest(reports_dir: Path, run_dir: Path) -> None:
     """update_latest, where the disk still allows it (a link needs little or no space)."""
+    from bench.results import update_latest
+
     try:
         update_latest(reports_dir, run_dir)
     except OSError:
@@ -233,9 +239,9 @@ def _signals_interrupt() -> Iterator[list[int]]:
             signal.signal(sig, old)
 
 
-def _signal_exit(received: list[int]) -> int:
-    """The exit code of a run stopped by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM)."""
-    return 128 + (received[0] if received else signal.SIGINT)
+def _signal_exit(received: list[int]) -> ExitCode:
+    """The exit code of a run stopped by a signal: INTERRUPTED (Ctrl-C) or TERMINATED (SIGTERM)."""
+    return ExitCode(128 + (received[0] if received else signal.SIGINT))
 
 
 def _resume_hint(run_dir: Path) -> str:
@@ -249,8 +255,16 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
     """Run the jobs not yet recorded in run_dir on the cluster or local devices of `where`, then write
     the tables, report and summary.
 
-    Returns 0; 128 + the signal in `received` when a signal stopped the sweep; else
-    EXIT_REPORT_FAILED when the HTML report failed, EXIT_NOTHING_MEASURED when no cell is ok."""
+    Returns OK; FAILED when a cluster lost every slot; the signal's code when one in `received`
+    stopped the sweep; else REPORT_FAILED when the HTML report failed, NOTHING_MEASURED when no cell is ok."""
+    from bench.report.summary import SUMMARY_NAME, summary_counts, summary_text, write_run_report
+    from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest
+    from bench.results.rundir import env_recorder
+    from bench.runner.cluster import SlotsLost, run_cluster
+    from bench.runner.progress import sweep_progress
+    from bench.runner.runner import Runner, group_jobs, profile_cells
+    from bench.runner.schedule import Board, run_local, slots
+
     done = finished_cell_ids(run_dir)
     todo = [job for job in jobs if job.job_id not in done]
     cluster, devices = where
@@ -259,7 +273,7 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
     if cell_timeout is None and spec.device != "cpu":
         cell_timeout = GPU_CELL_TIMEOUT_S
     writer = ResultWriter(run_dir)
-    bar = progress_bar(len(jobs), len(jobs) - len(todo))
+    bar = sweep_progress(len(jobs), len(jobs) - len(todo))
     board = Board(bar, env_recorder(run_dir))
     runners = [Runner(run_dir, run_dir.name, timing, cell_timeout, slot) for slot in slots(devices or [])]
     lost = None
@@ -286,16 +300,16 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
     if lost is not None:
         print(f"rvbench run: error: {lost}; {len(df)} of {len(jobs)} cells recorded; {_resume_hint(run_dir)}",
               file=sys.stderr)
-        return EXIT_SLOTS_LOST
+        return ExitCode.FAILED
     if not completed:
         print(f"interrupted: {len(df)} of {len(jobs)} cells recorded; {_resume_hint(run_dir)}")
         return _signal_exit(received)
     if report is None:
         print(f"rvbench run: error: the HTML report failed (its error is in {run_dir / SUMMARY_NAME}); "
               f"the results are kept, rebuild with `rvbench report {run_dir}`", file=sys.stderr)
-        return EXIT_REPORT_FAILED
+        return ExitCode.REPORT_FAILED
     if not (df["status"] == "ok").any():
         print(f"rvbench run: error: no cell was measured ({summary_counts(df)}); see {run_dir / SUMMARY_NAME}",
               file=sys.stderr)
-        return EXIT_NOTHING_MEASURED
-    return 0
+        return ExitCode.NOTHING_MEASURED
+    return ExitCode.OK

@@ -13,10 +13,9 @@ import re
 import sys
 from pathlib import Path
 
-from bench.cli import int_list, name_list
-from bench.errors import EXIT_NOTHING_MEASURED, EXIT_REPORT_FAILED, UsageError
+from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, int_list, name_list
+from bench.errors import ExitCode, UsageError
 from bench.precisions import TRAINING_PRECISIONS, check_trains, default_train_precision
-from bench.results.rundir import DEFAULT_REPORTS, lock_run_dir, new_run_dir, write_config
 
 DEFAULT_STEPS = {"cpu": 10, "cuda": 30}
 DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
@@ -28,8 +27,9 @@ _ENDPOINT = re.compile(r"^[^\s:]+:\d{1,5}$")
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the options of `rvbench scale`."""
     parser.epilog = ("Several nodes: run the same command on each, with --nnodes N --rdzv-endpoint HOST:PORT "
-                     "(HOST: the first node); the node of global rank 0 writes the rows. Exit codes: 0 done, "
-                     "2 bad input (nothing written), 4 HTML report failed, 5 no world size finished.")
+                     "(HOST: the first node); the node of global rank 0 writes the rows. "
+                     + exit_codes_help(ExitCode.OK, ExitCode.USAGE, ExitCode.DISK_FULL, ExitCode.REPORT_FAILED,
+                                       ExitCode.NOTHING_MEASURED, ExitCode.INTERRUPTED))
     parser.add_argument("arch", help="the architecture, e.g. resnet50 or vit_base_patch16_224")
     parser.add_argument("--impls", type=name_list, default=["rv"], help="implementations: rv, torchvision, timm (default rv)")
     parser.add_argument("--nproc", type=int_list, metavar="K,...",
@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.hardware.device import cuda_count, resolve_device
     from bench.report.plots_scaling import scaling_text
     from bench.report.summary import write_run_report
+    from bench.results.rundir import lock_run_dir, new_run_dir, write_config
     from bench.results.store import ResultWriter, finalize, update_latest
     from bench.runner.scale import run_scale
 
@@ -160,8 +161,8 @@ def run(args: argparse.Namespace) -> int:
     if report is None:
         print(f"rvbench scale: error: the HTML report failed; results kept, rebuild with `rvbench report {run_dir}`",
               file=sys.stderr)
-        return EXIT_REPORT_FAILED
+        return ExitCode.REPORT_FAILED
     if not (df["status"] == "ok").any():
         print("rvbench scale: error: no world size finished; see the failed rows in the report", file=sys.stderr)
-        return EXIT_NOTHING_MEASURED
-    return 0
+        return ExitCode.NOTHING_MEASURED
+    return ExitCode.OK

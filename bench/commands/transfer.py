@@ -9,15 +9,15 @@ import os
 import time
 from pathlib import Path
 
-from bench.cli import name_list
-from bench.errors import UsageError
+from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, name_list
+from bench.columns import TRANSFER_MODE
+from bench.errors import ExitCode, UsageError
 from bench.precisions import DEFAULT_PRECISION, TRAINING_PRECISIONS, check_trains, precision_help
 from bench.report.summary import write_run_report
 from bench.report.text import format_table
 from bench.results import ResultWriter, finalize, update_latest
 from bench.results.rows import make_row
-from bench.results.rundir import DEFAULT_REPORTS, env_recorder, lock_run_dir, new_run_dir, write_config
-from bench.columns import TRANSFER_MODE
+from bench.results.rundir import env_recorder, lock_run_dir, new_run_dir, write_config
 from bench.results.transfer import run_summary
 
 STRATEGY_HELP = ("linear (head only, backbone frozen), staged (head, then the last backbone group, then "
@@ -31,11 +31,12 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     parser.epilog = ("Every implementation starts from the same weights: the pretrained ones of the local torch hub "
                      "or Hugging Face cache (torchvision's first, then timm's; nothing is downloaded), else rv's "
-                     "random init (weights column 'random'). Exit codes: 0 done, 2 bad input (nothing written), "
-                     "3 disk full, 130 Ctrl-C (finished epochs kept).")
+                     "random init (weights column 'random'). "
+                     + exit_codes_help(ExitCode.OK, ExitCode.USAGE, ExitCode.DISK_FULL, ExitCode.INTERRUPTED))
     parser.add_argument("arch", metavar="ARCH", help="e.g. resnet18, vit_tiny_patch16_224")
     parser.add_argument("--data", type=Path, required=True,
-                        help="an ImageFolder directory (one subdirectory of images per class) or a CIFAR-10 "
+                        help="an ImageFolder directory (one subdirectory of images per class; a fifth of each "
+                             "validates), a directory of train/ and val/ ImageFolders, or a CIFAR-10 "
                              "python-batches directory (cifar-10-batches-py)")
     parser.add_argument("--impls", type=name_list, help="rv, torchvision, timm (default: every one that has ARCH)")
     parser.add_argument("--strategy", type=name_list, default=list(STRATEGIES), help=STRATEGY_HELP)
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         lock.close()
     print(text + f"run directory: {run_dir}" + (f"\nreport: {report}" if report else ""))
-    return 0
+    return ExitCode.OK
 
 
 def _train_all(args: argparse.Namespace, impls: list[str], image_size: int, device: str, data, run_dir: Path) -> None:

@@ -13,9 +13,9 @@ import dataclasses
 import itertools
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from bench.config.cell import DEFAULT_OPTIMIZER, IMPLS, Cell, validate
+from bench.config.presets import PRESET_DIR, list_presets
 from bench.errors import UsageError
 from bench.hardware.device import check_capability, cuda_count
 from bench.models import FAMILY_NAMES
@@ -25,7 +25,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - python 3.10
     import tomli as tomllib
 
-PRESET_DIR = Path(__file__).parent / "presets"
 
 # Axes of a [[sweep]] block, with the default used when a block leaves one out. `models` and
 # `batch_sizes` have no default. `image_size = 0` means each model's default input size.
@@ -43,11 +42,6 @@ BLOCK_DEFAULTS: dict[str, object] = {
 }
 BLOCK_REQUIRED = ("models", "batch_sizes")
 FAMILIES = FAMILY_NAMES  # what `channels_last` may list
-
-
-def list_presets() -> list[str]:
-    """Names of the presets shipped in bench/config/presets."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
 
 
 @dataclass(frozen=True)

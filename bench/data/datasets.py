@@ -1,8 +1,10 @@
 """Read an image-classification set once into memory: an ImageFolder directory or CIFAR-10 python batches.
 
 Both formats decode to the same `ImageSet`: uint8 images N x 3 x H x W and int64 labels, split into train and
-validation. A CIFAR directory's test_batch is its validation set; otherwise a fixed, stratified split holds out
-VAL_FRACTION of every class (the same split whatever --seed says, so seeds compare on one validation set).
+validation. A CIFAR directory's test_batch is its validation set, and so is the val/ folder of an ImageFolder root
+that holds train/ and val/ (ImageNet's layout, class folders in each); a single ImageFolder root gets a fixed,
+stratified split that holds out VAL_FRACTION of every class (the same split whatever --seed says, so seeds compare
+on one validation set).
 Anything that is not a readable set of at least two classes is a UsageError naming the file and the problem.
 The writers produce the same formats (the procedural demo set is written both ways).
 """
@@ -24,6 +26,8 @@ CIFAR_META = "batches.meta"
 CIFAR_SIDE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm")
 VAL_FRACTION = 0.2
+# The two folders of a root split as ImageNet is: each holds one folder of images per class.
+TRAIN_DIR, VAL_DIR = "train", "val"
 SPLIT_SEED = 0
 
 
@@ -45,11 +49,14 @@ class ImageSet:
 
 
 def read_dataset(path: Path) -> ImageSet:
-    """Decode the set at `path`: CIFAR-10 batches when it holds data_batch_* files, else an ImageFolder."""
+    """Decode the set at `path`: CIFAR-10 batches when it holds data_batch_* files, train/ and val/ ImageFolders
+    when it holds both folders, else one ImageFolder."""
     if not path.is_dir():
         raise UsageError(f"--data {path} is not a directory; give an ImageFolder or a cifar-10-batches-py directory")
     if any((path / name).exists() for name in CIFAR_TRAIN):
         return _read_cifar(path)
+    if (path / TRAIN_DIR).is_dir() and (path / VAL_DIR).is_dir():
+        return _read_split_folders(path)
     return _read_image_folder(path)
 
 
@@ -136,21 +143,47 @@ def _decode(file: Path, side: int | None) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
-def _read_image_folder(path: Path) -> ImageSet:
-    """ImageFolder: one subdirectory per class (sorted names are the labels), images inside."""
-    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+def _class_folders(path: Path) -> tuple[str, ...]:
+    """An ImageFolder's classes: its subdirectories' names, sorted (their order is the labels)."""
+    return tuple(sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")))
+
+
+def _decode_folder(path: Path, classes: tuple[str, ...], side: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of the ImageFolder at `path`, decoded at `side` (None: the first image's)."""
     files = [(f, label) for label, c in enumerate(classes)
              for f in sorted((path / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise UsageError(f"--data {path} has no images: expected an ImageFolder (one subdirectory of "
-                         f"{'/'.join(s[1:] for s in IMAGE_SUFFIXES)} files per class) or CIFAR-10 data_batch_* files")
+                         f"{'/'.join(s[1:] for s in IMAGE_SUFFIXES)} files per class), {TRAIN_DIR}/ and {VAL_DIR}/ "
+                         "folders of those, or CIFAR-10 data_batch_* files")
     empty = [c for label, c in enumerate(classes) if not any(lab == label for _, lab in files)]
     if empty:
         raise UsageError(f"--data {path}: class folder(s) {', '.join(empty)} hold no images")
-    first = _decode(files[0][0], None)
+    first = _decode(files[0][0], side)
     x = torch.stack([first] + [_decode(f, first.shape[-1]) for f, _ in files[1:]])
-    y = torch.tensor([label for _, label in files], dtype=torch.int64)
-    return _checked(path, x, y, tuple(classes), "imagefolder")
+    return x, torch.tensor([label for _, label in files], dtype=torch.int64)
+
+
+def _read_image_folder(path: Path) -> ImageSet:
+    """ImageFolder: one subdirectory per class, images inside; VAL_FRACTION of each class validates."""
+    classes = _class_folders(path)
+    return _checked(path, *_decode_folder(path, classes, None), classes, "imagefolder")
+
+
+def _read_split_folders(path: Path) -> ImageSet:
+    """train/ and val/ ImageFolders with the same class folders: train/ trains, val/ validates (its images at
+    train/'s side)."""
+    classes = _class_folders(path / TRAIN_DIR)
+    val_classes = _class_folders(path / VAL_DIR)
+    if val_classes != classes:
+        missing = [c for c in classes if c not in val_classes]
+        extra = [c for c in val_classes if c not in classes]
+        raise UsageError(f"--data {path}: {VAL_DIR}/ must hold the class folders of {TRAIN_DIR}/; "
+                         + "; ".join(f"{where} {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+                                     for where, names in ((f"missing in {VAL_DIR}/:", missing),
+                                                          (f"only in {VAL_DIR}/:", extra)) if names))
+    x, y = _decode_folder(path / TRAIN_DIR, classes, None)
+    return _checked(path, x, y, classes, "imagefolder", _decode_folder(path / VAL_DIR, classes, x.shape[-1]))
 
 
 def write_image_folder(path: Path, x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]) -> None:

@@ -11,14 +11,12 @@ import datetime
 import importlib.metadata
 import platform
 import socket
-import subprocess
 from pathlib import Path
 
 import torch
 
 from bench.measure.power import open_nvml
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from bench.provenance import git_state
 
 
 def _version(dist: str) -> str | None:
@@ -37,26 +35,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout this package runs from; (None, None) if it is not one.
-
-    Dirty means tracked files differ from the commit; untracked files (run outputs) do not count.
-    """
-    top = _git("rev-parse", "--show-toplevel")
-    if top is None or Path(top).resolve() != REPO_ROOT:
-        return None, None
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return _git("rev-parse", "HEAD"), None if status is None else status != ""
 
 
 def _driver_version() -> str | None:

@@ -21,11 +21,10 @@ from scipy.stats import mannwhitneyu
 
 from bench import results
 from bench.config.cell import config_keys, config_label
+from bench.regress import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT
 from bench.results import is_max_batch_search, load_run
 
 MATCH_KEYS = config_keys(impl=True)  # a configuration and its implementation, on any device
-DEFAULT_ALPHA = 0.01
-DEFAULT_THRESHOLD_PCT = 2.0
 VERDICTS = ("regressed", "improved", "unchanged", "underpowered")
 
 

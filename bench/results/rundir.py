@@ -16,8 +16,6 @@ from typing import IO, Callable
 from bench.errors import DiskFull, UsageError, is_disk_full
 from bench.results.store import write_atomically
 
-# Where runs go when no --out is given: REPORTS/runs/<run>/, REPORTS/latest linking the newest.
-DEFAULT_REPORTS = Path("reports")
 LOCK_FILE = ".lock"
 ENV_FILE = "env.json"
 

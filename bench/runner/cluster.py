@@ -22,7 +22,7 @@ from collections import deque
 from pathlib import Path
 
 from bench.errors import UsageError
-from bench.measure.env import git_state
+from bench.provenance import git_state
 from bench.results import ResultWriter
 from bench.runner.runner import Job, Runner, Slot, lost_row
 from bench.runner.schedule import Board
@@ -156,9 +156,9 @@ def run_cluster(groups: list[list[Job]], writer: ResultWriter, board: Board, run
                     if losses[job.job_id] < LOST_LIMIT:
                         group.appendleft(job)
                     else:
-                        writer.write(lost_row(run_id, job, f"lost its Ray actor {LOST_LIMIT} times; last: {name}: "
-                                                           f"{reason}"), None)
-                        board.done()
+                        row = lost_row(run_id, job, f"lost its Ray actor {LOST_LIMIT} times; last: {name}: {reason}")
+                        writer.write(row, None)
+                        board.done(row)
                     if group:
                         todo.appendleft(group)
                     board.show(name, None)
@@ -169,7 +169,7 @@ def run_cluster(groups: list[list[Job]], writer: ResultWriter, board: Board, run
                 board.env(names[i], env)
             else:
                 writer.write(*result)
-                board.done()
+                board.done(result[0])
             if group:
                 start(i, group)
             elif todo:

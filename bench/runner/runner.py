@@ -31,13 +31,9 @@ from bench.counting.memory import MB, predict_cell_peak
 from bench.results import CONFIG_KEYS
 from bench.results.analysis import best_configs, config_medians
 from bench.results.rows import make_row
+from bench.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT
 from bench.runner.client import Worker, WorkerLost
 
-# --find-max-batch never probes beyond this batch size on a GPU.
-MAX_BATCH_LIMIT = 4096
-# ... nor beyond this one on a CPU: a CPU pages to swap long before it runs out of memory, each
-# probe of a larger model at batch 512+ takes minutes, and CPU throughput is flat well before 256.
-CPU_MAX_BATCH_LIMIT = 256
 # Characters of an error's last line kept as a max-batch search's limit reason.
 REASON_CHARS = 200
 # Fake-tensor tracing sets thread-local modes; predictions of concurrent slots take turns.

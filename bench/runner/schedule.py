@@ -23,10 +23,11 @@ JOIN_S = 30.0
 
 
 class Progress(Protocol):
-    """What the scheduler needs from a progress bar (tqdm has it)."""
+    """What the scheduler needs from a progress display (bench.runner.progress): what runs now, and
+    each finished cell's row."""
 
     def set_postfix_str(self, s: str) -> None: ...
-    def update(self, n: int = 1) -> None: ...
+    def cell_done(self, row: dict) -> None: ...
 
 
 def slots(devices: list[str]) -> list[Slot]:
@@ -61,9 +62,9 @@ class Board:
             return
         self._progress.set_postfix_str(" | ".join(f"{n} {_short(j)}" for n, j in self._doing.items()))
 
-    def done(self) -> None:
-        """One more job recorded."""
-        self._progress.update()
+    def done(self, row: dict) -> None:
+        """One more job recorded: its row."""
+        self._progress.cell_done(row)
 
 
 def _short(job: Job | None) -> str:
@@ -102,7 +103,7 @@ def run_local(runners: list[Runner], groups: list[list[Job]], writer: ResultWrit
                 board.show(slot.name, payload)
             elif kind == "row":
                 writer.write(*payload)
-                board.done()
+                board.done(payload[0])
                 board.show(slot.name, None)
             elif kind == "failed":
                 raise payload

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import IO
 
 from bench.config.cell import Cell
-from bench.errors import UsageError
+from bench.errors import ExitCode, UsageError
 
 FAULT_ENV = "RVBENCH_FAULT"
 FAULT_KINDS = ("crash", "oom", "error", "hang", "cudaerror", "compile")
@@ -205,7 +205,7 @@ def exit_with_parent(parent: int) -> None:
         time.sleep(PARENT_POLL_S)
     if os.getpgid(0) == os.getpid():
         os.killpg(0, signal.SIGKILL)
-    os._exit(1)
+    os._exit(ExitCode.FAILED)
 
 
 def main() -> None:
@@ -227,7 +227,7 @@ def main() -> None:
             print(f"worker {os.getpid()}: sticky CUDA error, exiting for a fresh context", file=sys.stderr, flush=True)
         _send(replies, reply)
         if reply.get("worker_exits"):
-            os._exit(1)
+            os._exit(ExitCode.FAILED)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.regress.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT, VERDICTS, Comparison, delta
+from bench.regress import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT
+from bench.regress.compare import VERDICTS, Comparison, delta
 from bench.report.compare_page import comparison_text, write_html
 
 SUITE = "tests/benchmarks/test_speed.py"

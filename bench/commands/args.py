@@ -1,0 +1,55 @@
+"""Argument helpers shared by the subcommands: list types for argparse and the output check.
+
+They live at the commands' own level, below `bench.cli`, which imports the commands: a command
+importing them from `bench.cli` would close an import loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+from pathlib import Path
+
+from bench.errors import ExitCode, UsageError
+
+# Where runs go when no --out is given: REPORTS/runs/<run>/, REPORTS/latest linking the newest.
+DEFAULT_REPORTS = Path("reports")
+
+
+def name_list(text: str) -> list[str]:
+    """argparse type for a list of names: comma- (or space-) separated, e.g. "resnet50,vit_base_patch16_224"."""
+    return [name for name in re.split(r"[,\s]+", text) if name]
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type for a list of integers, separated as in `name_list`, e.g. "1,32,256"."""
+    try:
+        return [int(t) for t in name_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def check_output(path: Path, flag: str, directory: bool = False) -> None:
+    """UsageError unless `path` (a file, or with `directory` a folder, made if missing) can be
+    written: checked before any work, so a long comparison or profile is not lost at its end."""
+    if directory and path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is not a directory")
+    if not directory and path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory; give a file name")
+    if not directory and not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {path.parent} does not exist")
+    try:
+        if directory:
+            path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path if directory else path.parent):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {path} is not writable ({exc.strerror})") from None
+
+
+def exit_codes_help(*codes: ExitCode) -> str:
+    """The exit-code sentence of a command's --help: the codes it can return, by name (the table in
+    bench.errors, shown by `rvbench --help`, says what each means)."""
+    listed = ", ".join(f"{int(code)} {code.name.lower().replace('_', ' ')}" for code in codes)
+    return f"Exit codes: {listed} (each explained in `rvbench --help`)."

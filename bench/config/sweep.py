@@ -18,7 +18,7 @@ from bench.config.cell import DEFAULT_OPTIMIZER, IMPLS, Cell, validate
 from bench.config.presets import PRESET_DIR, list_presets
 from bench.errors import UsageError
 from bench.hardware.device import check_capability, cuda_count
-from bench.models import FAMILY_NAMES
+from bench.models import FAMILY_NAMES, list_archs, list_entries
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -182,8 +182,6 @@ def timing_config(spec: SweepSpec) -> TimingConfig:
 
 def _archs(models: str | list[str]) -> list[str]:
     """The block's arch names; "all" (a preset's string or `--models all`) means every registered arch."""
-    from bench.models import list_archs
-
     return list_archs() if models == "all" or list(models) == ["all"] else list(models)
 
 
@@ -209,8 +207,6 @@ def expand(spec: SweepSpec) -> list[Cell]:
     cannot take (ViT: a multiple of the patch) or precision the GPU lacks, or an empty sweep:
     input that is bad up front must fail before the run starts, not become `skipped` rows.
     """
-    from bench.models import list_entries
-
     cells: list[Cell] = []
     skipped: set[tuple[str, str]] = set()
     for block in spec.sweeps:

@@ -81,6 +81,7 @@ COLUMNS: tuple[Column, ...] = (
             Column("step_ms_mean", "", "ms", "mean step time", "mean", timm=("step_time", 1)),
             _ms("step_ms_std", "step time standard deviation", "std"), _ms("step_ms_min", "fastest step", "min"),
             _ms("step_ms_max", "slowest step", "max"), _ms("step_ms_iqr", "step time IQR", "IQR"), "noisy",
+            Column("rel_ci", "", label="95% CI half-width of the median step ÷ median", short="±CI", median=True),
             Column("throughput", "", "img/s", "throughput", median=True),
             Column("throughput_wall", "", "img/s", "throughput over the loop's wall time",
                    timm=("samples_per_sec", 1)), modes=_SWEEP_DDP),

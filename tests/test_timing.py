@@ -7,10 +7,11 @@ import time
 
 import numpy as np
 import pytest
+from scipy.stats import binom
 import torch
 
 from bench.config.sweep import TimingConfig
-from bench.measure.timing import summarize, time_callable, warm_up
+from bench.measure.timing import median_ci, summarize, time_callable, warm_up
 
 CPU = torch.device("cpu")
 
@@ -125,3 +126,21 @@ def test_summarize_single_sample():
     assert stats["step_ms_std"] == 0.0
     assert stats["step_ms_iqr"] == 0.0
     assert stats["step_ms_p99"] == 4.0
+
+
+def test_median_ci_is_the_binomial_order_statistic_interval():
+    """For n = 100 the 95% interval of the median is x(40)..x(61) (1-based; Binomial(100, 1/2) puts
+    1.8% below 40 and 1.8% above 60), so on 1..100 ms its half-width is 10.5 ms, 20.8% of 50.5 ms."""
+    samples = np.arange(100, 0, -1, dtype=np.float64)
+    assert median_ci(samples) == (40.0, 61.0)
+    assert summarize(list(samples), batch_size=1)["rel_ci"] == pytest.approx(10.5 / 50.5)
+    coverage = binom.cdf(60, 100, 0.5) - binom.cdf(39, 100, 0.5)
+    assert coverage >= 0.95
+
+
+def test_median_ci_needs_six_samples_and_narrows_with_more():
+    assert median_ci(np.arange(5.0)) is None and summarize([1.0] * 5, batch_size=1)["rel_ci"] is None
+    assert median_ci(np.arange(6.0)) == (0.0, 5.0)  # 1 - 2 / 64 = 96.9% >= 95%
+    rng = np.random.default_rng(0)
+    few, many = (summarize(list(rng.normal(10, 1, n)), batch_size=1)["rel_ci"] for n in (20, 2000))
+    assert many < few / 5

@@ -21,6 +21,7 @@ from typing import Callable, ContextManager
 
 import numpy as np
 import torch
+from scipy.stats import binom
 
 from bench.columns import values
 from bench.config.sweep import TimingConfig
@@ -115,6 +116,19 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, cfg: Tim
     return TimingResult(samples_ms=samples, timed_s=timed_s, warmup_iters=warmup_iters)
 
 
+def median_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """The distribution-free confidence interval of the median: the order statistics x(j), x(n-j+1) whose
+    ranks a Binomial(n, 1/2) count keeps the median between with at least `level` probability (no
+    assumption about the shape of the step-time distribution). None below 6 samples, too few for 95%.
+    """
+    n = samples.size
+    j = int(binom.ppf((1 - level) / 2, n, 0.5))  # P(Binomial < j) < (1 - level) / 2
+    if j < 1:
+        return None
+    ordered = np.sort(samples)
+    return float(ordered[j - 1]), float(ordered[n - j])
+
+
 def summarize(samples_ms: list[float], batch_size: int, timed_s: float | None = None) -> dict:
     """Statistics of per-step samples as results-row columns.
 
@@ -122,7 +136,8 @@ def summarize(samples_ms: list[float], batch_size: int, timed_s: float | None = 
     std is the sample standard deviation (ddof=1; 0 for a single sample). `throughput` is images/s at
     the median step; `throughput_wall` is images / `timed_s` (the loop's wall time, which includes
     host gaps the per-step samples cannot see); without `timed_s` the samples' sum stands in for it.
-Throughputs are None for zero-length steps (only possible with a fake clock).
+    Throughputs are None for zero-length steps (only possible with a fake clock). `rel_ci` is the half-width
+    of the distribution-free 95% confidence interval of the median (`median_ci`) over the median.
     """
     if not samples_ms:
         raise ValueError("no samples to summarize")
@@ -144,6 +159,7 @@ Throughputs are None for zero-length steps (only possible with a fake clock).
         step_ms_max=float(arr.max()),
         step_ms_iqr=iqr,
         noisy=bool(p50 > 0 and iqr / p50 >= NOISY_IQR_RATIO),
+        rel_ci=None if (ci := median_ci(arr)) is None or p50 <= 0 else (ci[1] - ci[0]) / 2 / float(p50),
         throughput=batch_size / (p50 / 1e3) if p50 > 0 else None,
         throughput_wall=batch_size * arr.size / wall_s if wall_s > 0 else None,
     )

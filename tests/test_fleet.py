@@ -1,4 +1,4 @@
-"""The report's per-GPU-model comparison (bench.report.fleet) on a synthetic run whose rounds ran on
+"""The report's per-GPU-model comparison (bench.report.sections.fleet) on a synthetic run whose rounds ran on
 two GPU models, as a Ray cluster of two node types records them."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 from report_fixture import write_run
 
 from bench.config.cell import config_keys
-from bench.report.fleet import fleet_table, per_model
+from bench.report.sections.fleet import fleet_table, per_model
 from bench.results import load
 
 

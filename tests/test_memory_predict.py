@@ -23,7 +23,7 @@ from bench.config.precision import plan_for
 from bench.counting.memory import (ALLOCATOR_BLOCK, CARDS, CATEGORIES, MB, PHASES, _LiveBytes, _materialise,
                                    allocated_bytes, predict_cell_peak, predict_step_memory, step_curve)
 from bench.models import get_entry
-from bench.report import plots_memory
+from bench.report.sections import memory as plots_memory
 
 SIZE = 32
 

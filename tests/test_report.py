@@ -11,7 +11,7 @@ from report_fixture import CELL_GAP_S, WALL_S, fail_every_cell, real_smoke_run, 
 from bench.cli import main
 from bench.report import write_report
 from bench.report.data import per_config
-from bench.report.plots_derived import speedup_table
+from bench.report.sections.derived import speedup_table
 from bench.results import load
 
 # One xdist worker makes the real smoke run (report_fixture.real_smoke_run) for both report test modules.

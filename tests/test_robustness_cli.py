@@ -23,7 +23,8 @@ from test_robustness import REPO, TINY, _cell_ids, _damaged_store, _error_lines,
 from bench.cli import main
 from bench.config.sweep import build_spec
 from bench.errors import ExitCode
-from bench.report import plots_perf, summary
+from bench.report import summary
+from bench.report.sections import perf as plots_perf
 from bench.results.rundir import new_run_dir
 
 ONE_CELL = [*TINY, "--batch-sizes", "1"]  # the last --batch-sizes wins

@@ -129,7 +129,7 @@ def _validate(args: argparse.Namespace, device: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Validate everything, then run each implementation's world sizes into one run directory."""
     from bench.hardware.device import cuda_count, resolve_device
-    from bench.report.plots_scaling import scaling_text
+    from bench.report.sections.scaling import scaling_text
     from bench.report.summary import write_run_report
     from bench.results.rundir import lock_run_dir, new_run_dir, write_config
     from bench.results.store import ResultWriter, finalize, update_latest

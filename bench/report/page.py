@@ -14,20 +14,12 @@ import pandas as pd
 
 import bench
 from bench import results
-from bench.report import (
-    REPORT_NAME,
-    plots_derived,
-    plots_memory,
-    plots_perf,
-    plots_profile,
-    plots_scaling,
-    plots_transfer,
-    tables,
-)
+from bench.report import REPORT_NAME, tables
 from bench.report.data import per_config, variants
-from bench.report.fleet import fleet_table
-from bench.report.flops_table import flops_table
-from bench.report.profile_tables import profile_details
+from bench.report.sections import derived, memory, perf, profile, scaling, transfer
+from bench.report.sections.fleet import fleet_table
+from bench.report.sections.flops import flops_table
+from bench.report.sections.profile_tables import profile_details
 from bench.report.render import render
 from bench.report.summary import overhead
 from bench.results.analysis import BEST_CONFIG_RULE, has_values
@@ -70,25 +62,25 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
     # `rvbench scale` rows (one per world size) have their own section; the sweep's views leave them out.
     # `rvbench transfer` rows (epochs of training runs) have their own section too.
     sweep = df[~df["mode"].isin((DDP_MODE, TRANSFER_MODE))]
-    transfer = [plots_transfer.accuracy_vs_time(df)] if (df["mode"] == TRANSFER_MODE).any() else []
+    transfer_plots = [transfer.accuracy_vs_time(df)] if (df["mode"] == TRANSFER_MODE).any() else []
     configs = per_config(sweep)
-    scaling = ([plots_scaling.throughput(df), plots_scaling.efficiency(df), plots_scaling.communication(df)]
-               if not plots_scaling.scaling_rows(df).empty else [])
-    perf = [plots_perf.throughput(configs), plots_perf.latency(configs)]
+    scaling_plots = ([scaling.throughput(df), scaling.efficiency(df), scaling.communication(df)]
+                     if not scaling.scaling_rows(df).empty else [])
+    perf_plots = [perf.throughput(configs), perf.latency(configs)]
     # Measured memory is plotted where CUDA measured it; a CPU's RSS growth is too coarse to plot, so it
     # stays in the tables (labelled approximate) and the Memory section's predicted peak stands in.
     if has_values(configs, "mem_peak_alloc_mb"):
-        perf.append(plots_perf.memory(configs))
-    memory_plots = [plots_memory.predicted(configs), plots_memory.predicted_vs_measured(configs)]
-    derived = [
-        plots_derived.speedup(configs),
-        plots_derived.reference_ratio(_ratios(sweep)),
-        plots_derived.finetune_vs_train(configs),
-        plots_derived.mfu(configs),
-        plots_derived.energy(configs),
+        perf_plots.append(perf.memory(configs))
+    memory_plots = [memory.predicted(configs), memory.predicted_vs_measured(configs)]
+    derived_plots = [
+        derived.speedup(configs),
+        derived.reference_ratio(_ratios(sweep)),
+        derived.finetune_vs_train(configs),
+        derived.mfu(configs),
+        derived.energy(configs),
     ]
-    profiles = plots_profile.load_profiles(run_dir)
-    profile = [plots_profile.categories(profiles), plots_profile.roofline(profiles)] if profiles else []
+    profiles = profile.load_profiles(run_dir)
+    profile_plots = [profile.categories(profiles), profile.roofline(profiles)] if profiles else []
     flops, flops_numeric = flops_table(sweep)
     failures = tables.failures(df)
     html = render(
@@ -100,18 +92,19 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
         sweep_run=not sweep.empty or len(sweep) == len(df),
         best_rule=BEST_CONFIG_RULE,
         summaries=tables.summary(configs),
-        perf_plots=perf,
-        derived_plots=derived,
-        profile_plots=profile,
+        perf_plots=perf_plots,
+        derived_plots=derived_plots,
+        profile_plots=profile_plots,
         n_profiles=len(profiles),
         profile_details=profile_details(profiles),
         memory_plots=memory_plots,
-        largest_batches=plots_memory.largest_batches(configs),
-        scaling_plots=scaling,
-        scaling_table=plots_scaling.scaling_table(df),
-        transfer_plots=transfer,
-        transfer_runs=plots_transfer.runs_table(df),
-        plot_count=sum(p.png_b64 is not None for p in perf + derived + profile + memory_plots + scaling + transfer),
+        largest_batches=memory.largest_batches(configs),
+        scaling_plots=scaling_plots,
+        scaling_table=scaling.scaling_table(df),
+        transfer_plots=transfer_plots,
+        transfer_runs=transfer.runs_table(df),
+        plot_count=sum(p.png_b64 is not None for p in perf_plots + derived_plots + profile_plots + memory_plots
+                       + scaling_plots + transfer_plots),
         flops=flops,
         flops_numeric=flops_numeric,
         compile=tables.compile_times(configs),

@@ -14,7 +14,7 @@ import seaborn as sns
 from bench.columns import BY_NAME
 from bench.counting.memory import CARDS, CUDA_CONTEXT_BYTES, MB, NOT_MODELLED, card_batches
 from bench.models import get_entry
-from bench.report.plots_perf import facet_lines
+from bench.report.sections.perf import facet_lines
 from bench.report.style import Plot, encode, impl_palette, skipped, theme
 from bench.report.tables import Table, fmt
 from bench.results.analysis import has_values

@@ -6,7 +6,7 @@ collapsed under the Profile section's plots. Summaries written before a field ex
 
 from __future__ import annotations
 
-from bench.report.plots_profile import label
+from bench.report.sections.profile import label
 from bench.report.tables import Table, fmt
 
 PHASES = ("forward", "backward", "optimizer")

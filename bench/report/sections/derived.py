@@ -11,7 +11,7 @@ import seaborn as sns
 
 from bench.columns import speed_label
 from bench.report.data import is_baseline, panels, variant_order
-from bench.report.plots_perf import facet_lines
+from bench.report.sections.perf import facet_lines
 from bench.report.style import IMPL_COLORS, Plot, encode, facet_grid, impl_palette, log2_batch_axis, skipped, theme
 from bench.results.analysis import PEAK_MEMORY, has_values
 

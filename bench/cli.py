@@ -62,7 +62,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser; only `command`'s module is imported (each pulls in torch, which is slow)."""
     parser = argparse.ArgumentParser(
         prog="rvbench",
-        description="Benchmark and profile ResNet and ViT implementations (rv, torchvision, timm).",
+        description="Benchmark and profile the registered model families' implementations (rv, torchvision, timm).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():

@@ -29,7 +29,8 @@ class Layout:
     """How one library lays out a family: its modules and parameters mapped onto canonical groups.
 
     Canonical groups have the same names in every library (ResNet: stem, layer1..layer4, head; ViT: patch_embed,
-    blocks.0..blocks.N-1, head), so FLOP breakdowns, profiles and staged unfreezing compare across libraries.
+    blocks.0..blocks.N-1, head; ConvNeXt: stem, stage1..stage4, head), so FLOP breakdowns, profiles and staged
+    unfreezing compare across libraries.
     """
 
     # Child module path or direct parameter path -> canonical group, input to output. Paths a model lacks (a module
@@ -96,8 +97,8 @@ class Rename:
 class Family:
     """Everything known about one model family, for every arch of it and every library implementing it."""
 
-    name: str  # "resnet", "vit": the family's name in configs, results and sweep specs
-    title: str  # "ResNet", "ViT": the family's name in messages
+    name: str  # "resnet", "vit", "convnext": the family's name in configs, results and sweep specs
+    title: str  # "ResNet", "ViT", "ConvNeXt": the family's name in messages
     configs: Mapping[str, Any]  # rv arch name -> its rv architecture config, small to large
     create: Callable[..., nn.Module]  # (arch, **options) -> randomly initialised rv model
     layouts: Mapping[str, Layout]  # library -> its layout; rv and timm share arch names

@@ -12,7 +12,7 @@ from bench import __version__
 from bench.errors import DiskFull, ExitCode, UsageError, is_disk_full
 from bench.provenance import git_state
 
-DESCRIPTION = "Benchmark and profile ResNet and ViT implementations (rv, torchvision, timm)."
+DESCRIPTION = "Benchmark and profile the registered model families' implementations (rv, torchvision, timm)."
 
 # Subcommand name -> help; its module is bench.commands.<name with "-" as "_">, with register(parser) and run(args) -> int.
 COMMANDS = {

@@ -6,16 +6,16 @@ from typing import Any
 
 from torch import nn
 
-from rv_models import resnet, vit
+from rv_models import convnext, resnet, vit
 from rv_models.family import LIBRARIES, Family, Layout
 
-FAMILIES: tuple[Family, ...] = (resnet.FAMILY, vit.FAMILY)
+FAMILIES: tuple[Family, ...] = (resnet.FAMILY, vit.FAMILY, convnext.FAMILY)
 
 _FAMILY_OF: dict[str, Family] = {arch: family for family in FAMILIES for arch in family.archs()}
 
 
 def list_models() -> list[str]:
-    """Names create_model accepts: resnet18..resnet152, then the ViTs from tiny to huge."""
+    """Names create_model accepts: each family's archs in FAMILIES order, small to large."""
     return list(_FAMILY_OF)
 
 
@@ -29,7 +29,7 @@ def family_of(arch: str) -> Family:
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a randomly initialised model by name.
 
-    kwargs go to the builder: num_classes and in_chans for all; zero_init_residual for ResNets;
+    kwargs go to the family's `create`: num_classes and in_chans for all; zero_init_residual for ResNets;
     img_size, drop_rate and drop_path_rate for ViTs.
     """
     return family_of(name).create(name, **kwargs)

@@ -258,9 +258,9 @@ FAMILY = Family(
         "resnet101": ("resnet101", "ResNet101_Weights"),
         "resnet152": ("resnet152", "ResNet152_Weights"),
     },
-    torchvision_renames=(),  # torchvision's ResNet keys are rv's
     optimizer=sgd,
     input_multiple=lambda config: 1,  # any side works: convs and the adaptive pool take any input
+    min_image_size=lambda config: 16,  # runs on any side; below 16 px most stages only downsample padding
     takes_image_size=False,
     macs=resnet_macs,
 )

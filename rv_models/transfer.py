@@ -1,8 +1,10 @@
 """Transfer learning helpers: swap the classifier, freeze the backbone, unfreeze it group by group.
 
-They work on the ResNets and ViTs of rv_models, torchvision and timm alike, because the harness fine-tunes all
-three. Parameter groups are the canonical groups of the family's layout (rv_models.family), input to output:
+They work on every registered family's models from rv_models, torchvision and timm alike, because the harness
+fine-tunes all three. Parameter groups are the canonical groups of the family's layout (rv_models.family), input to
+output:
     ResNet: stem (conv1, bn1), layer1, layer2, layer3, layer4, head (fc)
+    ConvNeXt: stem, stage1, stage2, stage3, stage4 (each with its downsampling layer), head (norm, fc)
     ViT:    patch_embed (patch projection, class token, position embedding), the blocks in BLOCK_GROUPS
             consecutive chunks ("blocks.0-2", ...), head (final norm and classifier)
 Stage k trains the last k groups, so stage 1 trains the head group and stage len(groups) trains everything.
@@ -18,9 +20,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from rv_models.convert import TORCHVISION_NAMES, library_archs
 from rv_models.family import BLOCKS
-from rv_models.registry import create_model, layout_of
+from rv_models.registry import family_of, layout_of, library_archs
 
 BLOCK_GROUPS = 4  # ViT blocks unfreeze in this many chunks, mirroring ResNet's four stages
 
@@ -190,21 +191,12 @@ def count_trainable(model: nn.Module) -> int:
 def create_transfer_model(
     arch: str, impl: str = "rv", *, num_classes: int, freeze_backbone: bool = True
 ) -> nn.Module:
-    """Build `arch` from `impl`'s library (random init, ImageNet layout), give it a num_classes head and,
-    by default, freeze everything but that head.
+    """Build `arch` from `impl`'s library (random init, ImageNet layout, through `Family.build`), give it a
+    num_classes head and, by default, freeze everything but that head.
     """
     if arch not in library_archs(impl):
         raise ValueError(f"{impl} has no {arch!r}; valid: {', '.join(library_archs(impl))}")
-    if impl == "rv":
-        model = create_model(arch)
-    elif impl == "torchvision":
-        import torchvision
-
-        model = torchvision.models.get_model(TORCHVISION_NAMES[arch])
-    else:
-        import timm
-
-        model = timm.create_model(arch, num_classes=1000)
+    model = family_of(arch).build(arch, impl)
     replace_head(model, num_classes)
     if freeze_backbone:
         _train_only(model, classifier(model).parameters())

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rv_models.family import BLOCKS, Family, Layout
+from rv_models.family import BLOCKS, Family, Layout, Rename
 from rv_models.init import deferred_init
 
 
@@ -321,21 +321,25 @@ FAMILY = Family(
         "vit_large_patch32_224": ("vit_l_32", "ViT_L_32_Weights"),
         "vit_huge_patch14_224": ("vit_h_14", "ViT_H_14_Weights"),
     },
-    torchvision_renames=(  # torchvision's packed in_proj_weight stacks q, k, v exactly like rv's fused qkv
-        (r"^cls_token$", "class_token"),
-        (r"^pos_embed$", "encoder.pos_embedding"),
-        (r"^patch_embed\.proj\.", "conv_proj."),
-        (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.encoder_layer_\1.ln_1."),
-        (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.encoder_layer_\1.ln_2."),
-        (r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_\2"),
-        (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.encoder_layer_\1.self_attention.out_proj."),
-        (r"^blocks\.(\d+)\.mlp\.fc1\.", r"encoder.layers.encoder_layer_\1.mlp.0."),
-        (r"^blocks\.(\d+)\.mlp\.fc2\.", r"encoder.layers.encoder_layer_\1.mlp.3."),
-        (r"^norm\.", "encoder.ln."),
-        (r"^head\.", "heads.head."),
-    ),
+    renames={  # torchvision's packed in_proj_weight stacks q, k, v exactly like rv's fused qkv
+        "torchvision": tuple(Rename(pattern, name) for pattern, name in (
+            (r"^cls_token$", "class_token"),
+            (r"^pos_embed$", "encoder.pos_embedding"),
+            (r"^patch_embed\.proj\.", "conv_proj."),
+            (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.encoder_layer_\1.ln_1."),
+            (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.encoder_layer_\1.ln_2."),
+            (r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$",
+             r"encoder.layers.encoder_layer_\1.self_attention.in_proj_\2"),
+            (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.encoder_layer_\1.self_attention.out_proj."),
+            (r"^blocks\.(\d+)\.mlp\.fc1\.", r"encoder.layers.encoder_layer_\1.mlp.0."),
+            (r"^blocks\.(\d+)\.mlp\.fc2\.", r"encoder.layers.encoder_layer_\1.mlp.3."),
+            (r"^norm\.", "encoder.ln."),
+            (r"^head\.", "heads.head."),
+        )),
+    },
     optimizer=adamw,
     input_multiple=attrgetter("patch_size"),  # whole patches only (torchvision refuses anything else)
+    min_image_size=attrgetter("patch_size"),  # one patch at least
     takes_image_size=True,  # the position embedding is sized for one patch grid
     macs=vit_macs,
 )

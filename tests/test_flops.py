@@ -14,7 +14,7 @@ import torchvision.models
 from bench.counting import fvcore_count as fvc
 from bench.cli import main
 from bench.counting.flops import (
-    analytic_macs, count, count_params, forward_flops, module_flops, train_flops, tv_published,
+    analytic_macs, count, count_params, flop_counter, forward_flops, module_flops, train_flops, tv_published,
 )
 from bench.models import get_entry, list_entries
 from rv_models.vit import CONFIGS as VITS, vit_attention_macs, vit_projection_macs
@@ -174,3 +174,20 @@ def test_train_flops_of_resnet_at_tiny_input() -> None:
     forward = forward_flops("resnet18", "rv", 32)
     train = train_flops("resnet18", "rv", 32)
     assert 2 * forward < train < 4 * forward
+
+
+@pytest.mark.parametrize("c_in, c_out, groups", [(8, 12, 4), (8, 8, 8)], ids=["grouped", "depthwise"])
+def test_grouped_conv_forward_and_each_gradient_count_the_analytic_flops(c_in: int, c_out: int, groups: int) -> None:
+    """2 N Cout Hout Wout (Cin / groups) kh kw for the forward, and the same again for grad_input and for grad_weight
+    (torch's own formula counts a grouped weight gradient `groups` times over)."""
+    conv = torch.nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1, groups=groups)
+    x = torch.randn(2, c_in, 9, 9, requires_grad=True)
+    analytic = 2 * 2 * c_out * 5 * 5 * (c_in // groups) * 3 * 3
+    with flop_counter() as counter:
+        out = conv(x)
+        assert counter.get_total_flops() == analytic
+        out.sum().backward()
+    assert counter.get_total_flops() == 3 * analytic
+    with flop_counter() as counter:
+        conv(x.detach()).sum().backward()  # no input gradient: the weight gradient alone
+    assert counter.get_total_flops() == 2 * analytic

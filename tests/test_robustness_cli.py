@@ -121,7 +121,7 @@ def test_profile_out_of_memory_is_one_line_exit_1(tmp_path, capsys):
 def test_profile_with_a_bad_image_size_writes_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main([*PROFILE, "--image-size", "3"]) == 2
-    assert "image size must be >= 16" in _one_error_line(capsys.readouterr().err)
+    assert "resnet18 needs an image size >= 16 px, got 3" in _one_error_line(capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
 
 

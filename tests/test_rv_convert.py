@@ -10,18 +10,19 @@ from __future__ import annotations
 from itertools import chain
 
 import pytest
-import timm
 import torch
 import torchvision
 from torch import nn
 
-from rv_models import convert_state_dict, create_model
-from rv_models.convert import TORCHVISION_NAMES, library_archs
+from rv_models import convert_state_dict
+from rv_models.convert import library_archs
+from rv_models.registry import family_of
 
-# Input sizes: ViTs other than these three run on a 4x4 patch grid, ResNets at 64 px, to keep the CPU test quick.
-# Every weight but the length of the position embedding is the same as at 224; the three below cover the 224 grid.
+# Input sizes: ViTs other than these three run on a 4x4 patch grid, other families at 64 px, to keep the CPU test
+# quick. Every weight but the length of the position embedding is the same as at 224; the three below cover the 224
+# grid.
 _FULL_SIZE_VITS = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch32_224")
-_RESNET_SIZE = 64
+_SIZE = 64
 
 PAIRS = [(arch, lib) for lib in ("torchvision", "timm") for arch in library_archs(lib)]
 
@@ -33,9 +34,9 @@ def _no_grad():
 
 
 def _image_size(arch: str) -> int:
-    if not arch.startswith("vit"):
-        return _RESNET_SIZE
-    return 224 if arch in _FULL_SIZE_VITS else 4 * int(arch.split("patch")[1].split("_")[0])
+    if not family_of(arch).takes_image_size:
+        return _SIZE
+    return 224 if arch in _FULL_SIZE_VITS else 4 * family_of(arch).input_multiple_of(arch)
 
 
 def _randomize(model: nn.Module) -> nn.Module:
@@ -57,18 +58,14 @@ def _randomize(model: nn.Module) -> nn.Module:
 
 
 def _library_model(arch: str, lib: str) -> nn.Module:
-    vit, size = arch.startswith("vit"), _image_size(arch)
     with torch.device("meta"):
-        if lib == "torchvision":
-            model = torchvision.models.get_model(TORCHVISION_NAMES[arch], **({"image_size": size} if vit else {}))
-        else:
-            model = timm.create_model(arch, num_classes=1000, **({"img_size": size} if vit else {}))
+        model = family_of(arch).build(arch, lib, image_size=_image_size(arch))
     return _randomize(model)
 
 
 def _rv_meta_model(arch: str) -> nn.Module:
     with torch.device("meta"):
-        return create_model(arch, **({"img_size": _image_size(arch)} if arch.startswith("vit") else {}))
+        return family_of(arch).build(arch, "rv", image_size=_image_size(arch))
 
 
 @pytest.mark.parametrize(("arch", "lib"), PAIRS)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from bench.errors import UsageError
 from bench.hardware.device import check_support, validate_device
-from bench.models import IMPLS
+from bench.models import IMPLS, get_entry
 from bench.models.training import DEFAULT_OPTIMIZER, OPTIMIZERS
 from bench.precisions import DEFAULT_PRECISION, PRECISIONS
 
@@ -137,10 +137,10 @@ def validate(cell: Cell) -> None:
     """Raise UsageError naming the valid choices if the cell cannot be measured as specified.
 
     Checks names, numbers, that freezing compile modes run inference only, that inference cells name no
-    optimizer, and what the device kind
+    optimizer, the (arch, impl) pair and its image size by the model registry (`bench.models.get_entry`,
+    which knows which library has which arch and each family's input rules), and what the device kind
     supports (bench.hardware.device; whether a CUDA device is present and capable is checked where
-    it runs); the (arch, impl) pair is checked by the model registry (`bench.models.get_entry`),
-    which knows which library has which arch.
+    it runs).
     """
     _check_choice("impl", cell.impl, IMPLS)
     _check_choice("precision", cell.precision, PRECISIONS)
@@ -157,6 +157,5 @@ def validate(cell: Cell) -> None:
     validate_device(cell.device)
     if cell.batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {cell.batch_size}")
-    if cell.image_size < 16:
-        raise UsageError(f"image size must be >= 16 px, got {cell.image_size}")
+    get_entry(cell.arch, cell.impl).check_image_size(cell.image_size)
     check_support(cell.device, cell.precision, cell.compile, COMPILE_MODES)

@@ -11,6 +11,9 @@ Conventions: a MAC is one multiply-accumulate; FLOPs = 2 x MACs. torchvision's p
   real compute happens. On meta, scaled_dot_product_attention runs its math decomposition (two
   bmm) and nn.MultiheadAttention never takes its inference fast path (the fast path accepts only
   cpu/cuda tensors), so attention is counted for every impl. On a real CPU it would be missed.
+  Its convolution backward is our own (`_conv_backward_flop`): torch counts a grouped convolution's
+  weight gradient as if the convolution were dense, `groups` times too much (a ConvNeXt's
+  depthwise convs made its train step 8.7x its forward instead of about 3x).
 - fvcore: FlopCountAnalysis, reported as fvcore defines it (1 per multiply-add, norms and pools
   counted, no handler for attention kernels) on a real CPU forward (see bench.counting.fvcore_count).
 analytic and flopcounter agree exactly; tests pin that and torchvision's published numbers.
@@ -25,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from bench.counting.fvcore_count import fvcore_count, fvcore_note
 from bench.errors import UsageError
@@ -63,6 +66,25 @@ _BATCH = 2
 
 def _meta_input(image_size: int) -> torch.Tensor:
     return torch.empty(_BATCH, 3, image_size, image_size, device="meta")
+
+
+def _conv_backward_flop(
+    grad_out_shape: list[int], x_shape: list[int], w_shape: list[int], _bias: object, _stride: object,
+    _padding: object, _dilation: object, transposed: bool, _output_padding: object, _groups: int,
+    output_mask: list[bool], out_shape: object = None, **_: object,
+) -> int:
+    """FLOPs of aten.convolution_backward: each gradient asked for (input, weight) costs what the forward does.
+
+    Both are sums over the forward's own products (grad_input: grad_out times weight; grad_weight: grad_out
+    times input), so each takes the forward's multiply-adds, grouped or not. torch's formula counts the weight
+    gradient of a grouped convolution as dense, `groups` times too high.
+    """
+    return conv_flop_count(x_shape, w_shape, grad_out_shape, transposed) * (bool(output_mask[0]) + bool(output_mask[1]))
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode, silent, with the grouped-convolution backward counted right."""
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
 
 
 class MetaCounts(NamedTuple):
@@ -123,7 +145,7 @@ def _count_step(
     """
     groups = module_groups(model, family, impl)
     result = dict.fromkeys(groups, 0)
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     handles = []
     for name, modules in groups.items():
         start: list[int] = []

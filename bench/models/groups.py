@@ -5,6 +5,7 @@ encoder.layers, timm's has patch_embed and blocks). The per-module FLOP breakdow
 profiler's per-module times need one vocabulary to compare implementations, so each library's
 layout, from the family's spec (rv_models.family.Layout), maps its modules onto:
   ResNet: stem, layer1, layer2, layer3, layer4, head
+  ConvNeXt: stem, stage1 .. stage4 (each with its downsampling layer), head
   ViT:    patch_embed (patch conv, class token, position embedding), blocks.0 .. blocks.N-1,
           head (final norm and classifier)
 A submodule the layout does not know is an error, so nothing can silently fall outside a group.

@@ -19,7 +19,7 @@ from rv_models.registry import FAMILIES, family_of, list_models
 __all__ = ["FAMILY_NAMES", "IMPLS", "ModelEntry", "family_spec", "get_entry", "list_archs", "list_entries"]
 
 IMPLS = LIBRARIES  # the implementations compared: rv and the two libraries it mirrors
-FAMILY_NAMES = tuple(family.name for family in FAMILIES)  # "resnet", "vit"
+FAMILY_NAMES = tuple(family.name for family in FAMILIES)  # "resnet", "vit", "convnext"
 DEFAULT_IMAGE_SIZE = 224
 
 
@@ -29,7 +29,7 @@ class ModelEntry:
 
     arch: str  # timm-style name shared by all impls
     impl: str  # "rv", "torchvision" or "timm"
-    family: str  # "resnet" or "vit"
+    family: str  # the family's name: "resnet", "vit", "convnext"
     lib_name: str  # the name inside the implementing library, e.g. "vit_b_16"
     image_size: int = DEFAULT_IMAGE_SIZE  # default square input side
     tv_weights: str | None = None  # torchvision weights enum name: its meta has published ops
@@ -40,13 +40,14 @@ class ModelEntry:
         return family_of(self.arch)
 
     def check_image_size(self, image_size: int) -> None:
-        """UsageError unless the input side is one every impl of this arch accepts.
+        """UsageError unless the input side is one every impl of this arch accepts, by the family's spec.
 
-        ViTs need a whole number of patches (torchvision refuses anything else at build time);
-        16 px is the smallest input the harness accepts for any model.
+        Each family has a smallest input (a ConvNeXt crashes below 32 px with an obscure torch error);
+        ViTs need a whole number of patches (torchvision refuses anything else at build time).
         """
-        if image_size < 16:
-            raise UsageError(f"image size must be >= 16 px, got {image_size}")
+        smallest = self.spec.min_image_size_of(self.arch)
+        if image_size < smallest:
+            raise UsageError(f"{self.arch} needs an image size >= {smallest} px, got {image_size}")
         patch = self.spec.input_multiple_of(self.arch)
         if image_size % patch:
             raise UsageError(
@@ -54,7 +55,7 @@ class ModelEntry:
             )
 
     def build(self, num_classes: int = 1000, image_size: int | None = None) -> nn.Module:
-        """Build the model with random weights (train mode, as constructed).
+        """Build the model with random weights (train mode, as constructed), by the family's `Family.build`.
 
         `image_size` matters only for families whose models are sized for one input side (a ViT's
         position embedding); None means the entry's default. Build under `torch.device("meta")` to
@@ -62,20 +63,7 @@ class ModelEntry:
         """
         size = self.image_size if image_size is None else image_size
         self.check_image_size(size)
-        sized = self.spec.takes_image_size
-        if self.impl == "rv":
-            return self.spec.create(self.lib_name, num_classes=num_classes, **({"img_size": size} if sized else {}))
-        if self.impl == "torchvision":
-            import torchvision.models
-
-            builder = getattr(torchvision.models, self.lib_name)
-            return builder(weights=None, num_classes=num_classes, **({"image_size": size} if sized else {}))
-        import timm
-
-        # num_classes always explicit: timm's default head for some ViTs (large/32, huge/14) is empty.
-        return timm.create_model(
-            self.lib_name, pretrained=False, num_classes=num_classes, **({"img_size": size} if sized else {})
-        )
+        return self.spec.build(self.arch, self.impl, num_classes=num_classes, image_size=size)
 
 
 def _make_entries() -> dict[tuple[str, str], ModelEntry]:
@@ -94,13 +82,13 @@ _ENTRIES = _make_entries()
 
 
 def family_spec(name: str) -> Family:
-    """The spec of the family called `name` ("resnet", "vit"); UsageError naming the valid ones otherwise."""
+    """The spec of the family called `name` (one of FAMILY_NAMES); UsageError naming the valid ones otherwise."""
     _check_names("model family", [name], list(FAMILY_NAMES))
     return FAMILIES[FAMILY_NAMES.index(name)]
 
 
 def list_archs() -> list[str]:
-    """All registered arch names, ResNets then ViTs, small to large."""
+    """All registered arch names, family by family (FAMILIES order), small to large."""
     return list_models()
 
 

@@ -25,7 +25,7 @@ CATEGORIES = ("convolution", "matmul", "attention", "normalization", "elementwis
 """Category keys, in display order. "matmul" is matmul/linear, "elementwise" includes activations
 and optimizer updates, "memory" is copies, layout changes, views and allocation; "other" holds
 pooling, reductions, the loss (log-softmax, NLL) and anything unrecognised. Softmax counts as
-attention: in ResNets and ViTs it only occurs inside attention."""
+attention: in the registered families it only occurs inside attention."""
 
 # Whole-name rules for aten ops, applied to the op name without "aten::" and leading underscores.
 _ATEN_RULES: tuple[tuple[str, str], ...] = (

@@ -64,7 +64,9 @@ COLUMNS: tuple[Column, ...] = (
     *_group("config", "arch", "impl", Column("batch_size", "", label="batch size", short="bs"),
             Column("image_size", "", "px", "image size"), "precision", "channels_last", "compile", "mode",
             "optimizer", "device", "slot", "round"),
-    *_group("search", "find_max_batch", "max_batch_oom_at", "max_batch_limit_reason", modes=SWEEP_MODES),
+    # a --find-max-batch search's row (every row says whether it is one)
+    *_group("search", Column("find_max_batch", "", modes=ALL_MODES), "max_batch_oom_at", "max_batch_limit_reason",
+            modes=SWEEP_MODES),
     *_group("outcome", "status", "message", "started_at", Column("wall_s", "", "s", "cell wall time"),
             Column("overhead_s", "", "s", "time outside the timed loop")),
     *_group("prediction", Column("mem_predicted_mb", "", "MiB", "predicted peak allocated", "predicted",

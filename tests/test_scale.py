@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.checks.gpu import judge_ddp
+from bench.columns import for_mode
 from bench.cli import main
 from bench.errors import UsageError
 from bench.hardware.gpus import LINKS, Link, parse_link, ring_allreduce_s
@@ -61,6 +62,8 @@ def test_one_and_two_ranks_give_ok_rows_with_efficiency(scale_run):
     assert two["throughput"] == pytest.approx(2 * BATCH / (two["step_ms_p50"] / 1e3))
     assert one["comm_share"] < 1 and 0 < two["comm_share"] < 1 and two["comm_ms"] > 0
     assert two["mem_rss_delta_mb"] > 0 and "max over ranks" in two["mem_note"]
+    carried = {c for row in rows.values() for c, v in row.items() if v is not None and v == v}  # not null or NaN
+    assert carried <= set(for_mode("ddp-train")), carried - set(for_mode("ddp-train"))  # as bench.columns declares
 
 
 def test_all_reduced_bytes_equal_the_gradient_bytes(scale_run):

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from bench.cli import main
+from bench.columns import for_mode
 from bench.data.datasets import read_dataset
 from bench.data.procedural import CLASSES, write_demo_data
 from bench.results import load
@@ -189,6 +190,8 @@ def test_linear_probe_and_fine_tuning_beat_chance_from_cached_weights(transfer_r
     assert len(epochs) == 4 and (epochs["images_per_s"] > 0).all() and epochs["mem_note"].str.contains("RSS").all()
     assert set(epochs[epochs["strategy"] == "linear"]["trained_groups"]) == {"head"}
     assert "no pretrained weights" not in stdout and "rv  " in stdout
+    carried = {c for c in df.columns if df[c].notna().any()}
+    assert carried <= set(for_mode("transfer")), carried - set(for_mode("transfer"))  # as bench.columns declares
 
 
 def test_report_shows_accuracy_vs_time(transfer_run: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:

@@ -54,8 +54,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--modes", type=name_list, help="inference, train (full step), finetune (frozen backbone)")
     sweep.add_argument("--optimizer", dest="optimizers", type=name_list,
                        help="optimizers of train and finetune cells: sgd (timm's benchmark: SGD, Nesterov "
-                            "momentum), adamw, default (each family's usual: SGD momentum for ResNets, AdamW "
-                            "for ViTs; the default)")
+                            "momentum), adamw, default (each registered family's usual, from its spec: SGD momentum "
+                            "for ResNets, AdamW for ViTs and ConvNeXts; the default)")
     sweep.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="run every model in NHWC (or none); default: as the preset says")
     sweep.add_argument("--image-size", type=int, help="input side in px (0: each model's default)")

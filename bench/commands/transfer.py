@@ -50,8 +50,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                                                        "(default: the model's, 224)")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch (default 64)")
     parser.add_argument("--lr", type=float,
-                        help="the head's learning rate (default: the family optimizer's: SGD 0.1 for ResNets, "
-                             "AdamW 1e-3 for ViTs); the backbone trains at 0.1 x it except from scratch")
+                        help="the head's learning rate (default: the family optimizer's, from its spec: SGD 0.1 for "
+                             "ResNets, AdamW 1e-3 for ViTs and ConvNeXts); the backbone trains at 0.1 x it except from scratch")
     parser.add_argument("--num-classes", type=int,
                         help="the classes the head must have; exit 2 when the data has another number")
     parser.add_argument("--seed", type=int, default=0, help="seed of the head, data order and augmentation")

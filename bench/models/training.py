@@ -4,7 +4,7 @@ The one home of both, for every stage that needs them: the measured step (bench.
 prediction that runs the same step on fake tensors (bench.counting.memory), and the commands.
 
 Optimizer choices: "default" is the family's usual one, from its spec (rv_models.family): SGD with
-momentum for ResNets, AdamW for ViTs (their optimizer state, and so their memory, differs); "sgd"
+momentum for ResNets, AdamW for ViTs and ConvNeXts (their optimizer state, and so their memory, differs); "sgd"
 is timm's benchmark optimizer for every family, "adamw" the ViT one for every family.
 """
 

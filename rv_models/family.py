@@ -112,6 +112,9 @@ class Family:
     renames: Mapping[str, tuple[Rename, ...]] = field(default_factory=dict)
     # library -> builder keyword arguments that make its model compute what rv's does (stochastic depth off)
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # (rv model, rv state dict of pretrained weights) -> the state dict fitted to the model's input size, for a
+    # family whose weights depend on it (a ViT resamples its position embedding); None: weights fit any input
+    fit_weights: Callable[[nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
 
     def __post_init__(self) -> None:
         if (

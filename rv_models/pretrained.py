@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from rv_models.convert import LIBRARIES, TORCHVISION_NAMES, convert_state_dict, library_archs
-from rv_models.vit import VisionTransformer, resize_pos_embed
+from rv_models.registry import family_of
 
 _TIMM_FILES = ("model.safetensors", "pytorch_model.bin")  # the files a timm Hugging Face repo may hold
 
@@ -59,8 +59,9 @@ def _timm_state_dict(arch: str) -> dict[str, torch.Tensor]:
 def load_pretrained(model: nn.Module, arch: str, source: str = "torchvision") -> nn.Module:
     """Load `source`'s ("torchvision" or "timm") default pretrained weights for `arch` into the rv `model`.
 
-    The model must have 1000 classes and 3 input channels. A ViT built for another image size gets the position
-    embedding resampled to its grid. Raises FileNotFoundError at once when the weights are not cached locally.
+    The model must have 1000 classes and 3 input channels. A model whose weights depend on its input size gets
+    them fitted by its family's `fit_weights` (a ViT built for another image size: the position embedding
+    resampled to its grid). Raises FileNotFoundError at once when the weights are not cached locally.
     """
     if source not in LIBRARIES[1:]:
         raise ValueError(f"unknown pretrained source {source!r}; valid: {', '.join(LIBRARIES[1:])}")
@@ -68,7 +69,6 @@ def load_pretrained(model: nn.Module, arch: str, source: str = "torchvision") ->
         raise ValueError(f"{source} has no {arch!r}; valid: {', '.join(library_archs(source))}")
     state = _torchvision_state_dict(arch) if source == "torchvision" else _timm_state_dict(arch)
     state = convert_state_dict(state, source, "rv", arch)
-    if isinstance(model, VisionTransformer):
-        state["pos_embed"] = resize_pos_embed(state["pos_embed"], model.patch_embed.grid_size)
-    model.load_state_dict(state)
+    fit = family_of(arch).fit_weights
+    model.load_state_dict(state if fit is None else fit(model, state))
     return model

@@ -121,6 +121,11 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def fit_pos_embed(model: VisionTransformer, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Pretrained weights fitted to `model`'s patch grid: the position embedding resampled (`resize_pos_embed`)."""
+    return {**state, "pos_embed": resize_pos_embed(state["pos_embed"], model.patch_embed.grid_size)}
+
+
 def resize_pos_embed(pos_embed: torch.Tensor, grid_size: int) -> torch.Tensor:
     """Resize a (1, 1 + g*g, C) position embedding to a grid_size x grid_size patch grid.
 
@@ -342,4 +347,5 @@ FAMILY = Family(
     min_image_size=attrgetter("patch_size"),  # one patch at least
     takes_image_size=True,  # the position embedding is sized for one patch grid
     macs=vit_macs,
+    fit_weights=fit_pos_embed,
 )

@@ -1,4 +1,4 @@
-"""Compare two runs cell by cell: B/A ratios, a Mann-Whitney U test on raw samples, a verdict.
+"""Compare two runs cell by cell: B speed ÷ A and the p50 change, a Mann-Whitney U test on raw samples, a verdict.
 
 Cells are matched on their configuration (arch, impl, batch, image size, precision, layout, compile,
 mode), not on device or round, so two GPUs, two torch versions or two commits can be compared.

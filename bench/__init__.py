@@ -1,3 +1,3 @@
-"""rvbench: honest benchmarks of ResNet and Vision Transformer implementations in PyTorch."""
+"""rvbench: honest benchmarks of ResNet, Vision Transformer and ConvNeXt implementations in PyTorch."""
 
 __version__ = "0.1.0"

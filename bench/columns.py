@@ -1,9 +1,10 @@
 """Every column of a results row, declared once: name, group, unit, label, how it summarises over rounds, the modes
 whose rows carry it, and its place in timm's benchmark CSV.
 
-The store's column order and its MEASURE/POWER/SCALE/TRANSFER subsets, the analysis's per-config medians, the
-report's labels and units and the timm export all derive from `COLUMNS`, and each instrument returns its group's
-values through `values`, which refuses an undeclared name. A new metric column is: declare it here, compute it in
+The store's column order, the analysis's per-config medians (`METRICS`), the report's labels and units and the timm
+export all derive from `COLUMNS`; each instrument returns its group's values through `values`, and every row is built
+by bench.results.rows.make_row: both refuse an undeclared name. `modes` says which rows carry a column (the tests
+check the rows of each command against it). A new metric column is: declare it here, compute it in
 the instrument that sees it, and (if it deserves one) plot it. What each column means is in README.md ("What the
 numbers mean"); `tests/test_columns.py` checks that every column is documented there.
 
@@ -33,7 +34,8 @@ class Column:
     median: bool = False  # views show its median over rounds (bench.results.analysis.config_medians)
     modes: tuple[str, ...] | None = None  # the modes whose rows carry it (null on the others); None: its group's
     approximate: bool = False  # a coarse measurement, labelled "(approx.)" wherever it is shown
-    timm: tuple[str, float] | None = None  # (timm benchmark-CSV name after infer_/train_, factor from ours)
+    # (timm benchmark-CSV name after infer_/train_, factor from ours, decimals timm rounds it to or None)
+    timm: tuple[str, float, int | None] | None = None
 
     def axis_label(self) -> str:
         """Plot axis label, e.g. "p50 step time (ms)", "RSS growth during the cell (MiB, approximate)"."""
@@ -72,21 +74,21 @@ COLUMNS: tuple[Column, ...] = (
     *_group("prediction", Column("mem_predicted_mb", "", "MiB", "predicted peak allocated", "predicted",
                                  median=True, modes=SWEEP_MODES)),
     *_group("counts", Column("params_total", "", label="parameters", median=True, modes=ALL_MODES,
-                             timm=("param_count", 1e-6)),
+                             timm=("param_count", 1e-6, 2)),
             Column("params_trainable", "", label="trainable parameters", median=True, modes=ALL_MODES),
             Column("gflops_per_image", "", "GFLOP", "forward FLOPs per image", median=True, modes=SWEEP_MODES,
-                   timm=("gmacs", 0.5)),
+                   timm=("gmacs", 0.5, 2)),
             Column("gflops_per_step", "", "GFLOP", "FLOPs per step", modes=SWEEP_MODES), modes=_SWEEP_DDP),
     *_group("timing", "n_iters", Column("timed_s", "", "s", "timed loop"), "warmup_iters",
             _ms("step_ms_p50", "p50 step time", "p50", median=True), _ms("step_ms_p90", "p90 step time", "p90", True),
             _ms("step_ms_p95", "p95 step time", "p95"), _ms("step_ms_p99", "p99 step time", "p99", True),
-            Column("step_ms_mean", "", "ms", "mean step time", "mean", timm=("step_time", 1)),
+            Column("step_ms_mean", "", "ms", "mean step time", "mean", timm=("step_time", 1, None)),
             _ms("step_ms_std", "step time standard deviation", "std"), _ms("step_ms_min", "fastest step", "min"),
             _ms("step_ms_max", "slowest step", "max"), _ms("step_ms_iqr", "step time IQR", "IQR"), "noisy",
             Column("rel_ci", "", label="95% CI half-width of the median step ÷ median", short="±CI", median=True),
             Column("throughput", "", "img/s", "throughput", median=True),
             Column("throughput_wall", "", "img/s", "throughput over the loop's wall time",
-                   timm=("samples_per_sec", 1)), modes=_SWEEP_DDP),
+                   timm=("samples_per_sec", 1, None)), modes=_SWEEP_DDP),
     *_group("build", Column("build_s", "", "s", "model build"),
             Column("compile_s", "", "s", "compile time (first step)", "compile", median=True),
             Column("recompiles", "", label="recompilations", median=True), "recompiles_timed", "inductor_freezing",
@@ -172,10 +174,6 @@ def values(group: str, **measured: object) -> dict:
 
 
 MEASURE_COLUMNS: tuple[str, ...] = names(*MEASURE_GROUPS)
-POWER_COLUMNS: tuple[str, ...] = names("power")
-SCALE_COLUMNS: tuple[str, ...] = names("scale")
-TRANSFER_COLUMNS: tuple[str, ...] = names("transfer")
-ENV_COLUMNS: tuple[str, ...] = names("environment")
 # The columns whose median over rounds every view of a configuration shows.
 METRICS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.median)
 

@@ -33,6 +33,12 @@ class Precision:
     trains: bool  # keeps fp32 weights, so `rvbench transfer` can train to accuracy in it
     default_train_on: tuple[str, ...] = ()  # device kinds ("cpu", "cuda") where `rvbench scale` trains in it by default
 
+    @property
+    def needs_ampere(self) -> bool:
+        """Whether it needs sm80+ tensor cores: bf16 (older GPUs emulate it) or TF32 matmuls (older GPUs ignore the
+        switch, so the row would be mislabelled); torch-default's cuDNN TF32 is PyTorch's default, fp32 without it."""
+        return "bfloat16" in (self.weights, self.autocast) or self.tf32_matmul
+
     def timm_name(self, device: str) -> str | None:
         """timm benchmark.py's name for this precision on `device` ("cpu" or "cuda:N"), None if it has none."""
         return self.timm_cpu if device == "cpu" else self.timm_cuda

@@ -25,7 +25,7 @@ def test_the_store_analysis_and_timm_export_derive_from_the_declarations() -> No
     assert store.COLUMN_ORDER == tuple(c.name for c in COLUMNS)
     assert analysis.METRICS is METRICS and set(METRICS) == {c.name for c in COLUMNS if c.median}
     assert set(MEASURE_COLUMNS) == {c.name for c in COLUMNS if c.group in columns.MEASURE_GROUPS}
-    exported = {name for _, (name, _) in timm._FROM.items()}
+    exported = {name for name, _, _ in timm._FROM.values()}
     assert exported == {"samples_per_sec", "step_time", "gmacs", "param_count"}
 
 
@@ -34,11 +34,11 @@ def test_every_column_has_a_group_and_modes_and_labels_carry_units() -> None:
     assert BY_NAME["step_ms_p50"].axis_label() == "p50 step time (ms)"
     assert BY_NAME["mem_rss_delta_mb"].header() == "RSS growth MiB (approx.)"
     assert "transfer" not in BY_NAME["step_ms_p50"].modes and "ddp-train" in BY_NAME["step_ms_p50"].modes
-    assert set(columns.SCALE_COLUMNS) <= set(for_mode(columns.DDP_MODE)) - set(for_mode("inference"))
+    assert set(columns.names("scale")) <= set(for_mode(columns.DDP_MODE)) - set(for_mode("inference"))
 
 
 def test_the_environment_collected_is_the_environment_declared() -> None:
-    assert tuple(collect_env("cpu")) == columns.ENV_COLUMNS
+    assert tuple(collect_env("cpu")) == columns.names("environment")
 
 
 def test_a_row_carries_the_identity_and_refuses_an_undeclared_column() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = (ROOT / "CONTRIBUTING.md").read_text()
 
-# `bench/report/page.py`, `rv_models/`, `tests/test_families.py`, `bench/report/plots_*.py`
+# `bench/report/page.py`, `rv_models/`, `tests/test_families.py`, `bench/report/sections/`
 PATH = re.compile(r"`((?:bench|rv_models|tests)/[\w./*-]*)`")
 # `write_report` in `bench/report/page.py`; `FAMILIES` in `rv_models/registry.py`
 PLACED = re.compile(r"`(\w+)`(?:\([^)]*\))? in `((?:bench|rv_models|tests)/[\w/]+\.py)`")

@@ -40,5 +40,5 @@ def test_per_model_medians_side_by_side(tmp_path):
     assert len(both) >= 2 and ((both[h100] / both[a100]).round(9) == 2).all()
     assert set(both["impl"]) == {"rv", "timm"}
     table = fleet_table(df)
-    assert table.columns[-1] == f"{h100} / {a100}"
+    assert table.columns[-1] == f"{h100} speed ÷ {a100}"
     assert {row[-1] for row in table.rows} <= {"2.00", "–"} and "2.00" in {row[-1] for row in table.rows}

@@ -16,7 +16,7 @@ import pynvml
 import pytest
 import torch
 
-from bench.columns import POWER_COLUMNS
+from bench.columns import names
 from bench.config.cell import Cell
 from bench.config.sweep import TimingConfig
 from bench.measure import cell as measure
@@ -280,7 +280,7 @@ def test_mig_slice_reports_no_power(monkeypatch, known, is_mig_handle, mig_mode)
     note = power.power_monitor(CUDA0)
     assert note == power.MIG_NOTE
     cols = power.empty_columns(note)
-    assert all(cols[k] is None for k in POWER_COLUMNS if k != "power_note")
+    assert all(cols[k] is None for k in names("power") if k != "power_note")
     assert "shared by all its slices" in cols["power_note"]
 
 
@@ -302,7 +302,7 @@ def test_nvml_not_installed(monkeypatch):
         note = power.power_monitor(CUDA0)
     assert note == "nvidia-ml-py (pynvml) is not installed"
     cols = power.empty_columns(note)
-    assert all(cols[k] is None for k in POWER_COLUMNS if k != "power_note")
+    assert all(cols[k] is None for k in names("power") if k != "power_note")
     assert cols["power_note"] == note
 
 

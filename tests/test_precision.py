@@ -15,7 +15,7 @@ from bench.config.precision import numerics, numerics_state, plan_for
 from bench.errors import UsageError
 from bench.execute.step import make_step
 from bench.hardware.gpus import H100_SXM, peak_tflops_for
-from bench.precisions import precision
+from bench.precisions import PRECISIONS, precision
 from bench.results.timm import timm_table
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -116,3 +116,8 @@ def test_steps_without_a_grad_scaler_count_nothing():
     for step in (train, infer):
         step()
         assert step.skipped_steps() is None and step.settle() == 0
+
+
+def test_the_precisions_that_need_ampere_tensor_cores_derive_from_the_table():
+    """bf16 (weights or autocast) and TF32 matmuls need sm80+; torch-default's cuDNN TF32 is PyTorch's default."""
+    assert {p for p in PRECISIONS if precision(p).needs_ampere} == {"tf32", "amp-bf16", "bf16"}

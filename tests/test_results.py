@@ -10,7 +10,7 @@ import pytest
 
 from bench import results
 from bench.columns import COLUMNS
-from bench.results import TIMM_COLUMNS, ResultWriter, finalize, finished_cell_ids, load, load_samples
+from bench.results import TIMM_COLUMNS, ResultWriter, finalize, finished_cell_ids, load, load_samples, timm_table
 from bench.results.analysis import best_configs, config_medians
 
 
@@ -68,6 +68,17 @@ def test_finalize_writes_tidy_tables_and_timm_layout(tmp_path):
     assert rv["infer_gmacs"] == pytest.approx(0.05) and rv["param_count"] == pytest.approx(11.69)
     assert pd.isna(rv["infer_macts"])
     assert len(timm[timm["impl"] == "timm"]) == 1  # the error row is not exported
+
+
+def test_timm_export_rounds_as_timm_and_skips_unknown_precisions():
+    """GMACs and params in millions to 2 decimals, as timm's published CSVs; samples/s and step time as measured.
+    A row whose precision rvbench does not know (a hand-merged file) is left out, not an error."""
+    rows = [{**_row("a", "rv", 0, 123.456789), "gflops_per_image": 8.2137, "params_total": 25_557_032},
+            {**_row("b", "rv", 0, 10.0), "precision": "fp8"}]
+    out = timm_table(pd.DataFrame(rows))
+    assert len(out) == 1
+    assert (out["infer_gmacs"].iloc[0], out["param_count"].iloc[0]) == (4.11, 25.56)
+    assert out["infer_samples_per_sec"].iloc[0] == pytest.approx(123.456789 * 0.9, rel=1e-12)
 
 
 def test_timm_export_keeps_compiled_rows_without_freezing():

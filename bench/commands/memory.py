@@ -8,13 +8,7 @@ import json
 import re
 
 from bench.commands.args import name_list
-from bench.precisions import DEFAULT_PRECISION, PRECISIONS, precision_help
-from bench.config.cell import (
-    COMPILE_MODES,
-    DEFAULT_OPTIMIZER,
-    MODES,
-    OPTIMIZERS,
-)
+from bench.config.cell import COMPILE_MODES, DEFAULT_OPTIMIZER, MODES, OPTIMIZERS
 from bench.counting.memory import (
     CARDS,
     CATEGORIES,
@@ -27,6 +21,7 @@ from bench.counting.memory import (
 )
 from bench.errors import ExitCode, UsageError
 from bench.models import list_entries
+from bench.precisions import DEFAULT_PRECISION, PRECISIONS, precision_help
 from bench.report.text import format_table
 
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,

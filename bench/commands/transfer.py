@@ -87,8 +87,8 @@ def _check(args: argparse.Namespace) -> tuple[list[str], int, str]:
     image_size = args.image_size or entries[0].image_size
     entries[0].check_image_size(image_size)
     device = resolve_device(args.device)
-    check_support(device, args.precision, "none", ("none",))
-    check_capability(device, args.precision)
+    check_support(device, args.precision, "none", ("none",), TRAINING_PRECISIONS)
+    check_capability(device, args.precision, TRAINING_PRECISIONS)
     return impls, image_size, device
 
 

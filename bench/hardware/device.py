@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bench.errors import UsageError
 from bench.precisions import CUDA_ONLY_PRECISIONS, PRECISIONS
+from bench.precisions import precision as precision_spec
 
 # Compile modes that need CUDA (precisions say so in bench.precisions): reduce-overhead means CUDA graphs.
 CUDA_ONLY_COMPILE = ("reduce-overhead",)
@@ -47,17 +48,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def check_support(device: str, precision: str, compile_mode: str, compile_modes: tuple[str, ...]) -> None:
+def check_support(device: str, precision: str, compile_mode: str, compile_modes: tuple[str, ...],
+                  allowed: tuple[str, ...] = PRECISIONS) -> None:
     """UsageError when the device kind can never run this precision or compile mode.
 
-    `compile_modes` are the valid compile modes to choose from, so the message can list the ones that do run.
+    `compile_modes` and the `allowed` precisions are the valid choices, so the message can list the ones that run.
     """
     if device != "cpu":
         return
     if precision in CUDA_ONLY_PRECISIONS:
         raise UsageError(
             f"precision {precision!r} needs CUDA; on cpu use one of: "
-            + ", ".join(p for p in PRECISIONS if p not in CUDA_ONLY_PRECISIONS)
+            + ", ".join(p for p in allowed if p not in CUDA_ONLY_PRECISIONS)
         )
     if compile_mode in CUDA_ONLY_COMPILE:
         raise UsageError(
@@ -66,11 +68,12 @@ def check_support(device: str, precision: str, compile_mode: str, compile_modes:
         )
 
 
-def check_capability(device: str, precision: str) -> None:
+def check_capability(device: str, precision: str, allowed: tuple[str, ...] = PRECISIONS) -> None:
     """UsageError when a CUDA device is not there or its hardware cannot run the precision.
 
     bf16 and TF32 tensor cores start with Ampere (sm80); older GPUs emulate bf16 and ignore TF32,
-    so such a row would be mislabelled. A no-op for the CPU.
+    so such a row would be mislabelled (`Precision.needs_ampere`). The message suggests the `allowed`
+    precisions the device can run. A no-op for the CPU.
     """
     if device == "cpu":
         return
@@ -81,8 +84,8 @@ def check_capability(device: str, precision: str) -> None:
     if index >= count:
         raise UsageError(f"device {device} is not available; this machine has {count} CUDA device(s)")
     capability = torch.cuda.get_device_capability(index)
-    if ("bf16" in precision or precision == "tf32") and capability < (8, 0):
+    if precision_spec(precision).needs_ampere and capability < (8, 0):
         raise UsageError(
-            f"{torch.cuda.get_device_name(index)} (sm{''.join(map(str, capability))}) "
-            f"has no {precision} tensor cores (needs sm80+); use fp32, amp-fp16 or fp16"
+            f"{torch.cuda.get_device_name(index)} (sm{''.join(map(str, capability))}) has no {precision} tensor cores "
+            f"(needs sm80+); use one of: {', '.join(p for p in allowed if not precision_spec(p).needs_ampere)}"
         )

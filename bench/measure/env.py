@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from bench.columns import values
 from bench.measure.power import open_nvml
 from bench.provenance import git_state
 
@@ -55,23 +56,24 @@ def collect_env(device: str) -> dict:
     props = torch.cuda.get_device_properties(dev) if gpu else None
     commit, dirty = git_state()
     uname = platform.uname()
-    return {
-        "env_torch": torch.__version__,
-        "env_torchvision": _version("torchvision"),
-        "env_timm": _version("timm"),
-        "env_fvcore": _version("fvcore"),
-        "env_cuda": torch.version.cuda,
-        "env_cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "env_gpu_name": props.name if gpu else None,
-        "env_driver": _driver_version() if gpu else None,
-        "env_sm_count": props.multi_processor_count if gpu else None,
-        "env_gpu_mem_gb": round(props.total_memory / 2**30, 2) if gpu else None,  # GiB
-        "env_cpu": _cpu_model(),
-        "env_threads": torch.get_num_threads(),
-        "env_os": f"{uname.system} {uname.release}",
-        "env_python": platform.python_version(),
-        "env_host": socket.gethostname(),
-        "env_git_commit": commit,
-        "env_git_dirty": dirty,
-        "env_timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    return values(
+        "environment",
+        env_torch=torch.__version__,
+        env_torchvision=_version("torchvision"),
+        env_timm=_version("timm"),
+        env_fvcore=_version("fvcore"),
+        env_cuda=torch.version.cuda,
+        env_cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        env_gpu_name=props.name if gpu else None,
+        env_driver=_driver_version() if gpu else None,
+        env_sm_count=props.multi_processor_count if gpu else None,
+        env_gpu_mem_gb=round(props.total_memory / 2**30, 2) if gpu else None,  # GiB
+        env_cpu=_cpu_model(),
+        env_threads=torch.get_num_threads(),
+        env_os=f"{uname.system} {uname.release}",
+        env_python=platform.python_version(),
+        env_host=socket.gethostname(),
+        env_git_commit=commit,
+        env_git_dirty=dirty,
+        env_timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )

@@ -62,7 +62,6 @@ _VALUE_MEMBERS = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal"
 MIG_NOTE = "MIG slice: NVML's power and energy are the whole board's, shared by all its slices"
 
 
-
 def decode_throttle(mask: int) -> str:
     """Comma-separated names of the set reason bits ("" when none); unknown bits as hex."""
     names = [name for bit, name in THROTTLE_REASONS.items() if mask & bit]

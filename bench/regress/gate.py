@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from bench.errors import UsageError
 from bench.columns import speed_label
+from bench.errors import UsageError
 
 Step = Callable[[], object]
 
@@ -64,7 +64,7 @@ class GateRule:
             f"median over {self.rounds} interleaved rounds (mean of {self.iters} steps each, "
             f"clock {getattr(self.clock, '__name__', self.clock)}) "
             f"of subject speed ÷ reference speed, vs the faster reference, must be >= {self.min_speed:.3f}; "
-            f"fails only if all {self.attempts} attempts exceed it"
+            f"fails only if all {self.attempts} attempts fall below it"
         )
 
 

@@ -1,8 +1,8 @@
 """Shape the per-config medians (bench.results.analysis) into what the report shows: variants, order.
 
 A "config" is a results row without its round; rounds are repeats, so the report shows their
-median. The spread between rounds is what `bench.results.ratios` summarises for the rv /
-reference ratio.
+median. The spread between rounds is what `bench.results.ratios` summarises for rv speed ÷
+reference.
 """
 
 from __future__ import annotations

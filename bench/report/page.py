@@ -14,6 +14,7 @@ import pandas as pd
 
 import bench
 from bench import results
+from bench.columns import DDP_MODE, TRANSFER_MODE
 from bench.report import REPORT_NAME, tables
 from bench.report.data import per_config, variants
 from bench.report.sections import derived, memory, perf, profile, scaling, transfer
@@ -24,7 +25,6 @@ from bench.report.render import render
 from bench.report.summary import overhead
 from bench.results.analysis import BEST_CONFIG_RULE, has_values
 from bench.results.rundir import ENV_FILE
-from bench.columns import DDP_MODE, TRANSFER_MODE
 
 CSV_NAME = "results.csv"
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bench.columns import BY_NAME
+from bench.columns import BY_NAME, speed_label
 from bench.config.cell import IMPLS, config_keys, variant_label
 from bench.report.data import failed_rows, panels
 from bench.results.analysis import at_config, best_configs, best_label, is_max_batch_search, memory_column
@@ -99,7 +99,7 @@ def summary(configs: pd.DataFrame) -> list[dict]:
             continue  # no throughput measured in this group
         best = winners[(arch, mode)]
         same = at_config(configs, best)
-        table = Table(["impl", THROUGHPUT.unit, "vs best", *(BY_NAME[c].header() for c in ("step_ms_p50", "step_ms_p99")),
+        table = Table(["impl", THROUGHPUT.unit, speed_label("best", subject="impl"), *(BY_NAME[c].header() for c in ("step_ms_p50", "step_ms_p99")),
                        *([memory.header()] if memory else [])])
         for impl in IMPLS:
             hit = same[same["impl"] == impl]

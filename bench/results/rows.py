@@ -1,8 +1,9 @@
 """A results row, built in one place for every command that records rows (run, scale, transfer).
 
 Every row carries the same identity: the schema version, the run id, the cell id, the cell's configuration (the
-fields of a `bench.config.cell.Cell`), its status and message, when it started and how long it took, and the
-environment of the slot that ran it (bench.measure.env, collected once per slot). Each command adds its own
+fields of a `bench.config.cell.Cell`), its status and message; and, where the command has them, when it started
+and how long it took, and the environment of the slot that ran it (bench.measure.env, collected once per slot;
+a Ray job whose actor was lost never reached one). Each command adds its own
 measured columns; a name bench.columns does not declare is refused, so no command can write a column that the
 store, the analysis and the report do not know.
 """

@@ -19,7 +19,7 @@ import pandas as pd
 
 from bench.columns import COLUMNS
 from bench.config.cell import split_compile
-from bench.precisions import precision
+from bench.precisions import PRECISIONS, precision
 
 # timm's benchmark.py columns (inference then train; param_count last, as in its "both" mode).
 # infer_gmacs is MACs per image / 1e9; infer_macts (activation count, millions, from fvcore)
@@ -30,9 +30,15 @@ TIMM_COLUMNS = [
     "train_img_size", "param_count",
 ]  # fmt: skip
 _TIMM_EXTRA = ["impl", "precision", "timm_precision", "channels_last", "compile", "device"]
-# Our column -> (timm's name, after infer_/train_ where timm prefixes it, and the factor from our unit to timm's),
-# as bench.columns declares it: samples/s over the loop's wall time, mean step ms, GMACs, params in millions.
+# Our column -> (timm's name, after infer_/train_ where timm prefixes it; the factor from our unit to timm's; the
+# decimals timm rounds it to), as bench.columns declares it: samples/s over the loop's wall time, mean step ms,
+# GMACs and params in millions (both to 2 decimals, as timm's published CSVs).
 _FROM = {c.name: c.timm for c in COLUMNS if c.timm is not None}
+
+
+def _timm_precision(name: str, device: str) -> str | None:
+    """timm's name for our precision on the device; None for a name we do not know (a hand-merged row)."""
+    return precision(name).timm_name(device) if name in PRECISIONS else None
 def timm_table(df: pd.DataFrame) -> pd.DataFrame:
     """The ok inference/train cells timm's benchmark could have run (see the module docstring), in
     its benchmark-CSV layout, median over rounds.
@@ -44,7 +50,7 @@ def timm_table(df: pd.DataFrame) -> pd.DataFrame:
     """
     frozen = df["compile"].map(lambda mode: split_compile(str(mode))[1]).astype(bool)
     ok = df[(df["status"] == "ok") & df["mode"].isin(["inference", "train"]) & ~frozen].copy()
-    ok["timm_precision"] = [precision(str(p)).timm_name(str(d)) for p, d in zip(ok["precision"], ok["device"])]
+    ok["timm_precision"] = [_timm_precision(str(p), str(d)) for p, d in zip(ok["precision"], ok["device"])]
     ok = ok[ok["timm_precision"].notna()]
     ok["train_optimizer"] = ok["optimizer_used"] if "optimizer_used" in ok else None
     keys = ["arch", "batch_size", "image_size"] + _TIMM_EXTRA
@@ -52,13 +58,13 @@ def timm_table(df: pd.DataFrame) -> pd.DataFrame:
     for mode, prefix in (("inference", "infer"), ("train", "train")):
         part_keys = keys + ["train_optimizer"] if prefix == "train" else keys
         part = ok[ok["mode"] == mode].groupby(part_keys, dropna=False).agg(
-            **{name: (ours, "median") for ours, (name, _) in _FROM.items()})
-        for name, factor in _FROM.values():
-            part[name] = (part[name] * factor).round(3)
+            **{name: (ours, "median") for ours, (name, _, _) in _FROM.items()})
+        for name, factor, decimals in _FROM.values():
+            part[name] = part[name] * factor if decimals is None else (part[name] * factor).round(decimals)
         part = part.reset_index()
         part[f"{prefix}_batch_size"] = part["batch_size"]
         part[f"{prefix}_img_size"] = part["image_size"]
-        prefixed = {name: f"{prefix}_{name}" for name, _ in _FROM.values() if name not in TIMM_COLUMNS}
+        prefixed = {name: f"{prefix}_{name}" for name, _, _ in _FROM.values() if name not in TIMM_COLUMNS}
         part = part.rename(columns=prefixed).drop(columns=[c for c in prefixed.values() if c not in TIMM_COLUMNS])
         out = part if out is None else out.merge(part, on=keys, how="outer", suffixes=("", "_train"))
     if "param_count_train" in out:

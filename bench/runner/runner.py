@@ -92,7 +92,7 @@ def plan_jobs(cells: list[Cell], find_max_batch: bool) -> list[Job]:
 
 def group_jobs(jobs: list[Job]) -> list[list[Job]]:
     """Jobs in groups that run back to back on one slot: the implementations of one (configuration,
-    round), or of one configuration's max-batch search, so rv/reference ratios compare like with like.
+    round), or of one configuration's max-batch search, so rv speed ÷ reference ratios compare like with like.
     Groups and the jobs within them keep the order of `jobs`."""
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.columns import DDP_MODE
+from bench.columns import DDP_MODE, names
 from bench.config.cell import Cell
 from bench.execute.ddp import DdpOptions
 from bench.hardware.gpus import Link, ring_allreduce_s
@@ -185,6 +185,10 @@ def _mean(ranks: list[dict], key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+# The step-time statistics of a world size are its slowest rank's: every rank waits for it in the all-reduce.
+SLOWEST_RANK = tuple(c for c in names("timing") if c.startswith("step_ms_") or c == "rel_ci")
+
+
 def figures(spec: ScaleSpec, world_size: int, ranks: list[dict]) -> dict:
     """The measurement columns of a finished job from its ranks' figures (see the module docstring)."""
     first, batch = ranks[0], spec.cell.batch_size
@@ -197,8 +201,7 @@ def figures(spec: ScaleSpec, world_size: int, ranks: list[dict]) -> dict:
     return {
         "params_total": first["params_total"], "params_trainable": first["params_trainable"],
         "n_iters": first["n_iters"], "timed_s": timed_s, "warmup_iters": first["warmup_iters"],
-        **{k: _maximum(ranks, k) for k in ("step_ms_p50", "step_ms_p90", "step_ms_p95", "step_ms_p99",
-                                           "step_ms_mean", "step_ms_std", "step_ms_min", "step_ms_max", "step_ms_iqr")},
+        **{k: _maximum(ranks, k) for k in SLOWEST_RANK},
         "noisy": any(r["noisy"] for r in ranks),
         "throughput": world_size * batch / (p50 / 1e3),
         "throughput_wall": world_size * batch * first["n_iters"] / timed_s,

@@ -154,8 +154,8 @@ def test_every_confirmation_must_fail_for_the_gate_to_fail() -> None:
 def test_real_rv_model_made_30pct_slower_fails(gate_clock: Callable[[], float], make_workload) -> None:
     """rv's ViT-Tiny forward plus 30% redundant work: the gate fails, naming model and ratio.
 
-    The unchanged rv model joins timm as a reference, so the slowed one is 1.3x the faster
-    reference whatever the true rv/timm ratio is.
+    The unchanged rv model joins timm as a reference, so the slowed one takes 1.3x the faster
+    reference's time (speed ratio about 0.77) whatever rv's true speed ÷ timm is.
     """
     arch = "vit_tiny_patch16_224"
     rv = make_workload(get_entry(arch, "rv"), "inference")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bench.columns import speed_label
 from bench.config.cell import config_keys
 from bench.report.data import per_config
 from bench.report.tables import Table, fmt, text
@@ -43,7 +44,7 @@ def fleet_table(df: pd.DataFrame) -> Table:
     models = list(wide.columns[len(config_keys(impl=True)) + 1:])
     base = models[0] if models else ""
     columns = ["arch", "impl", "mode", "variant", "batch", *(f"{m} img/s" for m in models),
-               *(f"{m} / {base}" for m in models[1:])]
+               *(speed_label(base, subject=m) for m in models[1:])]
     rows = []
     for _, r in wide.iterrows():
         ratios = [fmt(r[m] / r[base], 2) if pd.notna(r[m]) and pd.notna(r[base]) else "–" for m in models[1:]]

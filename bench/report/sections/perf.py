@@ -101,7 +101,7 @@ def latency(configs: pd.DataFrame) -> Plot:
             if not impl_rows.empty:
                 _band(ax, impl_rows, color)
         log2_batch_axis(ax, cell["batch_size"])
-        ax.set_ylabel(BY_NAME["step_ms_p50"].axis_label())
+        ax.set_ylabel(f"step time ({BY_NAME['step_ms_p50'].unit})")
         ax.set_ylim(bottom=0)
         ax.set_title(f"{arch} · {mode} · {variant}", fontsize=9)
     handles = [plt.Line2D([], [], color=color, marker="o", label=impl) for impl, color in palette.items()]

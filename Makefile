@@ -1,6 +1,7 @@
 # rvbench: `make bench` and `make test` do all set-up on a fresh machine.
 #   make bench [GPU=0|1|cuda|cpu|0,1,2,3|all] [PRESET=smoke|cpu|gpu|gpu-full|full]   sweep on the best device present
 #   make gpu-check [GPU=0]                                GPU self-checks (timing, profile, memory, compile, power)
+#   make gpu-validate [GPU=0] [OUT=dir]                   what a GPU reservation runs first: checks, smoke, timm loop (8 min)
 #   make scale [ARCH=resnet50]                            data-parallel training scaling, 1..N GPUs, torchrun
 #   make test                                             unit tests + deterministic and ratio gates
 #   make PYTHON=/path/to/python3 test                     use an interpreter that already has torch (no venv)
@@ -39,7 +40,7 @@ else
 RUN_DEVICES := --device $(DEVICE)
 endif
 
-.PHONY: bench test browser gate gate-baseline gate-ab gpu-check counts scale transfer-demo
+.PHONY: bench test browser gate gate-baseline gate-ab gpu-check gpu-validate counts scale transfer-demo
 
 # Re-installs only when pyproject.toml changes (the stamp is older than it).
 $(VENV)/.installed: pyproject.toml
@@ -98,9 +99,16 @@ ARCH ?= resnet50
 scale: $(SETUP)
 	$(PY) -m bench scale $(ARCH)
 
-# The GPU self-checks (rvbench gpu-check): under 8 minutes on one H100; exits 2 without CUDA.
+# The GPU self-checks (rvbench gpu-check): about 4 minutes on one H100; exits 2 without CUDA.
 gpu-check: $(SETUP)
 	$(PY) -m bench gpu-check --device $(if $(filter auto,$(DEVICE)),cuda:0,$(DEVICE))
+
+# What a short GPU reservation runs first (rvbench gpu-validate): gpu-check, the gpu-smoke sweep and timm's
+# loop over it, each part and check stopped at its budget, all within 8 minutes; OUT= receives exactly three
+# files (gpu-validate.json, .txt and a .tar.gz of the work). Exits 2 without CUDA.
+OUT ?=
+gpu-validate: $(SETUP)
+	$(PY) -m bench gpu-validate --device $(if $(filter auto,$(DEVICE)),cuda:0,$(DEVICE)) $(if $(strip $(OUT)),--out $(OUT))
 
 # Time to accuracy on the CPU (rvbench transfer): the procedural 10-class set, written as an ImageFolder and as
 # CIFAR-10 batches (in reports/runs/, which git ignores), then linear probe and full fine-tuning of vit_tiny, rv vs

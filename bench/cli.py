@@ -23,6 +23,8 @@ COMMANDS = {
     "compare": "Compare two runs cell by cell with a significance test.",
     "profile": "Profile one cell: operator categories, per-module time, roofline.",
     "gpu-check": "Check on this GPU that timing, profiling, memory, compile and power measure what they claim.",
+    "gpu-validate": "What a short GPU reservation runs first: gpu-check, the gpu-smoke sweep, timm's loop; in 8 minutes.",
+    "crosscheck": "Time a run's cells again in timm benchmark.py's loop (a synchronise every step) against the run's figures.",
     "memory": "Predict a cell's peak CUDA memory and the largest batch that fits, without a GPU.",
     "scale": "Data-parallel training throughput and efficiency from 1 to N ranks, under torchrun.",
     "transfer": "Time to accuracy of linear probe, staged and full fine-tuning, and from scratch, per implementation.",

@@ -24,7 +24,9 @@ class ExitCode(IntEnum):
         return member
 
     OK = 0, "done"
-    FAILED = 1, ("`compare --fail-on-regression` tripped; `gpu-check`: a check failed; `profile`: the cell ran "
+    FAILED = 1, ("`compare --fail-on-regression` tripped; `gpu-check`: a check failed; `gpu-validate`: a check "
+                 "failed or was stopped for its budget, or a part failed (each listed); `crosscheck`: a cell "
+                 "could not run; `profile`: the cell ran "
                  "out of memory (one line; try a smaller `--batch-size`); `run --cluster`: every Ray actor was "
                  "lost with cells left (rows kept; `--resume DIR`)")
     USAGE = 2, ("bad input (unknown name, bad flag, an empty value or list, damaged `config.json`, unwritable "
@@ -35,7 +37,7 @@ class ExitCode(IntEnum):
     REPORT_FAILED = 4, ("`run`, `scale`: the HTML report failed (a bug in the report code): one line; the "
                         "results (and `run`'s `summary.txt`, with the error) kept; `rvbench report DIR` rebuilds it")
     NOTHING_MEASURED = 5, ("`run`: no cell was measured (every row oom, error, timeout or skipped), `scale`: no "
-                           "world size finished: one line; all rows kept")
+                           "world size finished, `crosscheck`: the run has no ok cell: one line; all rows kept")
     INTERRUPTED = 128 + signal.SIGINT, ("interrupted by Ctrl-C (SIGINT); finished cells kept, continue with "
                                         "`--resume`")
     TERMINATED = 128 + signal.SIGTERM, "stopped by SIGTERM; as 130"

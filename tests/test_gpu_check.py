@@ -74,8 +74,8 @@ def test_a_raising_check_is_a_fail_with_its_error_and_the_rest_still_run(monkeyp
     def broken(ctx):
         raise RuntimeError("CUDA error: misaligned address\nmore detail")
 
-    monkeypatch.setitem(gpu.CHECKS, "broken", broken)
-    monkeypatch.setitem(gpu.CHECKS, "fine", lambda ctx: (None, "42 W", {"w": 42}))
+    monkeypatch.setitem(gpu.CHECKS, "broken", gpu.Check(broken, 1))
+    monkeypatch.setitem(gpu.CHECKS, "fine", gpu.Check(lambda ctx: (None, "42 W", {"w": 42}), 1))
     ctx = gpu.Context("cuda:0", tmp_path)
     failed, info = gpu.run_check("broken", ctx), gpu.run_check("fine", ctx)
     assert (failed.verdict, failed.figure) == ("FAIL", "raised RuntimeError: CUDA error: misaligned address")

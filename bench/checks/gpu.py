@@ -50,7 +50,7 @@ from bench.config.sweep import TimingConfig
 from bench.execute.prepare import prepared_cell
 from bench.hardware.gpus import match_device
 from bench.measure.cell import measure_cell
-from bench.measure.timing import summarize, time_callable
+from bench.measure.timing import summarize, time_callable, timm_loop_ms
 
 TIMING_AGREE_PCT = 3.0
 PROFILE_AGREE_PCT = 10.0
@@ -78,6 +78,11 @@ class CheckResult:
         """PASS, FAIL or INFO."""
         return "INFO" if self.passed is None else ("PASS" if self.passed else "FAIL")
 
+    def line(self, number: int) -> str:
+        """Its line in gpu-check's output, e.g. "PASS   2 timing   bs64: ...  (12 s)" (the line
+        gpu-validate's guard reads, bench.checks.guard.VERDICT)."""
+        return f"{self.verdict}  {number:>2} {self.name:<20} {self.figure}  ({self.seconds:.0f} s)"
+
 
 @dataclass(frozen=True)
 class Context:
@@ -87,11 +92,12 @@ class Context:
     out_dir: Path
 
     def cell(self, arch: str, batch_size: int, **fields: object) -> Cell:
-        """A cell on this device at the arch's default input size; torchvision's model unless `impl` is given."""
+        """A cell on this device, at the arch's default input size unless `image_size` is given;
+        torchvision's model unless `impl` is given."""
         from bench.models import get_entry
 
         impl = str(fields.pop("impl", "torchvision"))
-        size = get_entry(arch, impl).image_size
+        size = int(fields.pop("image_size", get_entry(arch, impl).image_size))
         return Cell(arch=arch, impl=impl, batch_size=batch_size, image_size=size, device=self.device, **fields)
 
 
@@ -157,18 +163,6 @@ def check_device(ctx: Context) -> tuple[bool | None, str, dict]:
     return passed, figure, data
 
 
-def _synced_mean_ms(step: Callable[[], object], device: torch.device, iters: int) -> float:
-    """timm benchmark.py's loop: synchronise, time one step on the host clock, synchronise; the mean."""
-    times = []
-    for _ in range(iters):
-        torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.fmean(times) * 1e3
-
-
 def check_timing(ctx: Context) -> tuple[bool | None, str, dict]:
     from torch.utils import benchmark
 
@@ -179,7 +173,7 @@ def check_timing(ctx: Context) -> tuple[bool | None, str, dict]:
             ours = time_callable(built.step, built.device, CHECK_TIMING)
             ours_ms = summarize(ours.samples_ms, batch, ours.timed_s)["step_ms_p50"]
             auto = benchmark.Timer(stmt="step()", globals={"step": built.step}).blocked_autorange(min_run_time=1.0)
-            synced_ms = _synced_mean_ms(built.step, built.device, max(20, len(ours.samples_ms) // 4))
+            synced_ms = statistics.fmean(timm_loop_ms(built.step, built.device, max(20, len(ours.samples_ms) // 4)))
         data[batch] = {"ours_p50_ms": ours_ms, "autorange_median_ms": auto.median * 1e3, "synced_mean_ms": synced_ms,
                        "sync_cost_pct": 100.0 * (synced_ms / ours_ms - 1.0)}
     at64 = data[64]
@@ -225,28 +219,45 @@ def check_memory(ctx: Context) -> tuple[bool | None, str, dict]:
     return passed, "; ".join(figures), data
 
 
-def check_compile(ctx: Context) -> tuple[bool | None, str, dict]:
-    """Each mode in fresh Inductor caches, as a sweep's worker compiles it (cold `compile_s`); default
-    inference once more in the same caches, for the warm figure a reused cache would give."""
+# Compile checks: resnet18 at 64 px and batch 8, so the checks time compilation, not the model.
+COMPILE_ARCH, COMPILE_SIZE, COMPILE_BATCH = "resnet18", 64, 8
+
+
+def _compiled(ctx: Context, compile_mode: str, mode: str, warm: bool = False) -> tuple[bool, str, dict]:
+    """One compiled cell in fresh Inductor caches, as a sweep's worker compiles it (cold `compile_s`);
+    with `warm`, once more in the same caches, for the figure a reused cache would give. Passes when
+    no recompilation happened inside a timed loop."""
     from bench.execute.step import cold_compile_caches
 
+    cell = ctx.cell(COMPILE_ARCH, COMPILE_BATCH, image_size=COMPILE_SIZE, precision="amp-bf16",
+                    channels_last=True, compile=compile_mode, mode=mode)
+    with cold_compile_caches(compile_mode):
+        rows = [measure_cell(cell, CHECK_TIMING) for _ in range(2 if warm else 1)]
+    data = {k: rows[0].get(k) for k in ("compile_s", "recompiles", "recompiles_timed", "cudagraph_record_s",
+                                        "step_ms_p50")}
+    figure = f"{compile_mode} {mode} {rows[0]['compile_s']:.0f} s"
+    if warm:
+        data["compile_s_warm"] = rows[1]["compile_s"]
+        figure += f" (warm {rows[1]['compile_s']:.0f} s)"
+    return all(row["recompiles_timed"] == 0 for row in rows), figure, data
+
+
+def check_compile(ctx: Context) -> tuple[bool | None, str, dict]:
+    """Default mode, inference (cold, then warm) and train; reduce-overhead (CUDA graphs) inference."""
     data, figures, passed = {}, [], True
-    for compile_mode in ("default", "reduce-overhead", "max-autotune-no-cudagraphs"):
-        for mode in ("inference", "train"):
-            cell = ctx.cell("resnet18", 32, precision="amp-bf16", channels_last=True, compile=compile_mode, mode=mode)
-            with cold_compile_caches(compile_mode):
-                rows = [measure_cell(cell, CHECK_TIMING)]
-                if (compile_mode, mode) == ("default", "inference"):
-                    rows.append(measure_cell(cell, CHECK_TIMING))
-            key = f"{compile_mode} {mode}"
-            data[key] = {k: rows[0].get(k) for k in ("compile_s", "recompiles", "recompiles_timed",
-                                                      "cudagraph_record_s", "step_ms_p50")}
-            passed &= all(row["recompiles_timed"] == 0 for row in rows)
-            figures.append(f"{key} {rows[0]['compile_s']:.0f} s")
-            if len(rows) > 1:
-                data[key]["compile_s_warm"] = rows[1]["compile_s"]
-                figures.append(f"(warm {rows[1]['compile_s']:.0f} s)")
+    for compile_mode, mode, warm in (("default", "inference", True), ("default", "train", False),
+                                     ("reduce-overhead", "inference", False)):
+        ok, figure, data[f"{compile_mode} {mode}"] = _compiled(ctx, compile_mode, mode, warm)
+        passed &= ok
+        figures.append(figure)
     return passed, "compile_s cold: " + ", ".join(figures), data
+
+
+def check_compile_autotune(ctx: Context) -> tuple[bool | None, str, dict]:
+    """max-autotune-no-cudagraphs inference alone: autotuning is the slowest compile, so it comes last
+    and is the check a short reservation's guard stops first."""
+    passed, figure, data = _compiled(ctx, "max-autotune-no-cudagraphs", "inference")
+    return passed, "compile_s cold: " + figure, {"max-autotune-no-cudagraphs inference": data}
 
 
 def check_low_precision_train(ctx: Context) -> tuple[bool | None, str, dict]:
@@ -403,19 +414,31 @@ def check_ddp(ctx: Context) -> tuple[bool | None, str, dict]:
     return passed, figure, {k: row.get(k) for k in keys} | {"message": row["message"][:500]}
 
 
-CHECKS: dict[str, Callable[[Context], tuple[bool | None, str, dict]]] = {
-    "device": check_device,
-    "timing": check_timing,
-    "profile": check_profile,
-    "memory": check_memory,
-    "compile": check_compile,
-    "low-precision-train": check_low_precision_train,
-    "power": check_power,
-    "oom-recovery": check_oom_recovery,
-    "fp32-modes": check_fp32_modes,
-    "batch-4096": check_batch_4096,
-    "memory-prediction": check_memory_prediction,
-    "ddp": check_ddp,
+@dataclass(frozen=True)
+class Check:
+    """A check and its budget: the most seconds `gpu-validate`'s guard gives it before stopping it
+    (its process's start-up aside). Budgets are ceilings for one H100/H200, about twice each check's
+    expected time, and add up to the gpu-check part's budget (bench.checks.validate)."""
+
+    run: Callable[[Context], tuple[bool | None, str, dict]]
+    budget_s: float
+
+
+# In the order they run: the fast checks first, compilation last, so an overrun costs the least.
+CHECKS: dict[str, Check] = {
+    "device": Check(check_device, 5),
+    "timing": Check(check_timing, 20),
+    "profile": Check(check_profile, 15),
+    "memory": Check(check_memory, 12),
+    "fp32-modes": Check(check_fp32_modes, 12),
+    "oom-recovery": Check(check_oom_recovery, 20),
+    "low-precision-train": Check(check_low_precision_train, 12),
+    "power": Check(check_power, 10),
+    "batch-4096": Check(check_batch_4096, 10),
+    "memory-prediction": Check(check_memory_prediction, 40),
+    "ddp": Check(check_ddp, 25),
+    "compile": Check(check_compile, 40),
+    "compile-autotune": Check(check_compile_autotune, 19),
 }
 
 
@@ -423,7 +446,7 @@ def run_check(name: str, ctx: Context) -> CheckResult:
     """Run one check; an exception is a FAIL carrying its traceback."""
     start = time.perf_counter()
     try:
-        passed, figure, data = CHECKS[name](ctx)
+        passed, figure, data = CHECKS[name].run(ctx)
     except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
         first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         passed, figure, data = False, f"raised {type(exc).__name__}: {first_line}", {"traceback": traceback.format_exc()}

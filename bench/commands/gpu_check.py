@@ -1,7 +1,10 @@
 """`rvbench gpu-check`: run the GPU self-checks (bench.checks.gpu) and write their results.
 
-Writes OUT/gpu-check.json (every check's figures, verdict and seconds, plus the environment) and
-OUT/gpu-check.txt (the lines printed), OUT being `--out` or reports/gpu-check/<time>-<device>/.
+Prints a header line, then a line per check as it ends (its verdict, figure and seconds: the lines
+`gpu-validate`'s guard reads, bench.checks.guard). Writes OUT/gpu-check.json (every check's figures,
+verdict and seconds, plus the environment; "complete" false until the last check ends) and
+OUT/gpu-check.txt (the lines printed), both after every check, OUT being `--out` or
+reports/gpu-check/<time>-<device>/.
 Exit OK when no check fails, FAILED when one does, USAGE without a CUDA device (one line, nothing written).
 """
 
@@ -29,15 +32,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def _device(requested: str) -> str:
-    """The CUDA device to check, or UsageError when there is none (the CPU has nothing to check)."""
+def cuda_device(requested: str, command: str) -> str:
+    """The CUDA device `command` (gpu-check, gpu-validate) is to check, or UsageError when there is
+    none (the CPU has nothing to check)."""
     from bench.hardware.device import cuda_count, resolve_device
 
     if not cuda_count():
-        raise UsageError("gpu-check needs a CUDA device, and torch sees none here (torch.cuda.is_available() is False)")
+        raise UsageError(f"{command} needs a CUDA device, and torch sees none here (torch.cuda.is_available() is False)")
     device = resolve_device(requested)
     if device == "cpu":
-        raise UsageError("gpu-check checks a CUDA device; give --device cuda:N")
+        raise UsageError(f"{command} checks a CUDA device; give --device cuda:N")
     return device
 
 
@@ -45,31 +49,42 @@ def run(args: argparse.Namespace) -> int:
     """Run the selected checks in order, printing each verdict as it comes; write the files."""
     from bench.checks.gpu import CHECKS, Context, run_check
     from bench.measure.env import collect_env
-    from bench.results.store import write_atomically
 
     names = args.only or list(CHECKS)
     unknown = [n for n in names if n not in CHECKS]
     if unknown:
         raise UsageError(f"unknown check {unknown[0]!r}; valid: {', '.join(CHECKS)}")
-    device = _device(args.device)
+    device = cuda_device(args.device, "gpu-check")
     out = args.out or Path("reports") / "gpu-check" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{device.replace(':', '')}"
     check_output(out, "--out", directory=True)
+    import torch
+
+    print(f"gpu-check on {device} ({torch.cuda.get_device_name(device)}): {len(names)} checks", flush=True)
+    env = collect_env(device)
     lines, results = [], []
     for number, name in enumerate(names, 1):
         result = run_check(name, Context(device, out))
         results.append(result)
-        line = f"{result.verdict}  {number:>2} {name:<20} {result.figure}  ({result.seconds:.0f} s)"
+        line = result.line(number)
         print(line, flush=True)
         lines.append(line)
+        _write(out, device, env, results, lines, complete=number == len(names))
     failed = [r.name for r in results if r.passed is False]
     verdict = f"gpu-check: {len(failed)} of {len(results)} checks failed: {', '.join(failed)}" if failed else (
         f"gpu-check: no check failed ({len(results)} run)")
     print(verdict)
-    text = "\n".join(lines + [verdict]) + "\n"
-    write_atomically(out / "gpu-check.txt", lambda p: p.write_text(text))
-    report = {"schema_version": SCHEMA_VERSION, "device": device, "env": collect_env(device),
+    _write(out, device, env, results, lines + [verdict], complete=True)
+    print(f"wrote {out}/gpu-check.json and gpu-check.txt")
+    return ExitCode.FAILED if failed else ExitCode.OK
+
+
+def _write(out: Path, device: str, env: dict, results: list, lines: list[str], complete: bool) -> None:
+    """gpu-check.json and .txt with the checks done so far, rewritten after each one: a check that
+    hangs or kills the process (and `gpu-validate`'s guard stopping it) costs only itself."""
+    from bench.results.store import write_atomically
+
+    write_atomically(out / "gpu-check.txt", lambda p: p.write_text("\n".join(lines) + "\n"))
+    report = {"schema_version": SCHEMA_VERSION, "device": device, "complete": complete, "env": env,
               "checks": [{"name": r.name, "verdict": r.verdict, "figure": r.figure, "seconds": r.seconds, "data": r.data}
                          for r in results]}
     write_atomically(out / "gpu-check.json", lambda p: p.write_text(json.dumps(report, indent=1, default=str)))
-    print(f"wrote {out}/gpu-check.json and gpu-check.txt")
-    return ExitCode.FAILED if failed else ExitCode.OK

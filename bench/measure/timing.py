@@ -30,6 +30,8 @@ from bench.config.sweep import TimingConfig
 MAX_IN_FLIGHT = 4
 # A cell is flagged noisy when IQR / median reaches this.
 NOISY_IQR_RATIO = 0.10
+# timm benchmark.py's defaults: --num-warm-iter 10, --num-bench-iter 40.
+TIMM_WARMUP_ITERS, TIMM_ITERS = 10, 40
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,24 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, cfg: Tim
         else:
             samples, timed_s = _time_cpu(fn, cfg, clock)
     return TimingResult(samples_ms=samples, timed_s=timed_s, warmup_iters=warmup_iters)
+
+
+def timm_loop_ms(fn: Callable[[], object], device: torch.device | str, iters: int = TIMM_ITERS,
+                 warmup_iters: int = TIMM_WARMUP_ITERS) -> list[float]:
+    """Per-step times as timm's benchmark.py takes them: each step on the host clock, from its launch
+    to a synchronise after it (so the GPU starts every step idle and the launch latency is in the
+    step), after `warmup_iters` such steps. timm reports their mean; `rvbench crosscheck` and
+    gpu-check's timing check set it against our in-flight window of event-timed steps."""
+    device = torch.device(device)
+    times = []
+    for i in range(warmup_iters + iters):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        if i >= warmup_iters:
+            times.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def median_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:

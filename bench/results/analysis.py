@@ -28,6 +28,11 @@ def is_max_batch_search(df: pd.DataFrame) -> pd.Series:
     return df["find_max_batch"].fillna(False).astype(bool)
 
 
+def config_of(row: pd.Series, **fields: object) -> dict:
+    """A row's configuration (CONFIG_KEYS) as plain Python values, plus `fields`: a Cell's arguments."""
+    return {key: (row[key].item() if hasattr(row[key], "item") else row[key]) for key in CONFIG_KEYS} | fields
+
+
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Sweep rows (not max-batch searches) whose cell measured successfully: the rows every statistic uses."""
     return df[(df["status"] == "ok") & ~is_max_batch_search(df)]

@@ -29,7 +29,7 @@ import pandas as pd
 from bench.config.cell import IMPLS, Cell
 from bench.counting.memory import MB, predict_cell_peak
 from bench.results import CONFIG_KEYS
-from bench.results.analysis import best_configs, config_medians
+from bench.results.analysis import best_configs, config_medians, config_of
 from bench.results.rows import make_row
 from bench.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT
 from bench.runner.client import Worker, WorkerLost
@@ -266,12 +266,7 @@ def profile_cells(df: pd.DataFrame) -> list[Cell]:
     as one cell for every impl that ran the arch, so the profiles of an arch compare like with like."""
     cells = []
     for _, best in best_configs(config_medians(df), by=["arch"]).iterrows():
-        config = {key: _plain(best[key]) for key in CONFIG_KEYS}
         ran = set(df.loc[df["arch"] == best["arch"], "impl"])
-        cells += [Cell(**config, impl=impl) for impl in IMPLS if impl in ran]
+        cells += [Cell(**config_of(best, impl=impl)) for impl in IMPLS if impl in ran]
     return cells
 
-
-def _plain(value):
-    """numpy scalar -> python scalar, so Cell fields stay JSON-serialisable."""
-    return value.item() if hasattr(value, "item") else value

@@ -87,6 +87,28 @@ def test_profile_rule_step_within_ten_percent_and_modules_within_the_step():
     assert gpu.judge_profile(10.0, 10.0, modules_ms=None, busy_ms=None)  # CUDA graphs opaque to CUPTI
 
 
+def test_profile_check_profiles_the_cell_it_measures_at_batch_256(monkeypatch, tmp_path):
+    """At batch 64 the host's cost of recording shapes rivals the GPU step and the 10% rule fails a
+    sound profiler; the check profiles as `rvbench profile` does (default options), GPU-bound."""
+    import bench.profiling.profile as profiling
+
+    seen = {}
+
+    def measure(cell, timing):
+        seen["measured"] = cell
+        return {"step_ms_p50": 20.0}
+
+    def profile(cell, out_dir):
+        seen["profiled"] = cell
+        return {"step_ms": 21.0, "modules_ms_total": 8.0, "busy_ms": 19.0, "categories": {}, "categories_note": None}
+
+    monkeypatch.setattr(gpu, "measure_cell", measure)
+    monkeypatch.setattr(profiling, "profile_cell", profile)
+    passed, figure, _ = gpu.check_profile(gpu.Context("cuda:0", tmp_path))
+    assert seen["profiled"] == seen["measured"] and seen["profiled"].batch_size == 256
+    assert passed and figure.startswith("profiled step 21.000 ms vs measured p50 20.000 ms")
+
+
 def test_a_raising_check_is_a_fail_with_its_error_and_the_rest_still_run(monkeypatch, tmp_path):
     def broken(ctx):
         raise RuntimeError("CUDA error: misaligned address\nmore detail")

@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.checks import gpu
 from bench.cli import main
+from bench.measure.memory import MB, CudaPeak
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_no_cuda = pytest.mark.skipif(gpu.torch.cuda.is_available(), reason="tests the no-CUDA path")
@@ -58,8 +60,23 @@ def test_timing_rule_is_three_percent_against_both_references():
     (100.0, 600.0, 10.0, True),  # small cells: the 512 MB slack covers the allocator's granularity
 ])
 def test_memory_rule(alloc, reserved, activation, ok):
-    row = {"mem_peak_alloc_mb": alloc, "mem_peak_reserved_mb": reserved, "mem_activation_mb": activation}
+    row = {"mem_peak_alloc_mb": alloc, "mem_peak_reserved_mb": reserved, "mem_activation_mb": activation,
+           "mem_graph_pool_mb": 0.0}
     assert gpu.judge_memory(row)[0] is ok
+
+
+def test_memory_rule_on_a_cuda_graph_row():
+    """CudaPeak's columns with a graph pool: no activation figure, and the pool inside reserved."""
+    peak = CudaPeak(torch.device("cuda", 0))
+    peak.peak_alloc, peak.peak_reserved, peak.at_rest, peak.graph_pool = 3000 * MB, 7000 * MB, 2800 * MB, 4000 * MB
+    row = peak.columns(weights=100 * MB)
+    assert row["mem_activation_mb"] is None
+    assert gpu.judge_memory(row) == (True, "no activation figure (CUDA graphs), reserved 7000 / allocated 3000 MB"
+                                           " beside the CUDA graphs' pool of 4000 MB")
+    assert gpu.judge_memory({**row, "mem_peak_reserved_mb": 3500.0, "mem_graph_pool_mb": 100.0})[0]  # no TypeError
+    inflated = {**row, "mem_peak_reserved_mb": 9000.0}  # 5000 MB beside the pool, over 1.25 x 3000 + 512
+    assert gpu.judge_memory(inflated) == (
+        False, "reserved 9000 MB inflated over allocated 3000 MB beside the CUDA graphs' pool of 4000 MB")
 
 
 def test_profile_rule_step_within_ten_percent_and_modules_within_the_step():
@@ -68,6 +85,28 @@ def test_profile_rule_step_within_ten_percent_and_modules_within_the_step():
     assert not gpu.judge_profile(10.0, 10.0, modules_ms=9.5, busy_ms=9.0)  # kernels counted twice
     assert gpu.judge_profile(10.0, 10.0, modules_ms=None, busy_ms=9.0)  # compiled: no module ranges
     assert gpu.judge_profile(10.0, 10.0, modules_ms=None, busy_ms=None)  # CUDA graphs opaque to CUPTI
+
+
+def test_profile_check_profiles_the_cell_it_measures_at_batch_256(monkeypatch, tmp_path):
+    """At batch 64 the host's cost of recording shapes rivals the GPU step and the 10% rule fails a
+    sound profiler; the check profiles as `rvbench profile` does (default options), GPU-bound."""
+    import bench.profiling.profile as profiling
+
+    seen = {}
+
+    def measure(cell, timing):
+        seen["measured"] = cell
+        return {"step_ms_p50": 20.0}
+
+    def profile(cell, out_dir):
+        seen["profiled"] = cell
+        return {"step_ms": 21.0, "modules_ms_total": 8.0, "busy_ms": 19.0, "categories": {}, "categories_note": None}
+
+    monkeypatch.setattr(gpu, "measure_cell", measure)
+    monkeypatch.setattr(profiling, "profile_cell", profile)
+    passed, figure, _ = gpu.check_profile(gpu.Context("cuda:0", tmp_path))
+    assert seen["profiled"] == seen["measured"] and seen["profiled"].batch_size == 256
+    assert passed and figure.startswith("profiled step 21.000 ms vs measured p50 20.000 ms")
 
 
 def test_a_raising_check_is_a_fail_with_its_error_and_the_rest_still_run(monkeypatch, tmp_path):

@@ -1,6 +1,7 @@
 """The runner end to end through the CLI: real tiny cells, injected failures, interrupt and resume.
 
-Failures are injected with the worker's RVBENCH_FAULT test hook (see bench/worker.py).
+Failures are injected with the worker's RVBENCH_FAULT test hook (see bench/worker.py); which failures
+are out of memory is the worker's own rule (`is_oom`), tested on the messages torch and its libraries raise.
 """
 
 from __future__ import annotations
@@ -15,15 +16,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
+import pytest
+import torch
 
 from bench.cli import main
 from bench.results import load, load_samples
-from bench.runner.runner import profile_cells
-from bench.runner.worker import FAULT_COMPILE_S
+from bench.runner.runner import Runner, profile_cells
+from bench.runner import worker
+from bench.runner.worker import FAULT_COMPILE_S, is_oom, is_sticky_cuda_error
 from bench.report.summary import write_run_report as write_report
 from bench.results.analysis import summary_table
+from bench.config.cell import Cell
 from bench.config.sweep import build_spec, expand
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,6 +154,23 @@ def test_find_max_batch_reports_why_it_stopped(tmp_path):
     assert res.returncode == 0, res.stderr
     row = load(_run_dir(tmp_path)).query("find_max_batch == True").iloc[0]  # noqa: E712
     assert (row["batch_size"], row["max_batch_oom_at"], row["max_batch_limit_reason"]) == (2, 3, "oom")
+
+
+@pytest.mark.parametrize("exc", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511627776 bytes"),
+    RuntimeError("Unable to find a valid cuDNN algorithm to run convolution"),
+    RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+])
+def test_every_failed_allocation_is_an_oom_and_ends_the_max_batch_search_as_one(exc):
+    """The worker replies "oom" (not an error row, and no worker restart: cuBLAS's is not a sticky
+    CUDA error), and the max-batch search's probe takes that batch as the one that did not fit."""
+    cell = Cell(arch="resnet18", impl="rv", batch_size=512, image_size=224, device="cuda")
+    assert is_oom(exc) and not is_sticky_cuda_error(exc)
+    reply = worker._classify(exc, cell)
+    assert reply["status"] == "oom" and "worker_exits" not in reply
+    runner = SimpleNamespace(_request=lambda cell, timing: reply, _probe_timing={})
+    assert Runner._misfit(runner, cell, cell.batch_size) == "oom"
 
 
 def _alive(pid: int) -> bool:

@@ -12,16 +12,20 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from torch.autograd import DeviceType
+from torch.autograd.profiler import ProfilerState
 
 from bench.checks.gpu import judge_ddp
 from bench.columns import for_mode
 from bench.cli import main
 from bench.errors import UsageError
 from bench.hardware.gpus import LINKS, Link, parse_link, ring_allreduce_s
-from bench.profiling.comm import overlap, total, union
+from bench.profiling.comm import overlap, profiler_options, split_events, total, union
 from bench.results import load
+from bench.runner import ddp_rank
 from bench.runner.scale import alive
 
 # Its module-scoped fixture is costly: one xdist worker makes it once (tests/conftest.py).
@@ -148,6 +152,97 @@ def test_interval_arithmetic_of_the_communication_share():
     assert total([(0, 2), (1, 3), (1, 2)]) == 3
     assert overlap([(0, 10)], [(2, 4), (3, 5), (8, 12)]) == 5  # 2..5 and 8..10
     assert overlap([(0, 1)], [(2, 3)]) == 0
+
+
+class _Event:
+    """A raw Kineto event (`_KinetoEvent`) as split_events reads it, of a Kineto activity type;
+    `typed=False` is a torch without `activity_type()` (before 2.13), whose events only flag annotations."""
+
+    def __init__(self, name: str, start: int, end: int, activity: str = "kernel", typed: bool = True):
+        self._name, self._start, self._end, self._activity = name, start, end, activity
+        if typed:
+            self.activity_type = lambda: activity
+
+    def name(self) -> str:
+        return self._name
+
+    def device_type(self) -> DeviceType:
+        return DeviceType.CPU if self._activity in ("cpu_op", "user_annotation") else DeviceType.CUDA
+
+    def start_ns(self) -> int:
+        return self._start
+
+    def duration_ns(self) -> int:
+        return self._end - self._start
+
+    def start_thread_id(self) -> int:
+        return 1
+
+    def is_user_annotation(self) -> bool:
+        return self._activity in ("gpu_user_annotation", "user_annotation")
+
+
+def _nccl_window(typed: bool = True) -> list:
+    """One DDP step on a GPU: the forward's and backward's kernels, an NCCL all-reduce half under the
+    backward's last kernel, an optimizer kernel; GPU user annotations spanning them, gaps included."""
+    spans = [
+        ("DDP.forward", 0, 40, "gpu_user_annotation"), ("ProfilerStep#3", 0, 100, "gpu_user_annotation"),
+        ("aten::convolution", 0, 5, "cpu_op"),  # the host side is not the GPU's work
+        ("sm90_xmma_fprop", 0, 10, "kernel"), ("Memcpy DtoD (Device -> Device)", 10, 12, "gpu_memcpy"),
+        ("sm90_xmma_dgrad", 40, 60, "kernel"), ("ncclDevKernel_AllReduce_Sum_f32_RING_LL", 50, 70, "kernel"),
+        ("Optimizer.step#SGD.step", 60, 100, "gpu_user_annotation"), ("multi_tensor_apply_kernel", 90, 95, "kernel"),
+    ]
+    return [_Event(*span, typed=typed) for span in spans]
+
+
+def test_nccl_kernels_are_communication_and_annotations_not_compute():
+    comm, compute = split_events(_nccl_window(), on_cuda=True)
+    assert comm == [(50, 70)]
+    assert sorted(compute) == [(0, 10), (10, 12), (40, 60), (90, 95)]  # kernels and the copy; no span
+    # Half the all-reduce runs under the dgrad kernel; the annotations around it (60..100) would
+    # have hidden all of it.
+    assert overlap(comm, compute) / total(comm) == 0.5
+
+
+def test_annotations_are_left_out_on_a_torch_without_activity_types():
+    comm, compute = split_events(_nccl_window(typed=False), on_cuda=True)
+    assert comm == [(50, 70)]
+    assert sorted(compute) == [(0, 10), (10, 12), (40, 60), (90, 95)]
+
+
+def test_the_ddp_window_is_profiled_by_kineto_with_cuda_kernels(monkeypatch):
+    """`use_device="cuda"` alone is torch's legacy GPU fallback, which records no kernel; what the
+    rank asks for is Kineto with CUPTI's CUDA activity (torch's own reading of the options, with
+    CUDA faked available), and the NCCL kernels of its window are counted."""
+    from torch.autograd import profiler
+    from torch.profiler import ProfilerActivity
+
+    monkeypatch.setattr(profiler.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(profiler, "_supported_activities", lambda: {ProfilerActivity.CPU, ProfilerActivity.CUDA})
+    chosen = profiler.profile(**profiler_options(on_cuda=True))
+    assert (chosen.profiler_kind, chosen.kineto_activities) == (ProfilerState.KINETO, {ProfilerActivity.CUDA})
+    assert profiler.profile(use_device="cuda").profiler_kind == ProfilerState.KINETO_GPU_FALLBACK
+    assert profiler_options(on_cuda=False) == {}  # gloo: CPU operators and collectives, the default
+
+    asked = []
+
+    class Recorded:
+        def __init__(self, **options):
+            asked.append(options)
+            self.kineto_results = SimpleNamespace(events=_nccl_window)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(profiler, "profile", Recorded)
+    monkeypatch.setattr(ddp_rank, "synchronize", lambda device: None)
+    figures = ddp_rank._profile(lambda: None, ddp_rank.torch.device("cuda", 0), steps=1)
+    assert asked == [profiler_options(on_cuda=True)]
+    assert figures["comm_ms"] == pytest.approx(20e-6)  # 20 ns of all-reduce in the one step
+    assert figures["comm_overlap"] == 0.5
 
 
 def test_ddp_gpu_check_rule():

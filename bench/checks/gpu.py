@@ -10,7 +10,8 @@ each gives PASS, FAIL or INFO (a figure to read, with no pass rule) and its head
                 batch 1, 64 and 256; PASS when all three agree within 3% at batch 64. Batch 1
                 and 256 give the cost of per-step synchronisation (timm's) against our in-flight window;
  3 profile      the profiler's step time against the measured p50 (within 10%), and the per-module
-                forward time against the operator-category total (no kernel counted twice);
+                forward time against the operator-category total (no kernel counted twice), resnet50
+                amp-bf16 inference at batch 256, where the GPU outlasts the host's profiling cost;
  4 memory       resnet50 train at batch 64 and vit_large train at batch 1: activation memory >= 0
                 and peak reserved not inflated by warm-up workspaces;
  5 compile      default, reduce-overhead and max-autotune-no-cudagraphs, resnet18 batch 32,
@@ -115,13 +116,20 @@ def judge_timing(ours_ms: float, autorange_ms: float, synced_ms: float) -> bool:
 
 
 def judge_memory(row: dict) -> tuple[bool, str]:
-    """Activation memory is not negative and peak reserved is within the allocator's slack of peak allocated."""
+    """Activation memory is not negative and peak reserved is within the allocator's slack of peak allocated.
+
+    A CUDA-graph row (bench.measure.memory) has no activation figure (None), and its graphs' private
+    pool, filled while warm-up records them and used by every replay, is inside peak reserved by
+    design, allocated or not: the slack rule applies to what is reserved beside the pool."""
     alloc, reserved, activation = row["mem_peak_alloc_mb"], row["mem_peak_reserved_mb"], row["mem_activation_mb"]
+    pool = row["mem_graph_pool_mb"]
+    beside = f" beside the CUDA graphs' pool of {pool:.0f} MB" if pool else ""
     if activation is not None and activation < 0:
         return False, f"activation {activation:.0f} MB < 0"
-    if reserved > alloc * RESERVED_SLACK + RESERVED_SLACK_MB:
-        return False, f"reserved {reserved:.0f} MB inflated over allocated {alloc:.0f} MB"
-    return True, f"activation {activation:.0f} MB, reserved {reserved:.0f} / allocated {alloc:.0f} MB"
+    if reserved - pool > alloc * RESERVED_SLACK + RESERVED_SLACK_MB:
+        return False, f"reserved {reserved:.0f} MB inflated over allocated {alloc:.0f} MB{beside}"
+    what = "no activation figure (CUDA graphs)" if activation is None else f"activation {activation:.0f} MB"
+    return True, f"{what}, reserved {reserved:.0f} / allocated {alloc:.0f} MB{beside}"
 
 
 def judge_ddp(row: dict) -> tuple[bool, str]:
@@ -185,9 +193,16 @@ def check_timing(ctx: Context) -> tuple[bool | None, str, dict]:
 
 
 def check_profile(ctx: Context) -> tuple[bool | None, str, dict]:
+    """`rvbench profile` as a user runs it (bench.profiling.profile, input shapes recorded) at batch 256.
+
+    Recording the shapes of some 700 ops per step costs the host about as long as the GPU takes for
+    the step at batch 64, so there the profiled step measured the profiler's host overhead and the
+    10% rule failed on a sound profiler. At batch 256 the GPU's work is four times longer and the
+    host's cost hides under it, as it does in a GPU-bound benchmark; profiling without the shapes
+    instead would check a profile that `rvbench profile` never writes."""
     from bench.profiling.profile import profile_cell
 
-    cell = ctx.cell("resnet50", 64, precision="amp-bf16", channels_last=True)
+    cell = ctx.cell("resnet50", 256, precision="amp-bf16", channels_last=True)
     measured = measure_cell(cell, CHECK_TIMING)
     summary = profile_cell(cell, ctx.out_dir / "profile-resnet50")
     modules_ms, busy_ms = summary["modules_ms_total"], summary["busy_ms"]

@@ -1,8 +1,14 @@
 """Communication against compute in a profiled window of data-parallel training steps.
 
-What counts as communication and as compute, from torch.profiler's events:
-- CUDA (NCCL): device kernels; a kernel whose name contains "nccl" is communication (all-reduce of
-  gradient buckets, broadcast of buffers), every other kernel is compute.
+What counts as communication and as compute, from the profiler's raw Kineto events (the profile
+`profiler_options` configures):
+- CUDA (NCCL): the device's work, recorded by CUPTI: a kernel whose name contains "nccl" is
+  communication (all-reduce of gradient buckets, broadcast of buffers); every other kernel, memcpy
+  and memset is compute (work of the step the GPU does meanwhile: a copy into or out of a gradient
+  bucket, a zeroing, is as real as a kernel). GPU user annotations (Kineto's "gpu_user_annotation":
+  DDP.forward, Optimizer.step#SGD.step, ProfilerStep#N) are CUDA events too, but they are spans
+  over kernels, gaps included, not work: counted as compute they would cover the idle time between
+  kernels and inflate the share of communication hidden under compute.
 - CPU (gloo): gloo runs each collective on its own thread, recorded as "gloo:<collective>"; those
   are communication, and the `aten::` operators of every other thread are compute.
 
@@ -21,6 +27,21 @@ Interval = tuple[float, float]
 COMM_CPU_PREFIX = "gloo:"
 COMM_KERNEL_MARK = "nccl"
 COMPUTE_CPU_PREFIX = "aten::"
+# Kineto's names (libkineto's ActivityType) for the GPU's own work: kernels, copies and fills.
+DEVICE_WORK = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})
+
+
+def profiler_options(on_cuda: bool) -> dict:
+    """Arguments of torch.autograd.profiler.profile for a window `split_events` reads.
+
+    On CUDA: Kineto with CUPTI's device activity, and without CPU operators. `use_device="cuda"`
+    alone selects torch's legacy GPU fallback (ProfilerState.KINETO_GPU_FALLBACK: CUDA events around
+    each CPU op), which records no kernel, so no NCCL kernel either; `use_kineto=True` makes it
+    Kineto proper. The split reads only device events there, and recording some 700 CPU ops per step
+    would slow the launches and so shift communication against compute (torch.profiler's
+    `activities=[ProfilerActivity.CUDA]` is the same configuration). On the CPU: its operators and
+    gloo's collectives (the profiler's default)."""
+    return {"use_device": "cuda", "use_kineto": True, "use_cpu": False} if on_cuda else {}
 
 
 def union(intervals: Iterable[Interval]) -> list[Interval]:
@@ -60,7 +81,7 @@ def split_events(events: Iterable, on_cuda: bool) -> tuple[list[Interval], list[
     comm, compute = [], []
     if on_cuda:
         for e in events:
-            if e.device_type() == DeviceType.CUDA:
+            if e.device_type() == DeviceType.CUDA and _is_device_work(e):
                 (comm if COMM_KERNEL_MARK in e.name().lower() else compute).append(_span(e))
         return comm, compute
     comm_threads = {e.start_thread_id() for e in events if e.name().startswith(COMM_CPU_PREFIX)}
@@ -70,6 +91,19 @@ def split_events(events: Iterable, on_cuda: bool) -> tuple[list[Interval], list[
         elif e.name().startswith(COMPUTE_CPU_PREFIX) and e.start_thread_id() not in comm_threads:
             compute.append(_span(e))
     return comm, compute
+
+
+def _is_device_work(event) -> bool:
+    """Whether a CUDA event is work the GPU did (`DEVICE_WORK`), not a GPU user annotation.
+
+    A recent torch (2.13 and 2.14 do) names each raw event's Kineto activity type (`activity_type()`);
+    an older one, which the GPU machines may run, only flags annotations (`is_user_annotation()`, true
+    for the GPU-side spans since 2.5): the other CUDA events it records by default are the kernels,
+    memcpys and memsets."""
+    activity_type = getattr(event, "activity_type", None)
+    if activity_type is None:
+        return not event.is_user_annotation()
+    return activity_type() in DEVICE_WORK
 
 
 def _span(event) -> Interval:

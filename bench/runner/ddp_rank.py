@@ -45,7 +45,7 @@ from bench.execute.ddp import DdpOptions, ddp_step, grad_bytes
 from bench.execute.prepare import prepared_cell
 from bench.measure.memory import CudaPeak, RssPeak, weights_bytes
 from bench.measure.timing import summarize, synchronize, time_callable
-from bench.profiling.comm import comm_stats, split_events
+from bench.profiling.comm import comm_stats, profiler_options, split_events
 from bench.runner.worker import exit_with_parent
 
 FAULT_ENV = "RVBENCH_SCALE_FAULT"
@@ -66,10 +66,11 @@ def _profile(step, device: torch.device, steps: int) -> dict:
     """Run `steps` steps under the profiler; the communication figures of the window.
 
     torch.autograd.profiler.profile is the Kineto profiler torch.profiler.profile wraps; the wrapper
-    would first import Inductor (seconds) to read one of its settings."""
+    would first import Inductor (seconds) to read one of its settings. `profiler_options` says what
+    it records: CUDA kernels through Kineto on a GPU, not the legacy fallback's per-op CUDA events."""
     from torch.autograd.profiler import profile
 
-    with profile(use_device="cuda" if device.type == "cuda" else None) as prof:
+    with profile(**profiler_options(device.type == "cuda")) as prof:
         synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):

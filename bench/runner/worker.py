@@ -54,6 +54,13 @@ FAULT_COMPILE_S = 11.0
 PARENT_POLL_S = 1.0
 # Messages of CUDA errors after which the process's CUDA context is unusable.
 STICKY_CUDA_ERRORS = ("cuda error", "illegal memory access", "device-side assert")
+# Messages of an allocation that failed, lower-cased, wherever it failed. Besides the caching
+# allocator's "out of memory" (and a CPU allocator's errno text): torch's cuDNN convolution skips each
+# algorithm whose workspace it cannot allocate and, when none is left, says it found no valid one;
+# cuBLAS fails to allocate its handle or workspace with CUBLAS_STATUS_ALLOC_FAILED (a RuntimeError
+# "CUDA error: ...", yet the context is fine). Both are how an over-large batch ends on a full card.
+OOM_MARKERS = ("out of memory", "can't allocate memory", "unable to find a valid cudnn algorithm",
+               "cublas_status_alloc_failed")
 TRACEBACK_CHARS = 2000
 
 
@@ -95,12 +102,12 @@ def _inject(kind: str, cell: Cell) -> None:
 
 
 def is_oom(exc: BaseException) -> bool:
-    """Out of memory on GPU (OutOfMemoryError) or CPU (allocator failure)."""
+    """Out of memory on GPU (OutOfMemoryError, or a library's failed allocation: `OOM_MARKERS`) or
+    CPU (allocator failure). The max-batch search (bench.runner.runner) stops at such a batch as "oom"."""
     import torch
 
     text = str(exc).lower()
-    return (isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text
-            or "can't allocate memory" in text)
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or any(marker in text for marker in OOM_MARKERS)
 
 
 def is_sticky_cuda_error(exc: BaseException) -> bool:

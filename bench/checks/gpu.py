@@ -442,18 +442,18 @@ class Check:
 # In the order they run: the fast checks first, compilation last, so an overrun costs the least.
 CHECKS: dict[str, Check] = {
     "device": Check(check_device, 5),
-    "timing": Check(check_timing, 20),
+    "timing": Check(check_timing, 18),
     "profile": Check(check_profile, 15),
     "memory": Check(check_memory, 12),
     "fp32-modes": Check(check_fp32_modes, 12),
-    "oom-recovery": Check(check_oom_recovery, 20),
+    "oom-recovery": Check(check_oom_recovery, 15),
     "low-precision-train": Check(check_low_precision_train, 12),
     "power": Check(check_power, 10),
     "batch-4096": Check(check_batch_4096, 10),
-    "memory-prediction": Check(check_memory_prediction, 40),
+    "memory-prediction": Check(check_memory_prediction, 35),
     "ddp": Check(check_ddp, 25),
-    "compile": Check(check_compile, 40),
-    "compile-autotune": Check(check_compile_autotune, 19),
+    "compile": Check(check_compile, 35),
+    "compile-autotune": Check(check_compile_autotune, 21),
 }
 
 

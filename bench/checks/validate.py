@@ -55,9 +55,9 @@ def check_budgets() -> dict[str, float]:
 
 
 PARTS = (
-    Part("gpu-check", START_S + 235.0, "the GPU self-checks, each stopped at its budget"),
-    Part("gpu-smoke", 110.0, f"rvbench run --preset {SMOKE_PRESET}"),
-    Part("crosscheck", 70.0, "the smoke run's cells in timm benchmark.py's loop (rvbench crosscheck)"),
+    Part("gpu-check", 240.0, "the GPU self-checks, each stopped at its budget"),
+    Part("gpu-smoke", 115.0, f"rvbench run --preset {SMOKE_PRESET}"),
+    Part("crosscheck", 75.0, "the smoke run's cells in timm benchmark.py's loop (rvbench crosscheck)"),
 )
 
 

@@ -1,0 +1,222 @@
+"""`rvbench gpu-validate`'s guard, parts, budgets and files, on the CPU with fake children.
+
+The fakes stand in for what needs a GPU (gpu-check's checks, a CUDA sweep): small Python scripts
+that print gpu-check's real lines (`CheckResult.line`), sleep past their budget, or hang ignoring
+SIGTERM. The guard, the recording, the files and the archive are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bench.checks import gpu, guard, validate
+from bench.checks.guard import PartResult, run_checks, run_part
+from bench.checks.validate import PARTS, TOTAL_S, Part, Validation
+from bench.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_no_cuda = pytest.mark.skipif(gpu.torch.cuda.is_available(), reason="tests the no-CUDA path")
+
+# A fake `gpu-check --only NAMES`: gpu-check's header, then each check's real line; "slow" sleeps
+# past any budget, "crash" kills the process, "stubborn" ignores SIGTERM and sleeps.
+FAKE_GPU_CHECK = textwrap.dedent("""
+    import signal, sys, time
+    sys.path.insert(0, {root!r})
+    from bench.checks.gpu import CheckResult
+    names = sys.argv[1].split(",")
+    print("gpu-check on cuda:0 (Fake GPU): %d checks" % len(names), flush=True)
+    for number, name in enumerate(names, 1):
+        if name == "slow":
+            time.sleep(600)
+        if name == "stubborn":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            time.sleep(600)
+        if name == "crash":
+            sys.exit(7)
+        print("a library's own line, not a verdict", flush=True)
+        print(CheckResult(name, True, "fine (really)", seconds=0.2).line(number), flush=True)
+""")
+
+
+def fake_check_argv(tmp_path: Path):
+    script = tmp_path / "fake_gpu_check.py"
+    script.write_text(FAKE_GPU_CHECK.format(root=str(ROOT)))
+    calls = []
+
+    def argv(names: list[str], attempt: int) -> list[str]:
+        calls.append((list(names), attempt))
+        return [sys.executable, str(script), ",".join(names)]
+
+    return argv, calls
+
+
+def test_an_overrunning_check_is_skipped_and_recorded_and_the_next_ones_run(tmp_path):
+    argv, calls = fake_check_argv(tmp_path)
+    budgets = {"first": 5.0, "slow": 1.0, "third": 5.0, "crash": 5.0, "last": 5.0}
+    result = run_checks(PartResult("gpu-check", 200.0), budgets, argv, tmp_path / "log", float("inf"), lambda _: None)
+    verdicts = [(c["name"], c["verdict"]) for c in result.checks]
+    assert verdicts == [("first", "PASS"), ("slow", "SKIPPED"), ("third", "PASS"), ("crash", "FAIL"), ("last", "PASS")]
+    slow, crash = result.checks[1], result.checks[3]
+    assert slow["figure"] == "skipped: budget (over its 1 s budget)" and slow["seconds"] >= 1.0
+    assert crash["figure"] == "its process exited with 7 during this check"
+    # A fresh child after each stop, with the checks after the one it lost.
+    assert calls == [(list(budgets), 1), (["third", "crash", "last"], 2), (["last"], 3)]
+    assert result.status == "skipped: budget"
+    assert result.checks[0]["figure"] == "fine (really)" and result.checks[0]["seconds"] == 0.0
+
+
+def test_a_check_ignoring_sigterm_is_killed(tmp_path):
+    argv, _ = fake_check_argv(tmp_path)
+    result = run_checks(PartResult("gpu-check", 200.0), {"stubborn": 1.0, "after": 5.0}, argv, tmp_path / "log",
+                        float("inf"), lambda _: None)
+    assert [(c["name"], c["verdict"]) for c in result.checks] == [("stubborn", "SKIPPED"), ("after", "PASS")]
+
+
+def test_checks_left_when_the_part_runs_out_are_skipped_with_zero_seconds(tmp_path):
+    argv, calls = fake_check_argv(tmp_path)
+    budgets = {"slow": 1000.0, "never": 5.0}
+    part = PartResult("gpu-check", guard.START_S + 2.0)  # the part's end cuts the slow check short
+    result = run_checks(part, budgets, argv, tmp_path / "log", float("inf"), lambda _: None)
+    assert [(c["name"], c["verdict"], c["seconds"]) for c in result.checks][1] == ("never", "SKIPPED", 0.0)
+    assert result.checks[0]["verdict"] == "SKIPPED" and len(calls) == 1
+
+
+def test_a_hanging_part_is_stopped_at_its_budget(tmp_path):
+    argv = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(600)"]
+    lines = []
+    result = run_part(PartResult("gpu-smoke", guard.GRACE_S + 1.0), argv, tmp_path / "log", float("inf"), lines.append)
+    assert result.status == "skipped: budget" and result.exit_code == -15
+    assert lines == ["started"] and result.seconds >= guard.GRACE_S + 1.0
+
+
+def test_part_with_no_time_left_is_skipped_unstarted(tmp_path):
+    marker = tmp_path / "ran"
+    argv = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
+    result = run_part(PartResult("crosscheck", 60.0), argv, tmp_path / "log", 0.0, print)
+    assert result.status == "skipped: budget" and not marker.exists()
+
+
+def fake_parts(tmp_path: Path, work: Path) -> dict:
+    """gpu-check's fake; a smoke 'run' that makes a run directory with a large trace; a hanging cross-check."""
+    check_argv, _ = fake_check_argv(tmp_path)
+    smoke = textwrap.dedent(f"""
+        import os, pathlib
+        run = pathlib.Path({str(work)!r}) / "runs" / "20261203T000000Z-host-cuda0"
+        (run / "profiles" / "resnet50-rv").mkdir(parents=True)
+        (run / "config.json").write_text("{{}}")
+        (run / "results.jsonl").write_text('{{"status": "ok"}}\\n')
+        (run / "profiles" / "resnet50-rv" / "trace.pt.trace.json").write_bytes(os.urandom(300_000))
+        print("smoke: 18 of 18 cells ok", flush=True)
+    """)
+    return {"gpu-check": check_argv,
+            "gpu-smoke": lambda: [sys.executable, "-c", smoke],
+            "crosscheck": lambda: [sys.executable, "-c", "import time; time.sleep(600)"]}
+
+
+def test_validation_writes_its_three_files_even_when_a_part_hangs(tmp_path, monkeypatch):
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    monkeypatch.setattr(validate, "MAX_FILE_BYTES", 200_000)  # the random trace does not fit
+    parts = (Part("gpu-check", guard.START_S + 10, "checks"), Part("gpu-smoke", 30, "smoke"),
+             Part("crosscheck", guard.GRACE_S + 1, "timm loop"))
+    validation = Validation("cuda:0", work, out, echo=lambda _: None, budgets={"device": 5.0, "slow": 1.0})
+    results = validation.run(parts, fake_parts(tmp_path, work))
+    assert [(r.name, r.status) for r in results] == [
+        ("gpu-check", "skipped: budget"), ("gpu-smoke", "ok"), ("crosscheck", "skipped: budget")]
+    archive = validation.pack("gpu-validate-x")
+    validation.write()
+    assert sorted(p.name for p in out.iterdir()) == ["gpu-validate-x.tar.gz", "gpu-validate.json", "gpu-validate.txt"]
+    report = json.loads((out / "gpu-validate.json").read_text())
+    assert [c["verdict"] for c in report["parts"][0]["checks"]] == ["PASS", "SKIPPED"]
+    trace = "runs/20261203T000000Z-host-cuda0/profiles/resnet50-rv/trace.pt.trace.json"
+    assert report["archive"]["left_out"] == [trace] and archive.stat().st_size <= 200_000
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    # rvbench's layout, under one folder: the run directory as `rvbench run` wrote it, and the logs.
+    assert "gpu-validate-x/runs/20261203T000000Z-host-cuda0/config.json" in names
+    assert "gpu-validate-x/gpu-smoke.log" in names and f"gpu-validate-x/{trace}" not in names
+    text = (out / "gpu-validate.txt").read_text()
+    assert "== crosscheck: skipped: budget" in text and "smoke: 18 of 18 cells ok" in text
+    summary = "\n".join(validation.summary())
+    assert "slow                 SKIPPED" in summary and "crosscheck   skipped: budget" in summary
+
+
+def test_no_smoke_run_means_no_crosscheck(tmp_path):
+    validation = Validation("cuda:0", tmp_path, tmp_path, echo=lambda _: None, budgets={})
+    (result,) = validation.run((Part("crosscheck", 30, "timm loop"),))
+    assert result.status == "not run: the smoke run left no run directory"
+
+
+def test_budgets_add_up_to_at_most_eight_minutes():
+    assert TOTAL_S == 480.0
+    assert validate.budgets_fit() <= TOTAL_S
+    checks = validate.check_budgets()
+    assert list(checks) == list(gpu.CHECKS) and all(b > 0 for b in checks.values())
+    # The gpu-check part: one child's start-up and every check's budget, four minutes at most.
+    assert guard.START_S + sum(checks.values()) <= PARTS[0].budget_s <= 240.0
+    assert [p.name for p in PARTS] == ["gpu-check", "gpu-smoke", "crosscheck"]
+
+
+def test_gpu_check_lines_are_what_the_guard_reads():
+    line = gpu.CheckResult("memory-prediction", False, "eager peak error within 3.1% (worst of 4)", seconds=41.6).line(10)
+    found = guard.VERDICT.match(line)
+    assert found.groups() == ("FAIL", "memory-prediction", "eager peak error within 3.1% (worst of 4)", "42")
+    assert guard.HEADER.match("gpu-check on cuda:1 (NVIDIA H200): 13 checks")
+
+
+@needs_no_cuda
+def test_without_cuda_one_line_exit_2_and_nothing_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["gpu-validate", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["rvbench gpu-validate: error: gpu-validate needs a CUDA device, and torch sees none here "
+                   "(torch.cuda.is_available() is False)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_no_cuda
+def test_make_gpu_validate_without_cuda_fails_with_that_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(["make", "-s", "-C", str(ROOT), "gpu-validate", f"PYTHON={sys.executable}",
+                           f"OUT={tmp_path / 'out'}"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode != 0 and "gpu-validate needs a CUDA device" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.xdist_group("smoke_run")
+def test_crosscheck_times_every_ok_cell_in_timms_loop(tmp_path_factory, tmp_path, capsys):
+    import shutil
+
+    import pandas as pd
+
+    from report_fixture import real_smoke_run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(real_smoke_run(tmp_path_factory.getbasetemp() / "smoke_run"), run_dir, symlinks=True)
+    assert main(["crosscheck", str(run_dir)]) == 0
+    table = pd.read_csv(run_dir / "crosscheck.csv")
+    rows = pd.read_json(run_dir / "results.jsonl", lines=True)
+    ok = rows[rows["status"] == "ok"]
+    assert len(table) == len(ok) and set(table["status"]) == {"ok"}
+    assert (table["timm_loop_ms_mean"] > 0).all()
+    merged = table.merge(ok, on=["arch", "impl", "batch_size", "precision", "mode"], suffixes=("", "_run"))
+    assert (merged["step_ms_p50"] == merged["step_ms_p50_run"]).all()
+    pct = 100 * (table["timm_loop_ms_mean"] / table["step_ms_p50"] - 1)
+    assert (abs(pct - table["timm_vs_p50_pct"]) < 1e-9).all()
+    out = capsys.readouterr().out
+    assert f"crosscheck: {len(ok)} of {len(ok)} cells timed" in out and "timm's loop mean" in out
+
+
+def test_crosscheck_of_no_run_directory_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["crosscheck", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (f"rvbench crosscheck: error: {tmp_path} has no results.jsonl or "
+                                               "results.parquet: not a run directory")

@@ -12,6 +12,9 @@ Order of events in a cell:
 
 A row with power (a CUDA device NVML can read) times at least `POWER_MIN_S`, whatever the
 preset's `min_s` and `max_iters`: NVML's readings need seconds to mean anything (bench.measure.power).
+A timing config that samples no power for the cell (`TimingConfig.no_power`: the runner's one-step
+max-batch probes, or a batch below the preset's `power_min_batch`) opens no monitor and keeps its
+own `min_s` and `max_iters`; the row's power columns are None and `power_note` says why.
 
 Recompilations are dynamo graphs compiled after the first step: `recompiles` counts those in
 warm-up and timing, `recompiles_timed` those inside the timed loop (its samples then include
@@ -88,7 +91,7 @@ def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
     params_total, params_trainable = count_params(built.model)
     weights = weights_bytes(built.model)
     step = built.step
-    monitor = power_monitor(device)
+    monitor = timing.no_power(cell.batch_size) or power_monitor(device)
     if isinstance(monitor, PowerMonitor):
         timing = dataclasses.replace(timing, min_s=max(timing.min_s, POWER_MIN_S), max_iters=sys.maxsize)
 

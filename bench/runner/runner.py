@@ -110,7 +110,7 @@ class Runner:
         self._worker = Worker(log_dir / slot.log_name)
         self._timing = dataclasses.asdict(timing)
         self._probe_timing = dataclasses.asdict(dataclasses.replace(
-            timing, warmup_iters=1, warmup_s=0.0, min_iters=1, min_s=0.0, max_iters=1))
+            timing, warmup_iters=1, warmup_s=0.0, min_iters=1, min_s=0.0, max_iters=1, power=False))
         self._timeout = cell_timeout
         self.env: dict = {}
 
@@ -193,8 +193,8 @@ class Runner:
 
         Returns (best, smallest batch that did not fit, why it did not: see `_misfit`), or
         (best, None, "limit") when every batch up to MAX_BATCH_LIMIT (CPU_MAX_BATCH_LIMIT on a
-        CPU) fit. Probes use a one-step timing config; their compilation does not count against
-        their timeout (see the module docstring).
+        CPU) fit. Probes use a one-step timing config that samples no power (so no power floor
+        stretches them); their compilation does not count against their timeout (see the module docstring).
         """
         limit = CPU_MAX_BATCH_LIMIT if base.device == "cpu" else MAX_BATCH_LIMIT
         best, misfit_at, reason = None, None, "limit"

@@ -8,7 +8,8 @@ Order of events in a cell:
 4. warm-up; on CUDA, gradients dropped, cache emptied, peaks reset and memory at rest read, then one
    untimed step to refill the cache (bench.measure.memory); the power monitor starts last, right
    before the timed loop, and stops right after its final synchronisation;
-5. `prepared_cell` releases the model, compile caches and CUDA cache and restores the switches.
+5. `prepared_cell` releases the model (dropped first), compile caches, cuBLAS workspaces and CUDA
+   cache, and restores the switches.
 
 A row with power (a CUDA device NVML can read) times at least `POWER_MIN_S`, whatever the
 preset's `min_s` and `max_iters`: NVML's readings need seconds to mean anything (bench.measure.power).
@@ -150,4 +151,6 @@ def measure_cell(cell: Cell, timing: TimingConfig) -> dict:
     missing devices) and lets torch.OutOfMemoryError propagate for the runner to classify.
     """
     with prepared_cell(cell) as built:
-        return _measure(built, timing)
+        row = _measure(built, timing)
+        del built  # before the release, which can free only what nothing holds
+    return row

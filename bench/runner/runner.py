@@ -141,7 +141,8 @@ class Runner:
         overhead_s = None if result.get("timed_s") is None else round(wall_s - result["timed_s"], 3)
         return make_row(self.run_id, job.job_id, cell, reply["status"], reply["message"], started=started,
                         env=self.env, **result, slot=self.slot.name, find_max_batch=job.max_batch, **extra,
-                        wall_s=wall_s, overhead_s=overhead_s, mem_predicted_mb=predicted_mb(cell))
+                        wall_s=wall_s, overhead_s=overhead_s,
+                        mem_predicted_mb=predicted_mb(dataclasses.replace(cell, device=self.slot.device)))
 
     def run(self, job: Job) -> tuple[dict, list[float]]:
         """Run one job; returns its row and timing samples (empty unless ok)."""
@@ -246,7 +247,8 @@ def _limit(misfit_at: int | None, reason: str | None) -> dict:
 
 
 def predicted_mb(cell: Cell) -> float | None:
-    """The cell's predicted peak CUDA memory in MiB (bench.counting.memory), for its row on any device.
+    """The cell's predicted peak CUDA memory in MiB (bench.counting.memory), for its row on any device
+    (the slot's: its GPU sizes the cuBLAS workspaces).
 
     Predicted here, in the runner, after the cell's `wall_s` is taken: it is a model of the cell, not a
     measurement, and the runner's process keeps the per-configuration cache across worker restarts

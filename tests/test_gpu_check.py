@@ -120,3 +120,50 @@ def test_a_raising_check_is_a_fail_with_its_error_and_the_rest_still_run(monkeyp
     assert (failed.verdict, failed.figure) == ("FAIL", "raised RuntimeError: CUDA error: misaligned address")
     assert "Traceback" in failed.data["traceback"]
     assert (info.verdict, info.figure, info.data) == ("INFO", "42 W", {"w": 42})
+
+
+@pytest.mark.parametrize("predicted, measured, ok", [
+    (4600.0, 5000.0, True),  # -8%
+    (4400.0, 5000.0, False),  # -12% of a GiB-sized training peak: mispredicted
+    (5540.0, 5000.0, False),  # +10.8%
+    (440.0, 500.0, True),  # -12% but 60 MiB: the fixed terms the predictor leaves out
+    (430.0, 500.0, False),  # 70 MiB off a small peak
+    (560.0, 500.0, True),
+])
+def test_memory_prediction_rule_is_ten_percent_or_64_mib(predicted, measured, ok):
+    assert gpu.judge_memory_prediction(predicted, measured) is ok
+
+
+def test_memory_prediction_frees_this_process_before_the_search(monkeypatch, tmp_path):
+    """The max-batch search runs in a worker on the same GPU: the check gives back what its own
+    measurements cached before the runner exists, and each cell's verdict is the judge's."""
+    from bench.counting import memory
+    from bench.execute import prepare
+    from bench.runner import runner
+
+    events = []
+    measured = {"inference": 500.0, "train": 5000.0}
+    monkeypatch.setattr(gpu, "measure_cell", lambda cell, timing: events.append("measure")
+                        or {"mem_peak_alloc_mb": measured[cell.mode]})
+    monkeypatch.setattr(memory, "predict_cell_peak", lambda cell: (440.0 if cell.mode == "inference" else 4400.0) * memory.MB)
+    monkeypatch.setattr(memory, "max_batch", lambda *args, **kwargs: events.append(("predict", kwargs["capability"])) or 300)
+    monkeypatch.setattr(prepare, "free_cuda_memory", lambda: events.append("free"))
+    monkeypatch.setattr(gpu.torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 80 * 2**30}))
+    monkeypatch.setattr(gpu.torch.cuda, "get_device_capability", lambda device: (9, 0))
+
+    class FakeRunner:
+        def __init__(self, *args) -> None:
+            events.append("runner")
+
+        def run(self, job):
+            events.append("search")
+            return {"status": "ok", "batch_size": 290, "max_batch_limit_reason": "oom"}, []
+
+        def close(self) -> None:
+            events.append("close")
+
+    monkeypatch.setattr(runner, "Runner", FakeRunner)
+    passed, figure, data = gpu.check_memory_prediction(gpu.Context("cuda:0", tmp_path))
+    assert events == ["measure"] * 4 + ["free", "runner"] + ["search", ("predict", (9, 0))] * 2 + ["close"]
+    assert passed is False and "within 10% or 64 MiB" in figure  # train -12% fails; inference -60 MiB passes
+    assert [v["passed"] for v in data.values() if "passed" in v] == [True, False, True, False]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import weakref
 
 import pytest
 import torch
@@ -194,3 +195,41 @@ def test_measure_cell_compiled_with_freezing(monkeypatch):
     assert calls  # Inductor ran its freeze pass under the step's inference_mode
     assert row["inductor_freezing"] is True and row["compile_s"] > 0 and row["recompiles_timed"] == 0
     assert config.freezing == before
+
+
+def test_the_cell_is_dropped_before_its_memory_is_released(monkeypatch):
+    """prepared_cell's release frees only what nothing holds: measure_cell drops its BuiltCell first,
+    so the model is garbage when the release empties the CUDA cache (else a process that measured a
+    cell, gpu-check's, would keep it cached while a worker searches the largest batch)."""
+    from bench.execute import prepare
+
+    models, alive_at_release = [], []
+    real_build, real_free = prepare._build, prepare.free_cuda_memory
+
+    def build(*args):
+        built = real_build(*args)
+        models.append(weakref.ref(built.model))
+        return built
+
+    def free():
+        real_free()
+        alive_at_release.append(models[-1]() is not None)
+
+    monkeypatch.setattr(prepare, "_build", build)
+    monkeypatch.setattr(prepare, "free_cuda_memory", free)
+    measure_cell(Cell("resnet18", "rv", batch_size=2, image_size=32, mode="train"), QUICK)
+    assert alive_at_release == [False]
+
+
+def test_free_cuda_memory_drops_cublas_workspaces_then_the_cache(monkeypatch):
+    """torch keeps a cuBLAS workspace per handle for the life of the process; dropping them first
+    puts their blocks in the cache that empty_cache then gives back to the driver."""
+    from bench.execute import prepare
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: calls.append("cublas"), raising=False)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("cache"))
+    prepare.free_cuda_memory()
+    assert calls == ["cublas", "cache"]

@@ -20,8 +20,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from bench.cli import main
 from bench.config.cell import Cell, variant_label
 from bench.config.precision import plan_for
-from bench.counting.memory import (ALLOCATOR_BLOCK, CARDS, CATEGORIES, MB, PHASES, _LiveBytes, _materialise,
-                                   allocated_bytes, predict_cell_peak, predict_step_memory, step_curve)
+from bench.counting import memory
+from bench.counting.memory import (ALLOCATOR_BLOCK, CARDS, CATEGORIES, MB, PHASES, SPLIT_MIN, _LiveBytes, _materialise,
+                                   allocated_bytes, cublas_workspace_bytes, max_batch, predict_cell_peak,
+                                   predict_step_memory, step_curve)
 from bench.models import get_entry
 from bench.report.sections import memory as plots_memory
 
@@ -80,12 +82,60 @@ def test_activations_grow_linearly_with_batch(arch, impl):
 @pytest.mark.parametrize("arch, mode", [("resnet18", "train"), ("vit_tiny_patch16_224", "inference")])
 def test_batch_curve_agrees_with_a_direct_trace_and_gives_the_largest_batch(arch, mode):
     curve = step_curve(arch, "rv", SIZE, "fp32", mode)
-    direct = predict_step_memory(arch, "rv", SIZE, 24, "fp32", mode).peak
-    assert curve.peak(24) == pytest.approx(direct, rel=1e-3)
-    assert predict_cell_peak(Cell(arch, "rv", 24, SIZE, mode=mode)) == curve.peak(24)
+    direct = predict_step_memory(arch, "rv", SIZE, 24, "fp32", mode)
+    assert curve.peak(24) + direct.workspace == pytest.approx(direct.peak, rel=1e-3)
+    assert predict_cell_peak(Cell(arch, "rv", 24, SIZE, mode=mode)) == curve.peak(24) + direct.workspace
+    direct = direct.peak - direct.workspace
     capacity = 3 * direct
     best = curve.max_batch(capacity)
     assert curve.peak(best) <= capacity < curve.peak(best + 1)
+
+
+@pytest.mark.parametrize("capability, config, expected", [
+    ((9, 0), None, 32 * MB),  # Hopper
+    ((10, 0), None, 32 * MB),  # Blackwell
+    ((8, 0), None, 8 * MB + 128 * 2**10),  # torch's ":4096:2:16:8" before Hopper
+    ((8, 9), None, 8 * MB + 128 * 2**10),
+    ((8, 0), ":4096:8", 32 * MB),
+    ((9, 0), ":4096:2:16:8", 8 * MB + 128 * 2**10),  # the pairs add up, as torch parses them
+    ((9, 0), ":16:8", 128 * 2**10),
+    ((9, 0), "4096", 32 * MB),  # no ":SIZE:COUNT" pair: torch warns and keeps its default
+])
+def test_cublas_workspace_is_sized_as_torch_sizes_it(capability, config, expected):
+    assert cublas_workspace_bytes(capability, config) == expected
+
+
+def test_cublas_workspaces_are_in_the_peak_one_per_thread_running_matmuls(monkeypatch):
+    """Inference holds one workspace, training two (autograd's device thread has its own cuBLAS
+    handle); they are the `workspace` category, in the peak, and sized by the cell's GPU when one is
+    present, else for Hopper; CUBLAS_WORKSPACE_CONFIG resizes them."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    infer = predict_step_memory("resnet18", "rv", SIZE, 4, "fp32", "inference")
+    train = predict_step_memory("resnet18", "rv", SIZE, 4, "fp32", "train")
+    ampere = predict_step_memory("resnet18", "rv", SIZE, 4, "fp32", "train", capability=(8, 0))
+    assert (infer.workspace, train.workspace, ampere.workspace) == (32 * MB, 64 * MB, 2 * (8 * MB + 128 * 2**10))
+    for p in (infer, train, ampere):
+        assert p.at_peak["workspace"] == p.workspace and sum(p.at_peak.values()) == p.peak
+    assert train.peak - ampere.peak == 2 * 24 * MB - 2 * 128 * 2**10
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # 128 KiB: blocks the allocator always splits
+    small = predict_step_memory("resnet18", "rv", SIZE, 4, "fp32", "train")
+    assert small.workspace == 2 * 128 * 2**10 and train.slack - small.slack == 2 * SPLIT_MIN
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+
+    cpu, gpu = Cell("resnet18", "rv", 4, SIZE), Cell("resnet18", "rv", 4, SIZE, device="cuda:0")
+    monkeypatch.setattr(memory, "cuda_capability", lambda device: None if device == "cpu" else (8, 6))
+    assert predict_cell_peak(cpu) - predict_cell_peak(gpu) == 24 * MB - 128 * 2**10
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    assert predict_cell_peak(cpu) == predict_cell_peak(gpu)
+    tensors = step_curve("resnet18", "rv", SIZE, "fp32", "inference").peak(4)
+    assert predict_cell_peak(gpu) == tensors + 32 * MB
+
+
+def test_largest_batch_keeps_the_workspaces_aside():
+    args = ("vit_tiny_patch16_224", "rv", SIZE, "fp32", "train")
+    curve = step_curve(*args)
+    gpu_mem = memory.CUDA_CONTEXT_BYTES + 64 * MB + curve.peak(10)
+    assert max_batch(*args, gpu_mem) == 10 < max_batch(*args, gpu_mem, capability=(8, 0))
 
 
 def _forward_bytes(arch: str, device: str, dtype: torch.dtype) -> tuple[int, int]:

@@ -221,6 +221,50 @@ def test_rows_with_power_time_at_least_three_seconds(monkeypatch):
     assert row["energy_source"] == "counter" and row["energy_j_per_image"] > 0
 
 
+def _timed_configs(monkeypatch) -> tuple[list[TimingConfig], list[int]]:
+    """Record the config each timed loop is asked for, and how many steps it ran; power comes from
+    a fake NVML board, and the test fails if a monitor is opened where none should be."""
+    monkeypatch.setattr(measure, "power_monitor", lambda device: power.PowerMonitor(fake_nvml(), object()))
+    asked, steps = [], []
+    real_time_callable = measure.time_callable
+
+    def time_callable(fn, device, cfg, around_timed=None):
+        asked.append(cfg)
+        result = real_time_callable(fn, device, cfg, around_timed)
+        steps.append(len(result.samples_ms))
+        return result
+
+    monkeypatch.setattr(measure, "time_callable", time_callable)
+    return asked, steps
+
+
+def test_max_batch_probes_time_one_step_without_power(monkeypatch, tmp_path):
+    """The runner's probe timing, as its worker rebuilds it from the request, opens no power monitor
+    on a board NVML can read, so no power floor stretches it: exactly one timed step, and the
+    row's power columns say why they are empty."""
+    from bench.runner.runner import Runner, Slot
+
+    preset = TimingConfig(warmup_iters=3, warmup_s=0.5, min_iters=10, min_s=1.0, max_iters=1000)
+    probe = TimingConfig(**Runner(tmp_path, "run", preset, None, Slot("cpu", "cpu"))._probe_timing)
+    asked, steps = _timed_configs(monkeypatch)
+    monkeypatch.setattr(measure, "power_monitor", lambda device: pytest.fail("a probe opened a power monitor"))
+    row = measure.measure_cell(Cell("resnet18", "rv", batch_size=2, image_size=32), probe)
+    assert asked == [probe] and steps == [1] and row["n_iters"] == 1
+    assert all(row[name] is None for name in names("power") if name != "power_note")
+    assert row["power_note"] == "power not sampled: timing power = false"
+
+
+def test_power_min_batch_samples_only_large_batches(monkeypatch):
+    """A preset's `power_min_batch`: below it a cell keeps the preset's timing and has no power;
+    at it the cell samples power and gets the floor."""
+    quick = TimingConfig(warmup_iters=1, warmup_s=0.0, min_iters=2, min_s=0.0, max_iters=3, power_min_batch=2)
+    asked, steps = _timed_configs(monkeypatch)
+    small = measure.measure_cell(Cell("resnet18", "rv", batch_size=1, image_size=32), quick)
+    assert asked == [quick] and steps == [2]
+    assert small["energy_j_per_image"] is None and "below batch 2" in small["power_note"]
+    assert quick.no_power(2) == "" and TimingConfig().no_power(1) == ""
+
+
 # ---- opening NVML and finding the device ------------------------------------------------------
 
 

@@ -97,3 +97,19 @@ def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, capsys,
     assert err.startswith("rvbench run: error: ") and message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_timing_power_switches_round_trip_through_config_json():
+    """A preset's `power = false` (a bool among numbers) survives config.json and `--resume`; a number
+    there is refused with one line, as is a bool for a numeric key."""
+    from bench.config.sweep import SweepSpec
+
+    spec = build_spec("smoke", "cpu", {})
+    spec.timing.update(power=False, power_min_batch=64)
+    again = SweepSpec.from_json(spec.to_json())
+    assert timing_config(again).no_power(256) == "power not sampled: timing power = false"
+    for key, bad in (("power", 1), ("min_s", True)):
+        data = spec.to_json()
+        data["timing"][key] = bad
+        with pytest.raises(UsageError, match=f"timing {key} must be"):
+            SweepSpec.from_json(data)

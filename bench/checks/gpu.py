@@ -56,6 +56,13 @@ from bench.measure.timing import summarize, time_callable, timm_loop_ms
 TIMING_AGREE_PCT = 3.0
 PROFILE_AGREE_PCT = 10.0
 MEMORY_PREDICTION_PCT = 10.0  # issue 13's target for eager cells
+# ... or this close in MiB: what the predictor leaves out does not grow with the batch (cuDNN's
+# workspace for the chosen convolution, tens of MiB for resnet50 at batch 64; a separate cuBLASLt
+# workspace in torch builds that do not share cuBLAS's; blocks the allocator does not split, up
+# to 1 MiB each), so on an inference peak of a few hundred MiB it can pass 10% with nothing
+# mispredicted. Twice a Hopper cuBLAS workspace: mispredicted tensors grow with the batch and
+# show in the training cells, whose peaks at batch 64 are GiBs.
+MEMORY_PREDICTION_MB = 64.0
 # Peak reserved may exceed peak allocated by the allocator's rounding and fragmentation; beyond
 # this it holds blocks the timed loop never used (cudnn workspaces from warm-up, cached blocks).
 RESERVED_SLACK = 1.25
@@ -130,6 +137,12 @@ def judge_memory(row: dict) -> tuple[bool, str]:
         return False, f"reserved {reserved:.0f} MB inflated over allocated {alloc:.0f} MB{beside}"
     what = "no activation figure (CUDA graphs)" if activation is None else f"activation {activation:.0f} MB"
     return True, f"{what}, reserved {reserved:.0f} / allocated {alloc:.0f} MB{beside}"
+
+
+def judge_memory_prediction(predicted_mb: float, measured_mb: float) -> bool:
+    """The predicted peak within MEMORY_PREDICTION_PCT of the measured one, or within
+    MEMORY_PREDICTION_MB of it, whichever is looser."""
+    return abs(predicted_mb - measured_mb) <= max(MEMORY_PREDICTION_PCT / 100.0 * measured_mb, MEMORY_PREDICTION_MB)
 
 
 def judge_ddp(row: dict) -> tuple[bool, str]:
@@ -343,19 +356,29 @@ def check_oom_recovery(ctx: Context) -> tuple[bool | None, str, dict]:
 
 def check_memory_prediction(ctx: Context) -> tuple[bool | None, str, dict]:
     """Predicted (bench.counting.memory) against measured peak allocated memory for eager cells of
-    the default GPU preset's models, and the predicted largest training batch against the search."""
+    the default GPU preset's models, and the predicted largest training batch against the search.
+
+    The search runs in a worker process on the same GPU, so this process first gives back all it
+    caches (`free_cuda_memory`; `measure_cell` has dropped its cells): only its CUDA context stays.
+    """
     from bench.counting.memory import MB, max_batch, predict_cell_peak
+    from bench.execute.prepare import free_cuda_memory
     from bench.runner.runner import Job, Runner, Slot
 
     cells = [ctx.cell(arch, 64, precision="amp-bf16", channels_last=arch.startswith("resnet"), mode=mode)
              for arch in ("resnet50", "vit_base_patch16_224") for mode in ("inference", "train")]
-    data, errors = {}, []
+    data, errors, verdicts = {}, [], []
     for cell in cells:
         measured = measure_cell(cell, CHECK_TIMING)["mem_peak_alloc_mb"]
         predicted = predict_cell_peak(cell) / MB
         errors.append(predicted / measured - 1.0)
-        data[cell.label()] = {"predicted_mb": predicted, "measured_mb": measured, "error_pct": 100.0 * errors[-1]}
-    total = torch.cuda.get_device_properties(torch.device(ctx.device)).total_memory
+        verdicts.append(judge_memory_prediction(predicted, measured))
+        data[cell.label()] = {"predicted_mb": predicted, "measured_mb": measured, "error_pct": 100.0 * errors[-1],
+                              "passed": verdicts[-1]}
+    free_cuda_memory()
+    device = torch.device(ctx.device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    capability = torch.cuda.get_device_capability(device)
     runner = Runner(ctx.out_dir, ctx.out_dir.name, CHECK_TIMING, 600, Slot(ctx.device, ctx.device))
     searches = []
     try:
@@ -363,7 +386,7 @@ def check_memory_prediction(ctx: Context) -> tuple[bool | None, str, dict]:
             base = dataclasses.replace(cell, batch_size=1)
             row, _ = runner.run(Job(base, max_batch=True))
             predicted = max_batch(cell.arch, cell.impl, cell.image_size, cell.precision, cell.mode, total,
-                                  channels_last=cell.channels_last)
+                                  channels_last=cell.channels_last, capability=capability)
             found = row["batch_size"] if row["status"] == "ok" else None
             data[f"max batch {cell.arch} train"] = {"predicted": predicted, "searched": found,
                                                     "reason": row.get("max_batch_limit_reason")}
@@ -371,9 +394,9 @@ def check_memory_prediction(ctx: Context) -> tuple[bool | None, str, dict]:
     finally:
         runner.close()
     worst = max(errors, key=abs)
-    passed = all(abs(e) <= MEMORY_PREDICTION_PCT / 100.0 for e in errors)
-    figure = f"eager peak error within {100 * abs(worst):.1f}% (worst of {len(errors)}); largest batch: " + "; ".join(searches)
-    return passed, figure, data
+    figure = (f"eager peak error within {100 * abs(worst):.1f}% (worst of {len(errors)}; passes within "
+              f"{MEMORY_PREDICTION_PCT:g}% or {MEMORY_PREDICTION_MB:g} MiB); largest batch: " + "; ".join(searches))
+    return all(verdicts), figure, data
 
 
 def check_fp32_modes(ctx: Context) -> tuple[bool | None, str, dict]:

@@ -12,6 +12,8 @@ from bench.config.cell import COMPILE_MODES, DEFAULT_OPTIMIZER, MODES, OPTIMIZER
 from bench.counting.memory import (
     CARDS,
     CATEGORIES,
+    CUBLAS_WORKSPACE_HOPPER,
+    CUBLAS_WORKSPACE_OLDER,
     CUDA_CONTEXT_BYTES,
     MB,
     NOT_MODELLED,
@@ -137,10 +139,12 @@ def _print_rows(rows: list[dict], gpu_mem: int | None) -> None:
     print(format_table(columns, [[_rounded(r[k]) for k in keys] for r in rows], left=6))
     print("\nPredicted torch.cuda.max_memory_allocated of one steady-state eager step on CUDA, broken down at "
           f"the peak (MB = 2**20 bytes). \"+ up to\": the caching allocator may charge up to 1 MiB more for each "
-          f"live block over 1 MiB (blocks it does not split). {NOT_MODELLED[0].upper()}{NOT_MODELLED[1:]}.")
+          f"live block over 1 MiB (blocks it does not split). workspace: torch's cuBLAS workspace per thread that "
+          f"runs matmuls (training: 2), {CUBLAS_WORKSPACE_HOPPER / MB:g} MiB each on Hopper, as assumed here "
+          f"({CUBLAS_WORKSPACE_OLDER / MB:g} MiB before; CUBLAS_WORKSPACE_CONFIG when set). {NOT_MODELLED[0].upper()}{NOT_MODELLED[1:]}.")
     if gpu_mem is not None:
         print(f"max bs: largest batch whose predicted peak fits the memory less {CUDA_CONTEXT_BYTES // MB} MiB "
-              "for the CUDA context and workspaces; fragmentation can still make it fail.")
+              "for the CUDA context and cuDNN; fragmentation can still make it fail.")
 
 
 def _rounded(value: object) -> object:

@@ -46,13 +46,32 @@ FAMILIES = FAMILY_NAMES  # what `channels_last` may list
 
 @dataclass(frozen=True)
 class TimingConfig:
-    """How long to warm up and to time (bench.measure.timing applies it); presets set these by name."""
+    """How long to warm up and to time (bench.measure.timing applies it); presets set these by name.
+
+    Power: a cell that samples power (a CUDA device NVML can read) times at least
+    bench.measure.power.POWER_MIN_S, whatever `min_s` and `max_iters` say, since NVML's readings
+    need seconds to mean anything. `power = false` turns sampling, and so that floor, off: the
+    runner's max-batch probes time exactly one step this way. `power_min_batch` samples only cells
+    of at least that batch size: at small batches the board idles between kernels and the reading
+    says little, so a preset can keep the floor for the batches whose power is worth reporting.
+    """
 
     warmup_iters: int = 3
     warmup_s: float = 0.5
     min_iters: int = 10
     min_s: float = 1.0
     max_iters: int = 1000
+    power: bool = True
+    power_min_batch: int = 1
+
+    def no_power(self, batch_size: int) -> str:
+        """Why a cell of `batch_size` samples no power under this config; "" when it may (the device
+        may still have none to read, bench.measure.power says so)."""
+        if not self.power:
+            return "power not sampled: timing power = false"
+        if batch_size < self.power_min_batch:
+            return f"power not sampled below batch {self.power_min_batch} (timing power_min_batch)"
+        return ""
 
 
 @dataclass
@@ -90,8 +109,10 @@ class SweepSpec:
         if data["rounds"] < 1:
             raise UsageError(f"{where}: rounds must be >= 1, got {data['rounds']}")
         for name, value in data["timing"].items():
-            if not _is(value, float):
-                raise UsageError(f"{where}: timing {name} must be a number, got {value!r}")
+            kind = bool if name in _TIMING_SWITCHES else float
+            if not _is(value, kind):
+                raise UsageError(f"{where}: timing {name} must be {'true or false' if kind is bool else 'a number'}, "
+                                 f"got {value!r}")
         if not data["sweeps"]:
             raise UsageError(f"{where}: sweeps is empty")
         for i, block in enumerate(data["sweeps"]):
@@ -101,6 +122,8 @@ class SweepSpec:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+# TimingConfig's on/off fields; the others are numbers.
+_TIMING_SWITCHES = {f.name for f in dataclasses.fields(TimingConfig) if f.type == "bool"}
 # The JSON type of each SweepSpec field (float: any number).
 _SPEC_TYPES = {"preset": str, "device": str, "rounds": int, "timing": dict, "sweeps": list,
                "find_max_batch": bool, "skipped_pairs": list}

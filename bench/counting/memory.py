@@ -23,17 +23,31 @@ counted. amp-fp16's GradScaler (a few scalars, in-place unscaling) is left out.
 The peak is broken down by what each live storage is: weights (parameters and buffers), batch
 (input and labels), gradients, optimizer state, activations (made in the forward and still alive
 when it ends: the tensors saved for backward, autocast's low-precision weight copies that backward
-keeps, the logits and loss) and transient (everything else: temporaries, gradients of activations,
-the optimizer's foreach temporaries).
+keeps, the logits and loss), transient (everything else: temporaries, gradients of activations,
+the optimizer's foreach temporaries) and workspace, below.
 
-Not modelled, so a real peak is higher: cuDNN/cuBLAS workspaces (cuDNN's choice with
-cudnn.benchmark can take hundreds of MB during a convolution; cuBLAS keeps a few MiB to 32 MiB per
-handle), blocks the allocator hands out unsplit (a request over 1 MiB that finds a cached block at
-most 1 MiB larger is charged the whole block: `MemoryPrediction.slack` bounds that at the peak) and
-other fragmentation, and torch.compile (Inductor fuses and recomputes, CUDA
-graphs keep private pools): compiled cells are predicted as their eager program. Outside allocated
-memory altogether: the CUDA context (about 300-500 MB per process) and reserved-but-free cache;
-`max_batch` keeps `CUDA_CONTEXT_BYTES` aside for them.
+cuBLAS workspaces: torch gives every cuBLAS handle, one per thread, a workspace from the caching
+allocator the first time the thread calls cuBLAS on a stream, and keeps it (so it counts in
+`max_memory_allocated`; bench.execute.prepare drops it between cells). Every model here calls
+cuBLAS (its classifier at least), so a step holds one workspace per thread that runs its matmuls:
+inference one, train and finetune two, since autograd runs a CUDA backward on its own device
+thread (`cublas_workspaces`). Its size is torch's choice (aten/src/ATen/cuda/CublasHandlePool.cpp,
+`cublas_workspace_bytes`): CUBLAS_WORKSPACE_CONFIG's ":SIZE:COUNT" pairs (SIZE in KiB) when set,
+else 32 MiB from Hopper on (sm90; torch builds since early 2026 give Blackwell the same) and
+":4096:2:16:8" (8 MiB + 128 KiB) before. It depends on the GPU: a cell on a CUDA device present
+here is predicted for that device's compute capability; a prediction with no such device (a CPU
+cell, `rvbench memory`, the card table) assumes Hopper, `DEFAULT_CAPABILITY`, which on an older
+card overstates the peak by 24 MiB per workspace. cuBLASLt shares the cuBLAS workspace (recent
+torch's default, TORCH_CUBLASLT_UNIFIED_WORKSPACE); builds that give it its own add up to 1 MiB
+per handle (CUBLASLT_WORKSPACE_SIZE), not modelled.
+
+Not modelled, so a real peak is higher: cuDNN's workspaces (cuDNN's choice with cudnn.benchmark can
+take hundreds of MB during a convolution), blocks the allocator hands out unsplit (a request over
+1 MiB that finds a cached block at most 1 MiB larger is charged the whole block:
+`MemoryPrediction.slack` bounds that at the peak) and other fragmentation, and torch.compile
+(Inductor fuses and recomputes, CUDA graphs keep private pools): compiled cells are predicted as
+their eager program. Outside allocated memory altogether: the CUDA context (about 300-500 MB per
+process) and reserved-but-free cache; `max_batch` keeps `CUDA_CONTEXT_BYTES` aside for them.
 
 Cost: fake execution does not depend on the batch size. Within one step the same ops run for
 every batch size and each storage is either fixed or proportional to the batch, so the live bytes
@@ -45,6 +59,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import re
 import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -59,6 +75,7 @@ from torch.utils._pytree import tree_flatten
 from bench.config.cell import MODES, Cell
 from bench.config.precision import PrecisionPlan, plan_for
 from bench.errors import UsageError
+from bench.hardware.device import cuda_capability
 from bench.models import get_entry
 from bench.models.training import DEFAULT_OPTIMIZER, make_optimizer, prepare_mode
 
@@ -67,13 +84,18 @@ ALLOCATOR_BLOCK = 512  # c10/cuda/CUDACachingAllocator.cpp kMinBlockSize: every 
 # kSmallSize: a cached block over 1 MiB is split only when more than 1 MiB would remain, and the
 # allocator counts the whole block as allocated, so a request over 1 MiB may be charged up to 1 MiB more.
 SPLIT_MIN = 2**20
-CUDA_CONTEXT_BYTES = 512 * MB  # kept aside by `max_batch`: CUDA context, cuBLAS/cuDNN handles and workspaces
+CUDA_CONTEXT_BYTES = 512 * MB  # kept aside by `max_batch`: CUDA context, cuDNN's handle and workspaces
 NUM_CLASSES = 1000  # as bench.execute.prepare builds every cell
-CATEGORIES = ("weights", "batch", "gradients", "optimizer_state", "activations", "transient")
+CATEGORIES = ("weights", "batch", "gradients", "optimizer_state", "activations", "transient", "workspace")
 PHASES = ("forward", "backward", "optimizer")
 CURVE_BATCHES = (2, 66)  # far apart, so per-tensor rounding barely moves the fitted slope
-NOT_MODELLED = ("not modelled: cuDNN/cuBLAS workspaces, fragmentation, the CUDA context (~300-500 MB), "
-                "torch.compile (compiled cells are predicted as eager)")
+# torch's cuBLAS workspace per handle (see the module docstring): from Hopper on, and before it (":4096:2:16:8").
+CUBLAS_WORKSPACE_HOPPER = 32 * MB
+CUBLAS_WORKSPACE_OLDER = (4096 * 2 + 16 * 8) * 2**10
+DEFAULT_CAPABILITY = (9, 0)  # assumed where no CUDA device says: Hopper
+NOT_MODELLED = ("not modelled: cuDNN workspaces, fragmentation, the CUDA context (~300-500 MB), "
+                "torch.compile (compiled cells are predicted as eager); cuBLAS workspaces are sized for "
+                "the cell's GPU, or for Hopper (sm90) without one")
 
 # (card, bytes of memory as nvidia-smi reports it) for the largest-batch table.
 CARDS = (
@@ -85,6 +107,24 @@ CARDS = (
     ("RTX 4090 24GB", 24564 * MB),
 )
 
+
+
+def cublas_workspace_bytes(capability: tuple[int, int], config: str | None) -> int:
+    """Bytes of one cuBLAS workspace as torch sizes it on a GPU of compute `capability`, where
+    `config` is CUBLAS_WORKSPACE_CONFIG (None: unset): the sum of SIZE KiB x COUNT over its
+    ":SIZE:COUNT" pairs, as torch parses it; a value without one gets the default, as in torch."""
+    pairs = re.findall(r":([0-9]+):([0-9]+)", config or "")
+    if pairs:
+        return sum(int(size) * 2**10 * int(count) for size, count in pairs)
+    return CUBLAS_WORKSPACE_HOPPER if capability >= (9, 0) else CUBLAS_WORKSPACE_OLDER
+
+
+def cublas_workspaces(mode: str, capability: tuple[int, int]) -> list[int]:
+    """The bytes of each cuBLAS workspace a step of `mode` holds on a GPU of `capability`, with this
+    process's CUBLAS_WORKSPACE_CONFIG (the worker inherits it): one for the calling thread, and one
+    more for autograd's device thread in train and finetune (see the module docstring)."""
+    threads = 1 if mode == "inference" else 2
+    return [cublas_workspace_bytes(capability, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))] * threads
 
 
 def allocated_bytes(nbytes: int) -> int:
@@ -160,6 +200,7 @@ class MemoryPrediction:
     gradients: int  # every gradient the step makes, in full
     optimizer_state: int  # in full (momentum buffers, Adam moments)
     activations: int  # alive at the end of the forward (see the module docstring)
+    workspace: int  # cuBLAS workspaces, held throughout the step (`cublas_workspaces`)
     slack: int  # up to this much more may be charged at the peak: 1 MiB per live block over 1 MiB (`SPLIT_MIN`)
 
 
@@ -275,18 +316,22 @@ def _known(tracker: _LiveBytes, model: nn.Module, x: torch.Tensor, y: torch.Tens
 
 
 def predict_step_memory(arch: str, impl: str, image_size: int, batch_size: int, precision: str, mode: str,
-                        optimizer: str = DEFAULT_OPTIMIZER, channels_last: bool = False) -> MemoryPrediction:
+                        optimizer: str = DEFAULT_OPTIMIZER, channels_last: bool = False,
+                        capability: tuple[int, int] = DEFAULT_CAPABILITY) -> MemoryPrediction:
     """Predict the CUDA memory of one steady-state step of an eager cell (see the module docstring).
 
-    `optimizer` is the cell's choice (bench.models.training.OPTIMIZERS). UsageError for names or
-    numbers that do not exist.
+    `optimizer` is the cell's choice (bench.models.training.OPTIMIZERS); `capability` the GPU's,
+    which sizes the cuBLAS workspaces. UsageError for names or numbers that do not exist.
     """
     _check(arch, impl, image_size, batch_size, precision, mode)
     tracker, (step,) = _trace(arch, impl, image_size, (batch_size,), precision, mode, optimizer, channels_last)
     k = max(range(len(step.trace)), key=lambda i: step.trace[i][1])
     category = {serial: name for name, serials in step.known.items() for serial in serials}
     at_peak = dict.fromkeys(CATEGORIES, 0)
-    activations = slack = 0
+    workspaces = cublas_workspaces(mode, capability)
+    at_peak["workspace"] = sum(workspaces)
+    activations = 0
+    slack = sum(SPLIT_MIN for size in workspaces if size > SPLIT_MIN)
     for serial, size in enumerate(tracker.sizes):
         name = category.get(serial)
         if (name is None and mode != "inference"
@@ -297,19 +342,21 @@ def predict_step_memory(arch: str, impl: str, image_size: int, batch_size: int, 
             at_peak[name or "transient"] += size
             slack += SPLIT_MIN if size > SPLIT_MIN else 0
     total = {name: sum(tracker.sizes[s] for s in serials) for name, serials in step.known.items()}
-    return MemoryPrediction(peak=step.trace[k][1], peak_phase=step.trace[k][0], at_peak=at_peak,
-                            weights=total["weights"], gradients=total["gradients"],
-                            optimizer_state=total["optimizer_state"], activations=activations, slack=slack)
+    return MemoryPrediction(peak=step.trace[k][1] + at_peak["workspace"], peak_phase=step.trace[k][0],
+                            at_peak=at_peak, weights=total["weights"], gradients=total["gradients"],
+                            optimizer_state=total["optimizer_state"], activations=activations,
+                            workspace=at_peak["workspace"], slack=slack)
 
 
 class StepCurve(NamedTuple):
-    """Live bytes after each op of a step as `fixed + per_image * batch`."""
+    """Live tensor bytes after each op of a step as `fixed + per_image * batch` (the cuBLAS
+    workspaces, which depend on the GPU, come on top: `predict_cell_peak`, `max_batch`)."""
 
     fixed: tuple[float, ...]
     per_image: tuple[float, ...]
 
     def peak(self, batch_size: int) -> int:
-        """Predicted peak allocated bytes at a batch size."""
+        """Predicted peak bytes of tensors at a batch size."""
         return round(max(a + b * batch_size for a, b in zip(self.fixed, self.per_image)))
 
     def max_batch(self, capacity: int) -> int:
@@ -348,19 +395,23 @@ def predict_cell_peak(cell: Cell) -> int:
     """Predicted `torch.cuda.max_memory_allocated` of one steady-state step of `cell`, in bytes.
 
     Cheap after the first cell of a configuration (arch, impl, image size, precision, mode,
-    optimizer, layout): it reads the cached `step_curve`. The device and compile mode of the cell
-    are ignored: the prediction is the eager program on CUDA.
+    optimizer, layout): it reads the cached `step_curve`. The compile mode of the cell is ignored
+    (the prediction is the eager program on CUDA); its device gives the GPU that sizes the cuBLAS
+    workspaces when it is a CUDA device present here, else `DEFAULT_CAPABILITY` is assumed.
     """
     curve = step_curve(cell.arch, cell.impl, cell.image_size, cell.precision, cell.mode,
                        cell.optimizer, cell.channels_last)
-    return curve.peak(cell.batch_size)
+    capability = cuda_capability(cell.device) or DEFAULT_CAPABILITY
+    return curve.peak(cell.batch_size) + sum(cublas_workspaces(cell.mode, capability))
 
 
 def max_batch(arch: str, impl: str, image_size: int, precision: str, mode: str, gpu_mem: int,
-              optimizer: str = DEFAULT_OPTIMIZER, channels_last: bool = False) -> int:
-    """Largest batch predicted to fit a card of `gpu_mem` bytes, `CUDA_CONTEXT_BYTES` kept aside."""
+              optimizer: str = DEFAULT_OPTIMIZER, channels_last: bool = False,
+              capability: tuple[int, int] = DEFAULT_CAPABILITY) -> int:
+    """Largest batch predicted to fit a card of `gpu_mem` bytes and compute `capability`, with
+    `CUDA_CONTEXT_BYTES` and the step's cuBLAS workspaces kept aside."""
     return step_curve(arch, impl, image_size, precision, mode, optimizer, channels_last).max_batch(
-        gpu_mem - CUDA_CONTEXT_BYTES)
+        gpu_mem - CUDA_CONTEXT_BYTES - sum(cublas_workspaces(mode, capability)))
 
 
 def card_batches(arch: str, impl: str, image_size: int, precision: str, mode: str) -> dict[str, int]:

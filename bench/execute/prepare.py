@@ -124,13 +124,23 @@ def flops_per_image(cell: Cell) -> tuple[int, int]:
     return forward, train_flops(cell.arch, cell.impl, cell.image_size) if cell.mode == "train" else forward
 
 
-def _release(device: torch.device, compiled: bool) -> None:
+def free_cuda_memory() -> None:
+    """Give back the CUDA memory nothing holds any more: collect garbage, drop torch's cuBLAS
+    workspaces (kept per cuBLAS handle and stream for the life of the process, so one cell's would
+    count in the next cell's peaks; the next cuBLAS call allocates its own again) and return the
+    caching allocator's free blocks to the driver, where another process can use them. Only
+    garbage collection where CUDA was never initialised."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch._C._cuda_clearCublasWorkspaces()
+        torch.cuda.empty_cache()
+
+
+def _release(compiled: bool) -> None:
     """Free what the cell left behind so the next cell starts from the same state."""
     if compiled:
         torch._dynamo.reset()
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    free_cuda_memory()
 
 
 def check_cell(cell: Cell) -> ModelEntry:
@@ -148,6 +158,8 @@ def prepared_cell(cell: Cell) -> Iterator[BuiltCell]:
 
     The precision's global switches (TF32, cudnn.benchmark) and Inductor's freezing switch hold for
     the whole block and are restored after it; so is the memory the cell held, compile caches included.
+    The release frees only what nothing holds: a caller drops its `BuiltCell` (`del built`) before
+    the block ends, or its model, batch and optimizer state stay allocated, and cached, after it.
     """
     entry = check_cell(cell)
     plan = plan_for(cell.precision)
@@ -156,4 +168,4 @@ def prepared_cell(cell: Cell) -> Iterator[BuiltCell]:
         with numerics(plan, device), inductor_freezing(cell.compile):
             yield _build(cell, entry, plan, device)
     finally:
-        _release(device, cell.compile != "none")
+        _release(cell.compile != "none")

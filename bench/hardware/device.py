@@ -4,7 +4,8 @@ tests all go through these functions, so a device means the same thing everywher
 A device is "cpu" or "cuda:N". `resolve_device` turns what a user typed ("auto", "cuda") into one
 that exists here; `validate_device` checks the spelling only (a cell may be written on one machine
 and run on another); `check_support` refuses what the device kind can never run (fp16 on a CPU);
-`check_capability` asks the CUDA device itself (is it there, has it bf16/TF32 tensor cores).
+`check_capability` asks the CUDA device itself (is it there, has it bf16/TF32 tensor cores);
+`cuda_capability` reads its compute capability where it is present.
 """
 
 from __future__ import annotations
@@ -31,6 +32,19 @@ def cuda_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def cuda_capability(device: str) -> tuple[int, int] | None:
+    """The compute capability of CUDA device `device` ("cuda:N") when it is present here; None for
+    the CPU and for a device this machine lacks (a cell may be written on one machine, run on another)."""
+    if device == "cpu":
+        return None
+    index = int(device.split(":")[1])
+    if index >= cuda_count():
+        return None
+    import torch
+
+    return torch.cuda.get_device_capability(index)
 
 
 def resolve_device(device: str) -> str:

@@ -8,10 +8,14 @@ Order of events in a cell:
 4. warm-up; on CUDA, gradients dropped, cache emptied, peaks reset and memory at rest read, then one
    untimed step to refill the cache (bench.measure.memory); the power monitor starts last, right
    before the timed loop, and stops right after its final synchronisation;
-5. `prepared_cell` releases the model, compile caches and CUDA cache and restores the switches.
+5. `prepared_cell` releases the model (dropped first), compile caches, cuBLAS workspaces and CUDA
+   cache, and restores the switches.
 
 A row with power (a CUDA device NVML can read) times at least `POWER_MIN_S`, whatever the
 preset's `min_s` and `max_iters`: NVML's readings need seconds to mean anything (bench.measure.power).
+A timing config that samples no power for the cell (`TimingConfig.no_power`: the runner's one-step
+max-batch probes, or a batch below the preset's `power_min_batch`) opens no monitor and keeps its
+own `min_s` and `max_iters`; the row's power columns are None and `power_note` says why.
 
 Recompilations are dynamo graphs compiled after the first step: `recompiles` counts those in
 warm-up and timing, `recompiles_timed` those inside the timed loop (its samples then include
@@ -88,7 +92,7 @@ def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
     params_total, params_trainable = count_params(built.model)
     weights = weights_bytes(built.model)
     step = built.step
-    monitor = power_monitor(device)
+    monitor = timing.no_power(cell.batch_size) or power_monitor(device)
     if isinstance(monitor, PowerMonitor):
         timing = dataclasses.replace(timing, min_s=max(timing.min_s, POWER_MIN_S), max_iters=sys.maxsize)
 
@@ -147,4 +151,6 @@ def measure_cell(cell: Cell, timing: TimingConfig) -> dict:
     missing devices) and lets torch.OutOfMemoryError propagate for the runner to classify.
     """
     with prepared_cell(cell) as built:
-        return _measure(built, timing)
+        row = _measure(built, timing)
+        del built  # before the release, which can free only what nothing holds
+    return row

@@ -6,8 +6,9 @@ CUDA (exact, from the caching allocator), over the timed loop:
   to fit on the card; includes fragmentation and cached free blocks);
 - `mem_weights_mb`: parameters + buffers, in the cell's dtype (also reported on CPU: it is exact);
 - `mem_activation_mb`: peak allocated minus the memory allocated at rest right before the loop.
-  At rest the allocator holds the weights and buffers, the input batch and labels and, for
-  train/finetune, the optimizer state; gradients are dropped first (`zero_grad(set_to_none=True)`,
+  At rest the allocator holds the weights and buffers, the input batch and labels, the cuBLAS
+  workspaces warm-up made (one per thread that ran cuBLAS; bench.execute.prepare drops them between
+  cells, so a cell's peak holds its own) and, for train/finetune, the optimizer state; gradients are dropped first (`zero_grad(set_to_none=True)`,
   as every step begins), else they would count as rest and undercount the step by their size. So
   this is the transient memory of one step: activations saved for backward, gradients,
   temporaries, workspaces;

@@ -110,7 +110,7 @@ class Runner:
         self._worker = Worker(log_dir / slot.log_name)
         self._timing = dataclasses.asdict(timing)
         self._probe_timing = dataclasses.asdict(dataclasses.replace(
-            timing, warmup_iters=1, warmup_s=0.0, min_iters=1, min_s=0.0, max_iters=1))
+            timing, warmup_iters=1, warmup_s=0.0, min_iters=1, min_s=0.0, max_iters=1, power=False))
         self._timeout = cell_timeout
         self.env: dict = {}
 
@@ -141,7 +141,8 @@ class Runner:
         overhead_s = None if result.get("timed_s") is None else round(wall_s - result["timed_s"], 3)
         return make_row(self.run_id, job.job_id, cell, reply["status"], reply["message"], started=started,
                         env=self.env, **result, slot=self.slot.name, find_max_batch=job.max_batch, **extra,
-                        wall_s=wall_s, overhead_s=overhead_s, mem_predicted_mb=predicted_mb(cell))
+                        wall_s=wall_s, overhead_s=overhead_s,
+                        mem_predicted_mb=predicted_mb(dataclasses.replace(cell, device=self.slot.device)))
 
     def run(self, job: Job) -> tuple[dict, list[float]]:
         """Run one job; returns its row and timing samples (empty unless ok)."""
@@ -193,8 +194,8 @@ class Runner:
 
         Returns (best, smallest batch that did not fit, why it did not: see `_misfit`), or
         (best, None, "limit") when every batch up to MAX_BATCH_LIMIT (CPU_MAX_BATCH_LIMIT on a
-        CPU) fit. Probes use a one-step timing config; their compilation does not count against
-        their timeout (see the module docstring).
+        CPU) fit. Probes use a one-step timing config that samples no power (so no power floor
+        stretches them); their compilation does not count against their timeout (see the module docstring).
         """
         limit = CPU_MAX_BATCH_LIMIT if base.device == "cpu" else MAX_BATCH_LIMIT
         best, misfit_at, reason = None, None, "limit"
@@ -246,7 +247,8 @@ def _limit(misfit_at: int | None, reason: str | None) -> dict:
 
 
 def predicted_mb(cell: Cell) -> float | None:
-    """The cell's predicted peak CUDA memory in MiB (bench.counting.memory), for its row on any device.
+    """The cell's predicted peak CUDA memory in MiB (bench.counting.memory), for its row on any device
+    (the slot's: its GPU sizes the cuBLAS workspaces).
 
     Predicted here, in the runner, after the cell's `wall_s` is taken: it is a model of the cell, not a
     measurement, and the runner's process keeps the per-configuration cache across worker restarts

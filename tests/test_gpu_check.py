@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.checks import gpu
+from bench.checks import gpu, rules
 from bench.cli import main
 from bench.measure.memory import MB, CudaPeak
 
@@ -48,9 +48,9 @@ def test_unknown_check_named_with_the_valid_ones(capsys):
 
 
 def test_timing_rule_is_three_percent_against_both_references():
-    assert gpu.judge_timing(10.0, 10.29, 9.75)
-    assert not gpu.judge_timing(10.0, 10.4, 10.0)  # 4% off blocked_autorange
-    assert not gpu.judge_timing(10.0, 10.0, 9.6)  # 4% off the synchronised loop
+    assert rules.judge_timing(10.0, 10.29, 9.75)
+    assert not rules.judge_timing(10.0, 10.4, 10.0)  # 4% off blocked_autorange
+    assert not rules.judge_timing(10.0, 10.0, 9.6)  # 4% off the synchronised loop
 
 
 @pytest.mark.parametrize("alloc, reserved, activation, ok", [
@@ -62,7 +62,7 @@ def test_timing_rule_is_three_percent_against_both_references():
 def test_memory_rule(alloc, reserved, activation, ok):
     row = {"mem_peak_alloc_mb": alloc, "mem_peak_reserved_mb": reserved, "mem_activation_mb": activation,
            "mem_graph_pool_mb": 0.0}
-    assert gpu.judge_memory(row)[0] is ok
+    assert rules.judge_memory(row)[0] is ok
 
 
 def test_memory_rule_on_a_cuda_graph_row():
@@ -71,20 +71,20 @@ def test_memory_rule_on_a_cuda_graph_row():
     peak.peak_alloc, peak.peak_reserved, peak.at_rest, peak.graph_pool = 3000 * MB, 7000 * MB, 2800 * MB, 4000 * MB
     row = peak.columns(weights=100 * MB)
     assert row["mem_activation_mb"] is None
-    assert gpu.judge_memory(row) == (True, "no activation figure (CUDA graphs), reserved 7000 / allocated 3000 MB"
+    assert rules.judge_memory(row) == (True, "no activation figure (CUDA graphs), reserved 7000 / allocated 3000 MB"
                                            " beside the CUDA graphs' pool of 4000 MB")
-    assert gpu.judge_memory({**row, "mem_peak_reserved_mb": 3500.0, "mem_graph_pool_mb": 100.0})[0]  # no TypeError
+    assert rules.judge_memory({**row, "mem_peak_reserved_mb": 3500.0, "mem_graph_pool_mb": 100.0})[0]  # no TypeError
     inflated = {**row, "mem_peak_reserved_mb": 9000.0}  # 5000 MB beside the pool, over 1.25 x 3000 + 512
-    assert gpu.judge_memory(inflated) == (
+    assert rules.judge_memory(inflated) == (
         False, "reserved 9000 MB inflated over allocated 3000 MB beside the CUDA graphs' pool of 4000 MB")
 
 
 def test_profile_rule_step_within_ten_percent_and_modules_within_the_step():
-    assert gpu.judge_profile(10.5, 10.0, modules_ms=8.0, busy_ms=9.0)
-    assert not gpu.judge_profile(5.1, 10.0, modules_ms=8.0, busy_ms=9.0)  # the half-step bug
-    assert not gpu.judge_profile(10.0, 10.0, modules_ms=9.5, busy_ms=9.0)  # kernels counted twice
-    assert gpu.judge_profile(10.0, 10.0, modules_ms=None, busy_ms=9.0)  # compiled: no module ranges
-    assert gpu.judge_profile(10.0, 10.0, modules_ms=None, busy_ms=None)  # CUDA graphs opaque to CUPTI
+    assert rules.judge_profile(10.5, 10.0, modules_ms=8.0, busy_ms=9.0)
+    assert not rules.judge_profile(5.1, 10.0, modules_ms=8.0, busy_ms=9.0)  # the half-step bug
+    assert not rules.judge_profile(10.0, 10.0, modules_ms=9.5, busy_ms=9.0)  # kernels counted twice
+    assert rules.judge_profile(10.0, 10.0, modules_ms=None, busy_ms=9.0)  # compiled: no module ranges
+    assert rules.judge_profile(10.0, 10.0, modules_ms=None, busy_ms=None)  # CUDA graphs opaque to CUPTI
 
 
 def test_profile_check_profiles_the_cell_it_measures_at_batch_256(monkeypatch, tmp_path):
@@ -131,7 +131,7 @@ def test_a_raising_check_is_a_fail_with_its_error_and_the_rest_still_run(monkeyp
     (560.0, 500.0, True),
 ])
 def test_memory_prediction_rule_is_ten_percent_or_64_mib(predicted, measured, ok):
-    assert gpu.judge_memory_prediction(predicted, measured) is ok
+    assert rules.judge_memory_prediction(predicted, measured) is ok
 
 
 def test_memory_prediction_frees_this_process_before_the_search(monkeypatch, tmp_path):

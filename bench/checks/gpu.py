@@ -1,36 +1,41 @@
 """`rvbench gpu-check`: does the CUDA path measure what it claims, on this GPU?
 
-Twelve checks, each the shortest experiment that would expose one way a GPU benchmark goes wrong;
-each gives PASS, FAIL or INFO (a figure to read, with no pass rule) and its headline figure:
+Thirteen checks, each the shortest experiment that would expose one way a GPU benchmark goes wrong;
+each gives PASS, FAIL or INFO (a figure to read, with no pass rule) and its headline figure. They run
+in this order, the fast ones first and compilation last, each within a budget (`CHECKS`) that
+`rvbench gpu-validate`'s guard enforces (bench.checks.guard); together about 4 minutes on one H100/H200.
 
  1 device       the device, its row in the peak table (bench.hardware.gpus) and its NVML handle
                 (matched by UUID, so power readings come from the right board);
- 2 timing       our event timing against torch.utils.benchmark's blocked_autorange and a timm-style
-                loop that synchronises every step, resnet50 channels_last amp-bf16 inference at
-                batch 1, 64 and 256; PASS when all three agree within 3% at batch 64. Batch 1
-                and 256 give the cost of per-step synchronisation (timm's) against our in-flight window;
+ 2 timing       our event timing against torch.utils.benchmark's blocked_autorange and timm's loop
+                (a synchronise every step, bench.measure.timing.timm_loop_ms), resnet50 channels_last
+                amp-bf16 inference at batch 1, 64 and 256; PASS when all three agree within 3% at
+                batch 64. Batch 1 and 256 give the cost of per-step synchronisation against our
+                in-flight window;
  3 profile      the profiler's step time against the measured p50 (within 10%), and the per-module
                 forward time against the operator-category total (no kernel counted twice), resnet50
                 amp-bf16 inference at batch 256, where the GPU outlasts the host's profiling cost;
  4 memory       resnet50 train at batch 64 and vit_large train at batch 1: activation memory >= 0
                 and peak reserved not inflated by warm-up workspaces;
- 5 compile      default, reduce-overhead and max-autotune-no-cudagraphs, resnet18 batch 32,
-                inference and train, each in fresh Inductor caches: no exception, no recompilation
-                in the timed loop, compile_s cold (and warm, for default inference);
- 6 low-precision training in fp16, bf16 and amp-fp16 (with the GradScaler's scale step by step);
- 7 power        NVML's instant against its averaged power reading, and how often the energy counter updates;
- 8 oom-recovery after an out-of-memory cell, the next cell in the same worker process is ok;
- 9 fp32-modes   fp32 against tf32 against torch-default (cuDNN TF32 on) for resnet50 at batch 256;
-10 batch-4096   resnet50 fp16 inference at batch 4096 (tensors past 2**31 elements);
-11 memory-prediction  predicted (bench.counting.memory) against measured peak allocated memory of
-                eager resnet50 and vit_base cells at batch 64 (PASS within 10%), and the predicted
-                largest training batch against `--find-max-batch`'s search;
-12 ddp          a 1-rank NCCL job of `rvbench scale` (torchrun, DistributedDataParallel), resnet50 train
-                batch 64: an ok row whose all-reduced bytes equal the gradient bytes.
+ 5 fp32-modes   fp32 against tf32 against torch-default (cuDNN TF32 on) for resnet50 at batch 256;
+ 6 oom-recovery after an out-of-memory cell, the next cell in the same worker process is ok;
+ 7 low-precision-train  fp16, bf16 and amp-fp16 (with the GradScaler's scale step by step);
+ 8 power        NVML's instant against its averaged power reading, and how often the energy counter updates;
+ 9 batch-4096   resnet50 fp16 inference at batch 4096 (tensors past 2**31 elements);
+10 memory-prediction  predicted (bench.counting.memory) against measured peak allocated memory of
+                eager resnet50 and vit_base cells at batch 64 (PASS within 10% or 64 MiB), and the
+                predicted largest training batch against `--find-max-batch`'s search (one-step probes);
+11 ddp          a 1-rank NCCL job of `rvbench scale` (torchrun, DistributedDataParallel), resnet50 train
+                batch 64: an ok row whose all-reduced bytes equal the gradient bytes;
+12 compile      resnet18 at 64 px and batch 8, each in fresh Inductor caches: default inference (cold,
+                then warm), default train, reduce-overhead inference: no exception, no recompilation in
+                the timed loop, compile_s;
+13 compile-autotune  max-autotune-no-cudagraphs inference alone, the slowest compile.
 
-Every check runs in this process except 8, which drives a real worker, and 12, which launches torchrun. A check that raises is a
-FAIL with its error; the others still run. The thresholds are the `judge_*` functions, which are
-pure so that their rules are tested without a GPU.
+Every check runs in this process except 6, which drives a real worker, and 11, which launches
+torchrun. A check that raises is a FAIL with its error; the others still run. The thresholds are the
+`judge_*` functions of bench.checks.rules, pure so that their rules are tested without a GPU. Cells
+are measured without power sampling (`CHECK_TIMING`), so none pays the 3-second power floor.
 """
 
 from __future__ import annotations
@@ -52,23 +57,14 @@ from bench.execute.prepare import prepared_cell
 from bench.hardware.gpus import match_device
 from bench.measure.cell import measure_cell
 from bench.measure.timing import summarize, time_callable, timm_loop_ms
+from bench.checks.rules import (
+    MEMORY_PREDICTION_MB, MEMORY_PREDICTION_PCT, judge_ddp, judge_memory, judge_memory_prediction, judge_profile,
+    judge_timing,
+)  # fmt: skip
 
-TIMING_AGREE_PCT = 3.0
-PROFILE_AGREE_PCT = 10.0
-MEMORY_PREDICTION_PCT = 10.0  # issue 13's target for eager cells
-# ... or this close in MiB: what the predictor leaves out does not grow with the batch (cuDNN's
-# workspace for the chosen convolution, tens of MiB for resnet50 at batch 64; a separate cuBLASLt
-# workspace in torch builds that do not share cuBLAS's; blocks the allocator does not split, up
-# to 1 MiB each), so on an inference peak of a few hundred MiB it can pass 10% with nothing
-# mispredicted. Twice a Hopper cuBLAS workspace: mispredicted tensors grow with the batch and
-# show in the training cells, whose peaks at batch 64 are GiBs.
-MEMORY_PREDICTION_MB = 64.0
-# Peak reserved may exceed peak allocated by the allocator's rounding and fragmentation; beyond
-# this it holds blocks the timed loop never used (cudnn workspaces from warm-up, cached blocks).
-RESERVED_SLACK = 1.25
-RESERVED_SLACK_MB = 512.0
 GRAD_SCALE_STEPS = 30
-CHECK_TIMING = TimingConfig(warmup_iters=5, warmup_s=0.5, min_iters=20, min_s=1.0, max_iters=2000)
+# No power sampling, so no 3-second floor: the power check reads NVML itself.
+CHECK_TIMING = TimingConfig(warmup_iters=5, warmup_s=0.5, min_iters=20, min_s=1.0, max_iters=2000, power=False)
 
 
 @dataclass
@@ -107,59 +103,6 @@ class Context:
         impl = str(fields.pop("impl", "torchvision"))
         size = int(fields.pop("image_size", get_entry(arch, impl).image_size))
         return Cell(arch=arch, impl=impl, batch_size=batch_size, image_size=size, device=self.device, **fields)
-
-
-# ---- judges: pure rules, tested on the CPU -------------------------------------------------------
-
-
-def agree(a: float, b: float, pct: float) -> bool:
-    """|a / b - 1| <= pct %."""
-    return b > 0 and abs(a / b - 1.0) * 100.0 <= pct
-
-
-def judge_timing(ours_ms: float, autorange_ms: float, synced_ms: float) -> bool:
-    """Our p50 agrees with blocked_autorange's median and with the per-step-synchronised mean."""
-    return agree(ours_ms, autorange_ms, TIMING_AGREE_PCT) and agree(ours_ms, synced_ms, TIMING_AGREE_PCT)
-
-
-def judge_memory(row: dict) -> tuple[bool, str]:
-    """Activation memory is not negative and peak reserved is within the allocator's slack of peak allocated.
-
-    A CUDA-graph row (bench.measure.memory) has no activation figure (None), and its graphs' private
-    pool, filled while warm-up records them and used by every replay, is inside peak reserved by
-    design, allocated or not: the slack rule applies to what is reserved beside the pool."""
-    alloc, reserved, activation = row["mem_peak_alloc_mb"], row["mem_peak_reserved_mb"], row["mem_activation_mb"]
-    pool = row["mem_graph_pool_mb"]
-    beside = f" beside the CUDA graphs' pool of {pool:.0f} MB" if pool else ""
-    if activation is not None and activation < 0:
-        return False, f"activation {activation:.0f} MB < 0"
-    if reserved - pool > alloc * RESERVED_SLACK + RESERVED_SLACK_MB:
-        return False, f"reserved {reserved:.0f} MB inflated over allocated {alloc:.0f} MB{beside}"
-    what = "no activation figure (CUDA graphs)" if activation is None else f"activation {activation:.0f} MB"
-    return True, f"{what}, reserved {reserved:.0f} / allocated {alloc:.0f} MB{beside}"
-
-
-def judge_memory_prediction(predicted_mb: float, measured_mb: float) -> bool:
-    """The predicted peak within MEMORY_PREDICTION_PCT of the measured one, or within
-    MEMORY_PREDICTION_MB of it, whichever is looser."""
-    return abs(predicted_mb - measured_mb) <= max(MEMORY_PREDICTION_PCT / 100.0 * measured_mb, MEMORY_PREDICTION_MB)
-
-
-def judge_ddp(row: dict) -> tuple[bool, str]:
-    """A scale job's row is ok and DDP all-reduced exactly the gradient bytes in each step."""
-    if row["status"] != "ok":
-        return False, f"{row['status']}: {row['message'].splitlines()[0] if row['message'] else '-'}"
-    if row["allreduce_bytes"] != row["grad_bytes"]:
-        return False, f"all-reduced {row['allreduce_bytes']:.0f} B per step, gradients {row['grad_bytes']:.0f} B"
-    return True, (f"{row['throughput']:.0f} img/s, step p50 {row['step_ms_p50']:.2f} ms, all-reduced "
-                  f"{row['allreduce_bytes'] / 2**20:.1f} MiB per step = the gradients")
-
-
-def judge_profile(profile_ms: float, measured_ms: float, modules_ms: float | None, busy_ms: float | None) -> bool:
-    """The profiled step within PROFILE_AGREE_PCT of the measured p50, and the time under module
-    ranges no larger than the step's operator time (a larger one counts kernels twice)."""
-    modules_ok = modules_ms is None or busy_ms is None or modules_ms <= busy_ms
-    return agree(profile_ms, measured_ms, PROFILE_AGREE_PCT) and modules_ok
 
 
 # ---- checks ---------------------------------------------------------------------------------------

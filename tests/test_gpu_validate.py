@@ -220,3 +220,25 @@ def test_crosscheck_of_no_run_directory_is_one_line_and_exit_2(tmp_path, capsys)
     assert main(["crosscheck", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (f"rvbench crosscheck: error: {tmp_path} has no results.jsonl or "
                                                "results.parquet: not a run directory")
+
+
+# The presets' own arithmetic (their comments): an eager cell ~2.1 s besides its timed loop, a compiled
+# cell ~35 s, ~20 s for the worker, environment, results and report. Estimates until a GPU run
+# measures them; this keeps a grown grid from silently passing its budget.
+EAGER_S, COMPILED_S, FIXED_S = 2.1, 35.0, 20.0
+
+
+@pytest.mark.parametrize("preset, budget_s", [("gpu", TOTAL_S), ("gpu-smoke", PARTS[1].budget_s)])
+def test_gpu_presets_fit_their_budgets_by_their_arithmetic(preset, budget_s):
+    from bench.config.sweep import build_spec, expand, timing_config
+    from bench.measure.power import POWER_MIN_S
+
+    spec = build_spec(preset, "cuda:0", {})
+    timing = timing_config(spec)
+
+    def cost(cell) -> float:
+        if cell.compile != "none":
+            return COMPILED_S
+        return EAGER_S + (timing.min_s if timing.no_power(cell.batch_size) else max(timing.min_s, POWER_MIN_S))
+
+    assert FIXED_S + sum(cost(c) for c in expand(spec)) <= budget_s

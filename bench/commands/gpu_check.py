@@ -26,7 +26,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE)
     parser.add_argument("--device", default="cuda:0", help="the CUDA device to check (default cuda:0)")
     parser.add_argument("--only", type=name_list, metavar="CHECKS",
-                        help="comma-separated checks to run (default: all, in order); see the list in --help")
+                        help="comma-separated checks to run (default: all, in order; an unknown name lists them)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default reports/gpu-check/<time>-<device>)")
     parser.set_defaults(func=run)

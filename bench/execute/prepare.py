@@ -109,7 +109,7 @@ def _build(cell: Cell, entry: ModelEntry, plan: PrecisionPlan, device: torch.dev
     x = torch.randn(cell.batch_size, 3, cell.image_size, cell.image_size, device=device, dtype=plan.param_dtype)
     x = x.contiguous(memory_format=layout)
     y = torch.randint(0, NUM_CLASSES, (cell.batch_size,), device=device)
-    runnable = compile_model(model, cell.compile)
+    runnable = compile_model(model, cell.compile, device)
     step = make_step(runnable, cell.mode, x, y, plan, optimizer, cudagraph_steps=uses_cudagraphs(cell.compile, device))
     return BuiltCell(cell=cell, entry=entry, plan=plan, device=device, model=model, runnable=runnable,
                      optimizer=optimizer, x=x, y=y, step=step, build_s=build_s)

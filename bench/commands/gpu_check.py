@@ -43,6 +43,8 @@ def _device(requested: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the selected checks in order, printing each verdict as it comes; write the files."""
+    import torch
+
     from bench.checks.gpu import CHECKS, Context, run_check
     from bench.measure.env import collect_env
     from bench.results.store import write_atomically
@@ -52,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown check {unknown[0]!r}; valid: {', '.join(CHECKS)}")
     device = _device(args.device)
+    # The checked GPU is torch's current device: what synchronises without naming one (benchmark.Timer,
+    # CUDA-graph capture) waits for it, and nothing opens a context on cuda:0.
+    torch.cuda.set_device(torch.device(device))
     out = args.out or Path("reports") / "gpu-check" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{device.replace(':', '')}"
     check_output(out, "--out", directory=True)
     lines, results = [], []

@@ -32,7 +32,7 @@ from bench.config.cell import Cell, validate
 from bench.config.precision import PrecisionPlan, numerics, plan_for
 from bench.counting.flops import forward_flops, train_flops
 from bench.execute.step import compile_model, inductor_freezing, make_step, uses_cudagraphs
-from bench.hardware.device import check_capability
+from bench.hardware.device import check_capability, current_device
 from bench.models import IMPLS, ModelEntry, get_entry
 from bench.models.training import make_optimizer, prepare_mode
 
@@ -148,12 +148,14 @@ def prepared_cell(cell: Cell) -> Iterator[BuiltCell]:
 
     The precision's global switches (TF32, cudnn.benchmark) and Inductor's freezing switch hold for
     the whole block and are restored after it; so is the memory the cell held, compile caches included.
+    The cell's device is torch's current device for the block (`current_device`), so what synchronises
+    without naming a device (CUDA-graph recording, torch.utils.benchmark) waits for the cell's GPU.
     """
     entry = check_cell(cell)
     plan = plan_for(cell.precision)
     device = torch.device(cell.device)
     try:
-        with numerics(plan, device), inductor_freezing(cell.compile):
+        with current_device(cell.device), numerics(plan, device), inductor_freezing(cell.compile):
             yield _build(cell, entry, plan, device)
     finally:
         _release(device, cell.compile != "none")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import threading
 import time
 import warnings
@@ -29,11 +30,13 @@ import pandas as pd
 from bench.config.cell import IMPLS, Cell
 from bench.counting.memory import MB, predict_cell_peak
 from bench.hardware.device import visible_device
+from bench.hardware.topology import COMPILE_THREADS_ENV, format_cpulist
 from bench.results import CONFIG_KEYS
 from bench.results.analysis import best_configs, config_medians
 from bench.results.rows import make_row
 from bench.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT
 from bench.runner.client import Worker, WorkerLost
+from bench.runner.worker import CPUS_ENV
 
 # Characters of an error's last line kept as a max-batch search's limit reason.
 REASON_CHARS = 200
@@ -45,7 +48,8 @@ _PREDICT_LOCK = threading.Lock()
 class Slot:
     """One device of the run: `device` is the device its worker runs cells on, as this process names
     it; `name` keys its worker log and fills the rows' `slot` column (a device named twice gets two
-    slots: cpu, cpu-2).
+    slots: cpu, cpu-2); `cores` are the CPUs its worker runs on (bench.hardware.topology.slot_cores;
+    empty: all of this process's, Inductor's default compile threads).
 
     A CUDA slot's worker sees its GPU alone, as cuda:0 (CUDA_VISIBLE_DEVICES, as Ray shows an actor
     its GPU): what it, a library or Inductor's compile subprocesses do on "the" GPU happens on the
@@ -53,6 +57,7 @@ class Slot:
 
     name: str
     device: str
+    cores: tuple[int, ...] = ()
 
     @property
     def worker_device(self) -> str:
@@ -60,8 +65,15 @@ class Slot:
         return "cpu" if self.device == "cpu" else "cuda:0"
 
     def worker_env(self) -> dict[str, str]:
-        """What the worker's environment adds to this process's: the one GPU it sees."""
-        return {} if self.device == "cpu" else {"CUDA_VISIBLE_DEVICES": visible_device(self.device)}
+        """What the worker's environment adds to this process's: the one GPU it sees, and with `cores`
+        the CPUs it pins itself to and as many Inductor compile threads (unless this process sets
+        TORCHINDUCTOR_COMPILE_THREADS, which the worker then inherits)."""
+        env = {} if self.device == "cpu" else {"CUDA_VISIBLE_DEVICES": visible_device(self.device)}
+        if self.cores:
+            env[CPUS_ENV] = format_cpulist(self.cores)
+            if COMPILE_THREADS_ENV not in os.environ:
+                env[COMPILE_THREADS_ENV] = str(len(self.cores))
+        return env
 
     @property
     def log_name(self) -> str:

@@ -133,10 +133,13 @@ COLUMNS: tuple[Column, ...] = (
             Column("time_s", "", "s", "training and evaluation time"), Column("images_per_s", "", "img/s"),
             "target_acc", Column("time_to_target_s", "", "s", "time to target"), "data", "data_format",
             "train_images", "val_images", "num_classes", modes=(TRANSFER_MODE,)),
-    # The environment of the slot that ran the row (bench.measure.env.collect_env, once per slot).
+    # The environment of the slot that ran the row (bench.measure.env.collect_env, once per slot); env_cpu_affinity:
+    # the CPUs its worker ran on ("0-15"), env_compile_threads: Inductor's compile threads as set for it (null:
+    # Inductor's default, a thread per CPU of the affinity up to 32).
     *_group("environment", "env_torch", "env_torchvision", "env_timm", "env_fvcore", "env_cuda", "env_cudnn",
             "env_gpu_name", "env_driver", "env_sm_count", Column("env_gpu_mem_gb", "", "GiB"), "env_cpu",
-            "env_threads", "env_os", "env_python", "env_host", "env_git_commit", "env_git_dirty", "env_timestamp"),
+            "env_threads", "env_cpu_affinity", "env_compile_threads", "env_os", "env_python", "env_host",
+            "env_git_commit", "env_git_dirty", "env_timestamp"),
 )  # fmt: skip
 
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}

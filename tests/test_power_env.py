@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import time
 
@@ -10,14 +11,15 @@ import pytest
 import torch
 
 from bench.hardware.gpus import H100_NVL, H100_PCIE, H100_SXM, H200_NVL, H200_SXM, match_device, peak_tflops_for
+from bench.hardware.topology import parse_cpulist
 from bench.measure.env import collect_env
 from bench.errors import UsageError
 from bench.measure.memory import RssPeak, weights_bytes
 
 ENV_KEYS = [
     "env_torch", "env_torchvision", "env_timm", "env_fvcore", "env_cuda", "env_cudnn", "env_gpu_name",
-    "env_driver", "env_sm_count", "env_gpu_mem_gb", "env_cpu", "env_threads", "env_os", "env_python",
-    "env_host", "env_git_commit", "env_git_dirty", "env_timestamp",
+    "env_driver", "env_sm_count", "env_gpu_mem_gb", "env_cpu", "env_threads", "env_cpu_affinity",
+    "env_compile_threads", "env_os", "env_python", "env_host", "env_git_commit", "env_git_dirty", "env_timestamp",
 ]  # fmt: skip
 
 
@@ -27,6 +29,7 @@ def test_collect_env_cpu():
     assert env["env_torch"] == torch.__version__
     assert env["env_gpu_name"] is None and env["env_driver"] is None and env["env_sm_count"] is None
     assert env["env_threads"] == torch.get_num_threads()
+    assert parse_cpulist(env["env_cpu_affinity"]) == os.sched_getaffinity(0)
     assert env["env_cpu"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", env["env_timestamp"])
     if env["env_git_commit"] is not None:

@@ -47,6 +47,8 @@ def cuda_device(requested: str, command: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the selected checks in order, printing each verdict as it comes; write the files."""
+    import torch
+
     from bench.checks.gpu import CHECKS, Context, run_check
     from bench.measure.env import collect_env
 
@@ -55,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown check {unknown[0]!r}; valid: {', '.join(CHECKS)}")
     device = cuda_device(args.device, "gpu-check")
+    # The checked GPU is torch's current device: what synchronises without naming one (benchmark.Timer,
+    # CUDA-graph capture) waits for it, and nothing opens a context on cuda:0.
+    torch.cuda.set_device(torch.device(device))
     out = args.out or Path("reports") / "gpu-check" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{device.replace(':', '')}"
     check_output(out, "--out", directory=True)
-    import torch
-
     print(f"gpu-check on {device} ({torch.cuda.get_device_name(device)}): {len(names)} checks", flush=True)
     env = collect_env(device)
     lines, results = [], []

@@ -64,7 +64,7 @@ def ddp_step(built: BuiltCell, options: DdpOptions) -> tuple[Step, AllreduceCoun
     )
     counter = AllreduceCounter()
     ddp.register_comm_hook(None, counter.hook)  # None: the default process group
-    runnable = compile_model(ddp, built.cell.compile)
+    runnable = compile_model(ddp, built.cell.compile, device)
     step = make_step(runnable, built.cell.mode, built.x, built.y, built.plan, built.optimizer,
                      cudagraph_steps=uses_cudagraphs(built.cell.compile, device))
     return step, counter

@@ -32,7 +32,7 @@ from bench.config.cell import Cell, validate
 from bench.config.precision import PrecisionPlan, numerics, plan_for
 from bench.counting.flops import forward_flops, train_flops
 from bench.execute.step import compile_model, inductor_freezing, make_step, uses_cudagraphs
-from bench.hardware.device import check_capability
+from bench.hardware.device import check_capability, current_device
 from bench.models import IMPLS, ModelEntry, get_entry
 from bench.models.training import make_optimizer, prepare_mode
 
@@ -109,7 +109,7 @@ def _build(cell: Cell, entry: ModelEntry, plan: PrecisionPlan, device: torch.dev
     x = torch.randn(cell.batch_size, 3, cell.image_size, cell.image_size, device=device, dtype=plan.param_dtype)
     x = x.contiguous(memory_format=layout)
     y = torch.randint(0, NUM_CLASSES, (cell.batch_size,), device=device)
-    runnable = compile_model(model, cell.compile)
+    runnable = compile_model(model, cell.compile, device)
     step = make_step(runnable, cell.mode, x, y, plan, optimizer, cudagraph_steps=uses_cudagraphs(cell.compile, device))
     return BuiltCell(cell=cell, entry=entry, plan=plan, device=device, model=model, runnable=runnable,
                      optimizer=optimizer, x=x, y=y, step=step, build_s=build_s)
@@ -160,12 +160,14 @@ def prepared_cell(cell: Cell) -> Iterator[BuiltCell]:
     the whole block and are restored after it; so is the memory the cell held, compile caches included.
     The release frees only what nothing holds: a caller drops its `BuiltCell` (`del built`) before
     the block ends, or its model, batch and optimizer state stay allocated, and cached, after it.
+    The cell's device is torch's current device for the block (`current_device`), so what synchronises
+    without naming a device (CUDA-graph recording, torch.utils.benchmark) waits for the cell's GPU.
     """
     entry = check_cell(cell)
     plan = plan_for(cell.precision)
     device = torch.device(cell.device)
     try:
-        with numerics(plan, device), inductor_freezing(cell.compile):
+        with current_device(cell.device), numerics(plan, device), inductor_freezing(cell.compile):
             yield _build(cell, entry, plan, device)
     finally:
         _release(cell.compile != "none")

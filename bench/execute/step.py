@@ -24,8 +24,10 @@ cell has one fixed shape, so a shape change must recompile (counted) rather than
 CUDA-graph modes (`uses_cudagraphs`) mark a step boundary each step; the `-freeze` modes set
 Inductor's freezing switch for the cell (`inductor_freezing`). `cold_compile_caches` gives a
 compiled cell empty Inductor/Triton caches, so its compile time does not depend on what compiled
-before it. `watch_compilation` follows dynamo's compile callbacks: when the process is compiling
-(for the runner's timeout) and how long CUDA graphs took to record (`cudagraph_recording_s`).
+before it; Inductor's compile pool is up before a cell compiles (`ready_compile_pool`), so no
+cell's `compile_s` holds its start-up. `watch_compilation` follows dynamo's compile callbacks: when
+the process is compiling (for the runner's timeout) and how long CUDA graphs took to record
+(`cudagraph_recording_s`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from bench.config.precision import PrecisionPlan, autocast
 # Most steps `Step.settle` runs: 30 halvings take the scale from 2**16 to 2**-14; overflowing still,
 # the gradients are inf unscaled, and the skipped steps are left for `amp_skipped_steps` to show.
 SETTLE_MAX_STEPS = 30
+# Longest wait for Inductor's compile pool to start (Inductor's own default); past it the cell fails.
+POOL_READY_TIMEOUT_S = 120.0
 
 
 def uses_cudagraphs(compile_mode: str, device: torch.device) -> bool:
@@ -55,16 +59,45 @@ def uses_cudagraphs(compile_mode: str, device: torch.device) -> bool:
     return device.type == "cuda" and split_compile(compile_mode)[0] in ("reduce-overhead", "max-autotune")
 
 
-def compile_model(model: nn.Module, compile_mode: str) -> nn.Module:
+def compile_model(model: nn.Module, compile_mode: str, device: torch.device) -> nn.Module:
     """Wrap in torch.compile (static shapes) with a fresh dynamo state (stale caches from earlier
     cells in the same process would count against the recompile limit); "none" returns the model
-    unchanged. The reset clears dynamo's callbacks, so `watch_compilation` registers ours again."""
+    unchanged. The reset clears dynamo's callbacks, so `watch_compilation` registers ours again.
+    Inductor's compile pool is ready before this returns (`ready_compile_pool`), so the first step,
+    which `compile_s` times, compiles as every later cell does."""
     if compile_mode == "none":
         return model
     torch._dynamo.reset()
     watch_compilation()
+    ready_compile_pool(device)
     mode, _ = split_compile(compile_mode)
     return torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
+
+
+def ready_compile_pool(device: torch.device, timeout_s: float = POOL_READY_TIMEOUT_S) -> None:
+    """Start Inductor's compile subprocess pool, and wait until it takes jobs, before a cell on
+    `device` compiles; returns at once when it is up already.
+
+    Inductor compiles Triton kernels (CUDA) in that pool, and until the pool says it is ready, it
+    compiles them one by one in this process: started by the first compilation, as Inductor does
+    by itself, the pool would leave the first compiled cell of each worker with a `compile_s` several
+    times the others'. Ready here, start-up is no cell's compile time (the row's `overhead_s` holds
+    it). `maybe_warm_pool` is Inductor's own start-up (the pool process, and its workers woken, also
+    after Inductor quiesced them when idle); `wait_pool_ready` waits for Inductor's readiness flag, so
+    jobs go to the pool from the first kernel; and one job run there waits for its workers. The pool
+    outlives `cold_compile_caches` (it clears caches, not the pool) and `torch._dynamo.reset()`.
+    CPU cells compile C++ on threads, with no pool: nothing to do, and eager cells never get here.
+    With one compile thread (TORCHINDUCTOR_COMPILE_THREADS=1) Inductor uses no pool either.
+    """
+    if device.type != "cuda":
+        return
+    from torch._inductor import async_compile
+
+    AsyncCompile = async_compile.AsyncCompile
+    getattr(async_compile, "maybe_warm_pool", AsyncCompile.warm_pool)()  # the latter where torch lacks the former
+    AsyncCompile.wait_pool_ready(timeout_s)
+    if AsyncCompile.use_process_pool():
+        AsyncCompile.process_pool().submit(os.getpid).result(timeout=timeout_s)
 
 
 @contextlib.contextmanager

@@ -5,10 +5,16 @@ A device is "cpu" or "cuda:N". `resolve_device` turns what a user typed ("auto",
 that exists here; `validate_device` checks the spelling only (a cell may be written on one machine
 and run on another); `check_support` refuses what the device kind can never run (fp16 on a CPU);
 `check_capability` asks the CUDA device itself (is it there, has it bf16/TF32 tensor cores);
-`cuda_capability` reads its compute capability where it is present.
+`cuda_capability` reads its compute capability where it is present. `visible_device` names a device
+for a child process's CUDA_VISIBLE_DEVICES, and `current_device` makes a device the one torch's
+device-less calls act on.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
 
 from bench.errors import UsageError
 from bench.precisions import CUDA_ONLY_PRECISIONS, PRECISIONS
@@ -103,3 +109,38 @@ def check_capability(device: str, precision: str, allowed: tuple[str, ...] = PRE
             f"{torch.cuda.get_device_name(index)} (sm{''.join(map(str, capability))}) has no {precision} tensor cores "
             f"(needs sm80+); use one of: {', '.join(p for p in allowed if not precision_spec(p).needs_ampere)}"
         )
+
+
+def visible_device(device: str, environ: Mapping[str, str] = os.environ) -> str:
+    """What a child's CUDA_VISIBLE_DEVICES says to show it only this process's `device` ("cuda:N"),
+    which the child then sees as cuda:0: the Nth entry of this process's own CUDA_VISIBLE_DEVICES (an
+    index, a GPU UUID or a MIG id), or N when it sets none. The child inherits CUDA_DEVICE_ORDER, so
+    both number the GPUs alike."""
+    validate_device(device)
+    if device == "cpu":
+        raise UsageError("visible_device: the CPU is not a CUDA device")
+    index = int(device[5:])
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return str(index)
+    entries = [e.strip() for e in visible.split(",")]
+    if index >= len(entries):
+        raise UsageError(f"device {device} is not among CUDA_VISIBLE_DEVICES={visible}")
+    return entries[index]
+
+
+@contextlib.contextmanager
+def current_device(device: str) -> Iterator[None]:
+    """`device` as torch's current CUDA device while the block runs, the previous one after.
+
+    Calls that take no device act on the current one: torch.cuda.synchronize() in CUDA-graph
+    recording, torch.utils.benchmark.Timer's synchronisation, a new stream. Without this, a cell on
+    cuda:1 would have them synchronise (and open a context on) cuda:0. A no-op for the CPU.
+    """
+    if device == "cpu":
+        yield
+        return
+    import torch
+
+    with torch.cuda.device(torch.device(device)):
+        yield

@@ -2,13 +2,15 @@
 
 Numbers without their software versions, GPU, driver and commit cannot be compared or reproduced,
 so this travels inside every row rather than in a file name. Fields that do not apply (GPU fields
-on a CPU run, the commit outside a git checkout) are None.
+on a CPU run, the commit outside a git checkout) are None. The CPUs and compile threads are the
+slot's (bench.hardware.topology): with several slots on a node, each runs on its own cores.
 """
 
 from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import os
 import platform
 import socket
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.columns import values
+from bench.hardware.topology import COMPILE_THREADS_ENV, format_cpulist
 from bench.measure.power import open_nvml
 from bench.provenance import git_state
 
@@ -70,6 +73,8 @@ def collect_env(device: str) -> dict:
         env_gpu_mem_gb=round(props.total_memory / 2**30, 2) if gpu else None,  # GiB
         env_cpu=_cpu_model(),
         env_threads=torch.get_num_threads(),
+        env_cpu_affinity=format_cpulist(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        env_compile_threads=int(os.environ[COMPILE_THREADS_ENV]) if os.environ.get(COMPILE_THREADS_ENV) else None,
         env_os=f"{uname.system} {uname.release}",
         env_python=platform.python_version(),
         env_host=socket.gethostname(),

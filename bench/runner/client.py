@@ -32,15 +32,17 @@ class WorkerLost(Exception):
 
 
 class Worker:
-    """One `python -m bench.runner.worker` process; its stderr goes to a log file in the run directory."""
+    """One `python -m bench.runner.worker` process; its stderr goes to a log file in the run directory,
+    and `env` adds to the environment it inherits (a slot's GPU and cores: bench.runner.runner.Slot)."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, env: dict[str, str] | None = None) -> None:
         self._log_path = log_path
+        self._env = env or {}
         self._proc: subprocess.Popen | None = None
         self._replies: queue.Queue[str | None] = queue.Queue()
 
     def _start(self) -> None:
-        env = dict(os.environ)
+        env = {**os.environ, **self._env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         with open(self._log_path, "ab") as log:
             self._proc = subprocess.Popen(

@@ -6,7 +6,7 @@ ends as one row with a status, and the sweep goes on: a dead or hung worker is k
 one is started for the next job. Jobs are independent (each builds its model fresh), so several
 runners, one per device (bench.runner.schedule) or per Ray actor (bench.runner.cluster), share a
 sweep. A job's cell keeps the device the sweep expanded it with (its identity, so `--resume` finds
-it whichever slot ran it); only the worker sees the slot's own device.
+it whichever slot ran it); only the worker sees the slot's own device, which it sees alone (`Slot`).
 
 The cell timeout (`--cell-timeout S`) bounds a cell's time outside compilation; the worker says when
 it compiles (bench.runner.worker), and compilation gets its own S seconds. So a max-autotune
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import threading
 import time
 import warnings
@@ -28,11 +29,14 @@ import pandas as pd
 
 from bench.config.cell import IMPLS, Cell
 from bench.counting.memory import MB, predict_cell_peak
+from bench.hardware.device import visible_device
+from bench.hardware.topology import COMPILE_THREADS_ENV, format_cpulist
 from bench.results import CONFIG_KEYS
 from bench.results.analysis import best_configs, config_medians, config_of
 from bench.results.rows import make_row
 from bench.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT
 from bench.runner.client import Worker, WorkerLost
+from bench.runner.worker import CPUS_ENV
 
 # Characters of an error's last line kept as a max-batch search's limit reason.
 REASON_CHARS = 200
@@ -42,11 +46,34 @@ _PREDICT_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class Slot:
-    """One device of the run: `device` is what its worker runs cells on, `name` keys its worker log
-    and fills the rows' `slot` column (a device named twice gets two slots: cpu, cpu-2)."""
+    """One device of the run: `device` is the device its worker runs cells on, as this process names
+    it; `name` keys its worker log and fills the rows' `slot` column (a device named twice gets two
+    slots: cpu, cpu-2); `cores` are the CPUs its worker runs on (bench.hardware.topology.slot_cores;
+    empty: all of this process's, Inductor's default compile threads).
+
+    A CUDA slot's worker sees its GPU alone, as cuda:0 (CUDA_VISIBLE_DEVICES, as Ray shows an actor
+    its GPU): what it, a library or Inductor's compile subprocesses do on "the" GPU happens on the
+    slot's, never on GPU 0 of the node. The rows still name the slot's device (`slot`)."""
 
     name: str
     device: str
+    cores: tuple[int, ...] = ()
+
+    @property
+    def worker_device(self) -> str:
+        """The slot's device as its worker sees it: cuda:0 for a GPU (the only one it sees), or cpu."""
+        return "cpu" if self.device == "cpu" else "cuda:0"
+
+    def worker_env(self) -> dict[str, str]:
+        """What the worker's environment adds to this process's: the one GPU it sees, and with `cores`
+        the CPUs it pins itself to and as many Inductor compile threads (unless this process sets
+        TORCHINDUCTOR_COMPILE_THREADS, which the worker then inherits)."""
+        env = {} if self.device == "cpu" else {"CUDA_VISIBLE_DEVICES": visible_device(self.device)}
+        if self.cores:
+            env[CPUS_ENV] = format_cpulist(self.cores)
+            if COMPILE_THREADS_ENV not in os.environ:
+                env[COMPILE_THREADS_ENV] = str(len(self.cores))
+        return env
 
     @property
     def log_name(self) -> str:
@@ -107,7 +134,7 @@ class Runner:
     def __init__(self, log_dir: Path, run_id: str, timing, cell_timeout: float | None, slot: Slot) -> None:
         self.run_id = run_id
         self.slot = slot
-        self._worker = Worker(log_dir / slot.log_name)
+        self._worker = Worker(log_dir / slot.log_name, slot.worker_env())
         self._timing = dataclasses.asdict(timing)
         self._probe_timing = dataclasses.asdict(dataclasses.replace(
             timing, warmup_iters=1, warmup_s=0.0, min_iters=1, min_s=0.0, max_iters=1, power=False))
@@ -116,12 +143,12 @@ class Runner:
 
     def collect_env(self) -> dict:
         """Ask the slot's worker for bench.measure.env.collect_env; every row of this slot carries it."""
-        self.env = self._worker.request({"op": "env", "device": self.slot.device}, self._timeout)["env"]
+        self.env = self._worker.request({"op": "env", "device": self.slot.worker_device}, self._timeout)["env"]
         return self.env
 
     def _payload(self, op: str, cell: Cell, **extra) -> dict:
-        """A request for the worker: the cell on the slot's device."""
-        return {"op": op, "cell": dataclasses.replace(cell, device=self.slot.device).config(), **extra}
+        """A request for the worker: the cell on the slot's device, as the worker names it."""
+        return {"op": op, "cell": dataclasses.replace(cell, device=self.slot.worker_device).config(), **extra}
 
     def _request(self, cell: Cell, timing: dict) -> dict:
         """Measure a cell in the slot's worker; raises WorkerLost on a crash or timeout."""

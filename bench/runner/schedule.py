@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from bench.config.cell import config_label
+from bench.hardware.topology import slot_cores
 from bench.results import ResultWriter
 from bench.runner.runner import Job, Runner, Slot
 
@@ -32,11 +33,14 @@ class Progress(Protocol):
 
 def slots(devices: list[str]) -> list[Slot]:
     """One slot per device given; a device named again gets another slot on it, named <device>-2,
-    -3, ... (two CPU slots contend for the same cores: for tests, not for measurements)."""
+    -3, ... With several slots, each gets an equal share of this process's CPU cores, near its GPU
+    (bench.hardware.topology.slot_cores), so one slot's compilation cannot starve another's cells.
+    CPU slots (the tests') split the cores too, but a CPU's memory bandwidth and caches stay shared:
+    their numbers are for tests, not measurements."""
     out: list[Slot] = []
-    for device in devices:
+    for device, cores in zip(devices, slot_cores(devices)):
         n = sum(slot.device == device for slot in out) + 1
-        out.append(Slot(device if n == 1 else f"{device}-{n}", device))
+        out.append(Slot(device if n == 1 else f"{device}-{n}", device, cores))
     return out
 
 

@@ -18,6 +18,9 @@ later CUDA call of the process, so after replying to such a cell the reply carri
 An OOM does not poison the context (its memory is released), so the worker carries on.
 The runner starts the worker in its own session and kills its whole process group, so Inductor's
 compile subprocesses die with it; if the runner itself dies, the worker kills its group too.
+A slot with cores of its own (bench.runner.runner.Slot) starts the worker with RVBENCH_WORKER_CPUS:
+the worker pins itself to them before it imports torch (`pin_cpus`), so torch's threads, Inductor's
+compile subprocesses and everything else it starts stay on them, and torch's thread count is theirs.
 
 Test hook: RVBENCH_FAULT="KIND:SUBSTRING[@MINBATCH];..." injects a failure into every cell whose
 label contains SUBSTRING (and whose batch size is >= MINBATCH, if given). KIND is one of
@@ -43,11 +46,16 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from bench.config.cell import Cell
 from bench.errors import ExitCode, UsageError
+from bench.hardware.topology import parse_cpulist
 
+if TYPE_CHECKING:
+    from bench.config.cell import Cell
+
+# The CPUs the worker pins itself to (a list such as "0-7,64-71"), set by its runner for a slot of its own.
+CPUS_ENV = "RVBENCH_WORKER_CPUS"
 FAULT_ENV = "RVBENCH_FAULT"
 FAULT_KINDS = ("crash", "oom", "error", "hang", "cudaerror", "compile")
 FAULT_COMPILE_S = 11.0
@@ -189,6 +197,8 @@ def profile(cell: Cell, out_dir: str) -> dict:
 
 def handle(request: dict) -> dict:
     """Dispatch one request."""
+    from bench.config.cell import Cell
+
     if request["op"] == "env":
         from bench.measure.env import collect_env
 
@@ -215,8 +225,18 @@ def exit_with_parent(parent: int) -> None:
     os._exit(ExitCode.FAILED)
 
 
+def pin_cpus() -> None:
+    """Run this process, and all it starts, on the CPUs RVBENCH_WORKER_CPUS lists (none: as started).
+
+    Called before torch is imported: OpenMP sizes torch's thread pool from the CPUs it may use."""
+    cpus = os.environ.get(CPUS_ENV)
+    if cpus:
+        os.sched_setaffinity(0, parse_cpulist(cpus))
+
+
 def main() -> None:
     """Serve requests until stdin closes. Ctrl-C is the runner's to handle, not ours."""
+    pin_cpus()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")

@@ -407,7 +407,7 @@ class Check:
 
 # In the order they run: the fast checks first, compilation last, so an overrun costs the least.
 CHECKS: dict[str, Check] = {
-    "device": Check(check_device, 5),
+    "device": Check(check_device, 8),
     "timing": Check(check_timing, 18),
     "profile": Check(check_profile, 15),
     "memory": Check(check_memory, 12),
@@ -419,7 +419,7 @@ CHECKS: dict[str, Check] = {
     "memory-prediction": Check(check_memory_prediction, 35),
     "ddp": Check(check_ddp, 25),
     "compile": Check(check_compile, 35),
-    "compile-autotune": Check(check_compile_autotune, 21),
+    "compile-autotune": Check(check_compile_autotune, 18),
 }
 
 

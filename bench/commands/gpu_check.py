@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     torch.cuda.set_device(torch.device(device))
     out = args.out or Path("reports") / "gpu-check" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{device.replace(':', '')}"
     check_output(out, "--out", directory=True)
+    env = collect_env(device)  # before the header: gpu-validate's guard times the first check from it
     print(f"gpu-check on {device} ({torch.cuda.get_device_name(device)}): {len(names)} checks", flush=True)
-    env = collect_env(device)
     lines, results = [], []
     for number, name in enumerate(names, 1):
         result = run_check(name, Context(device, out))

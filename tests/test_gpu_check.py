@@ -134,18 +134,25 @@ def test_memory_prediction_rule_is_ten_percent_or_64_mib(predicted, measured, ok
     assert rules.judge_memory_prediction(predicted, measured) is ok
 
 
-def test_memory_prediction_frees_this_process_before_the_search(monkeypatch, tmp_path):
-    """The max-batch search runs in a worker on the same GPU: the check gives back what its own
-    measurements cached before the runner exists, and each cell's verdict is the judge's."""
+def test_memory_prediction_verdicts_are_the_judges(monkeypatch, tmp_path):
+    from bench.counting import memory
+
+    measured = {"inference": 500.0, "train": 5000.0}
+    monkeypatch.setattr(gpu, "measure_cell", lambda cell, timing: {"mem_peak_alloc_mb": measured[cell.mode]})
+    monkeypatch.setattr(memory, "predict_cell_peak", lambda cell: (440.0 if cell.mode == "inference" else 4400.0) * memory.MB)
+    passed, figure, data = gpu.check_memory_prediction(gpu.Context("cuda:0", tmp_path))
+    assert passed is False and "within 10% or 64 MiB" in figure  # train -12% fails; inference -60 MiB passes
+    assert [v["passed"] for v in data.values()] == [True, False, True, False]
+
+
+def test_max_batch_frees_this_process_and_searches_from_the_prediction(monkeypatch, tmp_path):
+    """The max-batch search runs in a worker on the same GPU: the check gives back what this process
+    cached before the runner exists, and the search starts at the predicted largest batch."""
     from bench.counting import memory
     from bench.execute import prepare
     from bench.runner import runner
 
     events = []
-    measured = {"inference": 500.0, "train": 5000.0}
-    monkeypatch.setattr(gpu, "measure_cell", lambda cell, timing: events.append("measure")
-                        or {"mem_peak_alloc_mb": measured[cell.mode]})
-    monkeypatch.setattr(memory, "predict_cell_peak", lambda cell: (440.0 if cell.mode == "inference" else 4400.0) * memory.MB)
     monkeypatch.setattr(memory, "max_batch", lambda *args, **kwargs: events.append(("predict", kwargs["capability"])) or 300)
     monkeypatch.setattr(prepare, "free_cuda_memory", lambda: events.append("free"))
     monkeypatch.setattr(gpu.torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 80 * 2**30}))
@@ -156,14 +163,14 @@ def test_memory_prediction_frees_this_process_before_the_search(monkeypatch, tmp
             events.append("runner")
 
         def run(self, job):
-            events.append("search")
-            return {"status": "ok", "batch_size": 290, "max_batch_limit_reason": "oom"}, []
+            events.append(("search", job.cell.arch, job.cell.mode, job.start))
+            return {"status": "ok", "batch_size": 290, "max_batch_limit_reason": "oom", "max_batch_oom_at": 291}, []
 
         def close(self) -> None:
             events.append("close")
 
     monkeypatch.setattr(runner, "Runner", FakeRunner)
-    passed, figure, data = gpu.check_memory_prediction(gpu.Context("cuda:0", tmp_path))
-    assert events == ["measure"] * 4 + ["free", "runner"] + ["search", ("predict", (9, 0))] * 2 + ["close"]
-    assert passed is False and "within 10% or 64 MiB" in figure  # train -12% fails; inference -60 MiB passes
-    assert [v["passed"] for v in data.values() if "passed" in v] == [True, False, True, False]
+    passed, figure, data = gpu.check_max_batch(gpu.Context("cuda:0", tmp_path))
+    assert events == ["free", ("predict", (9, 0)), "runner", ("search", "resnet50", "train", 300), "close"]
+    assert passed is None and figure == "resnet50 train amp-bf16: predicted 300, searched 290 (+3.4%)"
+    assert data["oom_at"] == 291

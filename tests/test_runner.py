@@ -274,3 +274,20 @@ def test_failed_html_report_returns_none_and_keeps_summary(tmp_path):
     assert write_report(tmp_path, "cells: none\n") is None  # no results: the HTML report cannot be built
     text = (tmp_path / "summary.txt").read_text()
     assert text.startswith("cells: none\n") and "HTML report failed" in text
+
+
+@pytest.mark.parametrize("start, capacity, probes", [
+    (1, 300, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 384, 320, 288, 304, 296, 300, 302, 301]),
+    (300, 300, [300, 600, 450, 375, 337, 318, 309, 304, 302, 301]),  # from an exact prediction
+    (320, 300, [320, 160, 240, 280, 300, 310, 305, 302, 301]),  # from one 7% too high
+    (4, 0, [4, 2, 1]),  # nothing fits
+])
+def test_max_batch_search_from_a_start_finds_the_same_batch(start, capacity, probes, tmp_path):
+    """The search from a predicted start halves or doubles from it, then bisects: the same largest
+    batch as from 1, in fewer probes when the prediction is close."""
+    runner = Runner.__new__(Runner)
+    seen = []
+    runner._misfit = lambda base, batch: seen.append(batch) or (None if batch <= capacity else "oom")
+    best, misfit_at, reason = Runner._search(runner, Cell(arch="resnet18", impl="rv", batch_size=1, image_size=224, device="cuda:0"), start)
+    assert seen == probes
+    assert (best, misfit_at, reason) == ((capacity or None), capacity + 1 if capacity else 1, "oom")

@@ -1,6 +1,6 @@
 """`rvbench gpu-check`: does the CUDA path measure what it claims, on this GPU?
 
-Thirteen checks, each the shortest experiment that would expose one way a GPU benchmark goes wrong;
+Fourteen checks, each the shortest experiment that would expose one way a GPU benchmark goes wrong;
 each gives PASS, FAIL or INFO (a figure to read, with no pass rule) and its headline figure. They run
 in this order, the fast ones first and compilation last, each within a budget (`CHECKS`) that
 `rvbench gpu-validate`'s guard enforces (bench.checks.guard); together about 4 minutes on one H100/H200.
@@ -23,17 +23,18 @@ in this order, the fast ones first and compilation last, each within a budget (`
  8 power        NVML's instant against its averaged power reading, and how often the energy counter updates;
  9 batch-4096   resnet50 fp16 inference at batch 4096 (tensors past 2**31 elements);
 10 memory-prediction  predicted (bench.counting.memory) against measured peak allocated memory of
-                eager resnet50 and vit_base cells at batch 64 (PASS within 10% or 64 MiB), and the
-                predicted largest training batch against `--find-max-batch`'s search (one-step probes);
-11 ddp          a 1-rank NCCL job of `rvbench scale` (torchrun, DistributedDataParallel), resnet50 train
+                eager resnet50 and vit_base cells at batch 64 (PASS within 10% or 64 MiB);
+11 max-batch    the predicted largest resnet50 training batch against `--find-max-batch`'s search
+                (one-step probes, starting at the prediction);
+12 ddp          a 1-rank NCCL job of `rvbench scale` (torchrun, DistributedDataParallel), resnet50 train
                 batch 64: an ok row whose all-reduced bytes equal the gradient bytes;
-12 compile      resnet18 at 64 px and batch 8, each in fresh Inductor caches: default inference (cold,
+13 compile      resnet18 at 64 px and batch 8, each in fresh Inductor caches: default inference (cold,
                 then warm), default train, reduce-overhead inference: no exception, no recompilation in
                 the timed loop, compile_s;
-13 compile-autotune  max-autotune-no-cudagraphs inference alone, the slowest compile.
+14 compile-autotune  max-autotune-no-cudagraphs inference alone, the slowest compile.
 
-Every check runs in this process except 6, which drives a real worker, and 11, which launches
-torchrun. A check that raises is a FAIL with its error; the others still run. The thresholds are the
+Every check runs in this process except 6 and 11, which drive a real worker, and 12, which
+launches torchrun. A check that raises is a FAIL with its error; the others still run. The thresholds are the
 `judge_*` functions of bench.checks.rules, pure so that their rules are tested without a GPU. Cells
 are measured without power sampling (`CHECK_TIMING`), so none pays the 3-second power floor.
 """
@@ -297,49 +298,57 @@ def check_oom_recovery(ctx: Context) -> tuple[bool | None, str, dict]:
                             "first_message": first["message"][:500], "second_message": second["message"][:500]}
 
 
+def _prediction_cells(ctx: Context) -> list[Cell]:
+    """Eager cells of the default GPU preset's models at batch 64: inference and train of each."""
+    return [ctx.cell(arch, 64, precision="amp-bf16", channels_last=arch.startswith("resnet"), mode=mode)
+            for arch in ("resnet50", "vit_base_patch16_224") for mode in ("inference", "train")]
+
+
 def check_memory_prediction(ctx: Context) -> tuple[bool | None, str, dict]:
     """Predicted (bench.counting.memory) against measured peak allocated memory for eager cells of
-    the default GPU preset's models, and the predicted largest training batch against the search.
+    the default GPU preset's models."""
+    from bench.counting.memory import MB, predict_cell_peak
 
-    The search runs in a worker process on the same GPU, so this process first gives back all it
-    caches (`free_cuda_memory`; `measure_cell` has dropped its cells): only its CUDA context stays.
-    """
-    from bench.counting.memory import MB, max_batch, predict_cell_peak
-    from bench.execute.prepare import free_cuda_memory
-    from bench.runner.runner import Job, Runner, Slot
-
-    cells = [ctx.cell(arch, 64, precision="amp-bf16", channels_last=arch.startswith("resnet"), mode=mode)
-             for arch in ("resnet50", "vit_base_patch16_224") for mode in ("inference", "train")]
     data, errors, verdicts = {}, [], []
-    for cell in cells:
+    for cell in _prediction_cells(ctx):
         measured = measure_cell(cell, CHECK_TIMING)["mem_peak_alloc_mb"]
         predicted = predict_cell_peak(cell) / MB
         errors.append(predicted / measured - 1.0)
         verdicts.append(judge_memory_prediction(predicted, measured))
         data[cell.label()] = {"predicted_mb": predicted, "measured_mb": measured, "error_pct": 100.0 * errors[-1],
                               "passed": verdicts[-1]}
+    worst = max(errors, key=abs)
+    figure = (f"eager peak error within {100 * abs(worst):.1f}% (worst of {len(errors)}; passes within "
+              f"{MEMORY_PREDICTION_PCT:g}% or {MEMORY_PREDICTION_MB:g} MiB)")
+    return all(verdicts), figure, data
+
+
+def check_max_batch(ctx: Context) -> tuple[bool | None, str, dict]:
+    """The predicted largest training batch of resnet50 against `--find-max-batch`'s search (one-step
+    probes without power, in a worker on the same GPU), the search starting at the prediction.
+
+    The worker needs the GPU's memory, so this process first gives back all it caches
+    (`free_cuda_memory`): only its CUDA context stays."""
+    from bench.counting.memory import max_batch
+    from bench.execute.prepare import free_cuda_memory
+    from bench.runner.runner import Job, Runner, Slot
+
+    cell = _prediction_cells(ctx)[1]
     free_cuda_memory()
     device = torch.device(ctx.device)
     total = torch.cuda.get_device_properties(device).total_memory
-    capability = torch.cuda.get_device_capability(device)
+    predicted = max_batch(cell.arch, cell.impl, cell.image_size, cell.precision, cell.mode, total,
+                          channels_last=cell.channels_last, capability=torch.cuda.get_device_capability(device))
     runner = Runner(ctx.out_dir, ctx.out_dir.name, CHECK_TIMING, 600, Slot(ctx.device, ctx.device))
-    searches = []
     try:
-        for cell in cells[1::2]:
-            base = dataclasses.replace(cell, batch_size=1)
-            row, _ = runner.run(Job(base, max_batch=True))
-            predicted = max_batch(cell.arch, cell.impl, cell.image_size, cell.precision, cell.mode, total,
-                                  channels_last=cell.channels_last, capability=capability)
-            found = row["batch_size"] if row["status"] == "ok" else None
-            data[f"max batch {cell.arch} train"] = {"predicted": predicted, "searched": found,
-                                                    "reason": row.get("max_batch_limit_reason")}
-            searches.append(f"{cell.arch} train predicted {predicted} / searched {found}")
+        row, _ = runner.run(Job(dataclasses.replace(cell, batch_size=1), max_batch=True, start=max(1, predicted)))
     finally:
         runner.close()
-    worst = max(errors, key=abs)
-    figure = (f"eager peak error within {100 * abs(worst):.1f}% (worst of {len(errors)}; passes within "
-              f"{MEMORY_PREDICTION_PCT:g}% or {MEMORY_PREDICTION_MB:g} MiB); largest batch: " + "; ".join(searches))
-    return all(verdicts), figure, data
+    found = row["batch_size"] if row["status"] == "ok" else None
+    data = {"predicted": predicted, "searched": found, "oom_at": row.get("max_batch_oom_at"),
+            "reason": row.get("max_batch_limit_reason"), "status": row["status"]}
+    error = "" if not found else f" ({100 * (predicted / found - 1):+.1f}%)"
+    return None, f"{cell.arch} train amp-bf16: predicted {predicted}, searched {found}{error}", data
 
 
 def check_fp32_modes(ctx: Context) -> tuple[bool | None, str, dict]:
@@ -407,19 +416,20 @@ class Check:
 
 # In the order they run: the fast checks first, compilation last, so an overrun costs the least.
 CHECKS: dict[str, Check] = {
-    "device": Check(check_device, 8),
-    "timing": Check(check_timing, 18),
-    "profile": Check(check_profile, 15),
-    "memory": Check(check_memory, 12),
-    "fp32-modes": Check(check_fp32_modes, 12),
-    "oom-recovery": Check(check_oom_recovery, 15),
-    "low-precision-train": Check(check_low_precision_train, 12),
-    "power": Check(check_power, 10),
-    "batch-4096": Check(check_batch_4096, 10),
-    "memory-prediction": Check(check_memory_prediction, 35),
-    "ddp": Check(check_ddp, 25),
-    "compile": Check(check_compile, 35),
-    "compile-autotune": Check(check_compile_autotune, 18),
+    "device": Check(check_device, 6),
+    "timing": Check(check_timing, 15),
+    "profile": Check(check_profile, 12),
+    "memory": Check(check_memory, 10),
+    "fp32-modes": Check(check_fp32_modes, 10),
+    "oom-recovery": Check(check_oom_recovery, 12),
+    "low-precision-train": Check(check_low_precision_train, 10),
+    "power": Check(check_power, 8),
+    "batch-4096": Check(check_batch_4096, 8),
+    "memory-prediction": Check(check_memory_prediction, 25),
+    "max-batch": Check(check_max_batch, 30),
+    "ddp": Check(check_ddp, 22),
+    "compile": Check(check_compile, 30),
+    "compile-autotune": Check(check_compile_autotune, 27),
 }
 
 

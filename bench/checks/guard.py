@@ -30,7 +30,7 @@ from pathlib import Path
 GRACE_S = 5.0
 # Seconds a gpu-check child may take from its start to its first line (importing torch, CUDA's context).
 START_S = 15.0
-# gpu-check's header, printed once the device is resolved: "gpu-check on cuda:0 (NVIDIA H200): 13 checks".
+# gpu-check's header, printed once the device is resolved: "gpu-check on cuda:0 (NVIDIA H200): 14 checks".
 HEADER = re.compile(r"^gpu-check on \S+")
 # gpu-check's line for one finished check: "PASS   2 timing   bs64: ...  (12 s)".
 VERDICT = re.compile(r"^(PASS|FAIL|INFO)\s+\d+\s+(\S+)\s+(.*?)\s+\((\d+) s\)$")

@@ -91,10 +91,12 @@ class SearchEnded(Exception):
 
 @dataclass(frozen=True)
 class Job:
-    """A cell to measure, or (max_batch) a search for the largest batch of the cell's config."""
+    """A cell to measure, or (max_batch) a search for the largest batch of the cell's config, its
+    probes starting at batch `start` (a predicted largest batch saves the doubling up to it)."""
 
     cell: Cell
     max_batch: bool = False
+    start: int = 1
 
     @property
     def job_id(self) -> str:
@@ -178,7 +180,7 @@ class Runner:
             reply = self._measure(job.cell, self._timing)
             return self._row(job, job.cell, reply, started, {}), reply.get("samples_ms", [])
         try:
-            best, misfit_at, reason = self._search(job.cell)
+            best, misfit_at, reason = self._search(job.cell, job.start)
         except SearchEnded as ended:
             return self._row(job, job.cell, ended.reply, started, _limit(None, None)), []
         if best is None:
@@ -216,24 +218,33 @@ class Runner:
         lines = [line for line in reply["message"].splitlines() if line.strip()]
         return "error: " + (lines[-1].strip() if lines else "unknown")[:REASON_CHARS]
 
-    def _search(self, base: Cell) -> tuple[int | None, int | None, str]:
-        """Largest batch that fits: double until it does not, then bisect.
+    def _search(self, base: Cell, start: int = 1) -> tuple[int | None, int | None, str]:
+        """Largest batch that fits: from `start`, double until a batch does not fit (or halve until
+        one does), then bisect between the last that fit and the first that did not.
 
         Returns (best, smallest batch that did not fit, why it did not: see `_misfit`), or
         (best, None, "limit") when every batch up to MAX_BATCH_LIMIT (CPU_MAX_BATCH_LIMIT on a
-        CPU) fit. Probes use a one-step timing config that samples no power (so no power floor
-        stretches them); their compilation does not count against their timeout (see the module docstring).
+        CPU) fit. Probes use a one-step timing config; their compilation does not count against
+        their timeout (see the module docstring).
         """
         limit = CPU_MAX_BATCH_LIMIT if base.device == "cpu" else MAX_BATCH_LIMIT
-        best, misfit_at, reason = None, None, "limit"
-        batch = 1
-        while batch <= limit:
+        misfit_at, reason = None, "limit"
+        batch = max(1, min(start, limit))
+        why = self._misfit(base, batch)
+        while why is not None and batch > 1:  # the start does not fit: halve until a batch does
+            misfit_at, reason, batch = batch, why, batch // 2
             why = self._misfit(base, batch)
-            if why is not None:
+        if why is not None:
+            return None, 1, why
+        best = batch
+        while misfit_at is None and batch * 2 <= limit:  # it fits: double until a batch does not
+            batch *= 2
+            why = self._misfit(base, batch)
+            if why is None:
+                best = batch
+            else:
                 misfit_at, reason = batch, why
-                break
-            best, batch = batch, batch * 2
-        while best is not None and misfit_at is not None and misfit_at - best > 1:
+        while misfit_at is not None and misfit_at - best > 1:
             mid = (best + misfit_at) // 2
             why = self._misfit(base, mid)
             if why is None:

@@ -133,6 +133,15 @@ def test_fvcore_results_are_cached_on_disk(monkeypatch) -> None:
     assert fvc.fvcore_count(entry, 32) == first
 
 
+def test_without_fvcore_the_other_counters_still_count_and_say_why(monkeypatch) -> None:
+    """A GPU node's own Python may lack fvcore: its column is empty with the reason, not a failed row."""
+    monkeypatch.setattr(fvc.importlib.util, "find_spec", lambda name: None if name == "fvcore" else object())
+    monkeypatch.setattr(fvc, "_analyse", lambda *_: pytest.fail("fvcore used where it is not installed"))
+    row = count(get_entry("resnet18", "rv"), 32)
+    assert row["gflops_fvcore"] is None and row["fvcore_note"] == fvc.NOT_INSTALLED
+    assert row["gmacs_analytic"] == row["gmacs_flopcounter"] > 0
+
+
 def test_count_row_has_the_documented_fields() -> None:
     row = count(get_entry("vit_base_patch16_224", "timm"), fvcore=False)
     assert row["gmacs_analytic"] == row["gmacs_flopcounter"] == 17.563828224

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from bench.counting.fvcore_count import fvcore_count, fvcore_note
+from bench.counting.fvcore_count import NOT_INSTALLED, fvcore_count, fvcore_installed, fvcore_note
 from bench.errors import UsageError
 from bench.models.groups import module_groups
 from bench.models import ModelEntry, get_entry, list_archs, list_entries
@@ -222,7 +222,9 @@ def count(entry: ModelEntry, image_size: int | None = None, fvcore: bool = True)
         "train_gflops": train_flops(entry.arch, entry.impl, size) / 1e9,
         "modules": {name: flops / 1e9 for name, flops in meta.groups},
     }
-    if fvcore:
+    if fvcore and not fvcore_installed():
+        row["fvcore_note"] = NOT_INSTALLED
+    elif fvcore:
         fv = fvcore_count(entry, size)
         row["gflops_fvcore"] = fv["total"] / 1e9
         row["fvcore_unsupported"] = fv["unsupported"]

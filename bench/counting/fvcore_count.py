@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import itertools
 import json
 import os
@@ -51,6 +52,15 @@ def _library_fingerprint(impl: str) -> str:
 def _cache_key(entry: ModelEntry, image_size: int) -> str:
     versions = [importlib.metadata.version(p) for p in ("torch", "fvcore")]
     return "|".join([entry.arch, entry.impl, str(image_size), *versions, _library_fingerprint(entry.impl)])
+
+
+NOT_INSTALLED = "fvcore is not installed here (pip install fvcore): no fvcore count"
+
+
+def fvcore_installed() -> bool:
+    """Whether fvcore can be imported: a machine without it (a GPU node's own Python) still counts
+    with the analytic and FlopCounterMode counters, and says why fvcore's column is empty."""
+    return importlib.util.find_spec("fvcore") is not None
 
 
 def fvcore_count(entry: ModelEntry, image_size: int) -> dict:

@@ -90,7 +90,7 @@ def test_a_cell_holds_its_gpu_as_the_current_device(monkeypatch):
     monkeypatch.setattr(prepare, "check_cell", lambda cell: None)
     monkeypatch.setattr(prepare, "numerics", lambda plan, device: contextlib.nullcontext())
     monkeypatch.setattr(prepare, "_build", lambda cell, entry, plan, device: current["index"])
-    monkeypatch.setattr(prepare, "_release", lambda device, compiled: None)
+    monkeypatch.setattr(prepare, "_release", lambda compiled: None)
     cell = Cell(arch="resnet18", impl="rv", batch_size=8, image_size=224, device="cuda:1")
     with prepare.prepared_cell(cell) as current_while_built:
         assert current_while_built == 1 and current["index"] == 1  # built and run on the current device
@@ -105,8 +105,9 @@ def test_gpu_check_makes_the_checked_gpu_current_before_its_checks(tmp_path, mon
     current = {"index": 0}
     monkeypatch.setattr(device, "cuda_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.update(index=torch.device(d).index))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "Fake GPU")
     monkeypatch.setattr(env, "collect_env", lambda d: {})
     seen = []
-    monkeypatch.setitem(gpu.CHECKS, "seen", lambda ctx: seen.append((ctx.device, current["index"])) or (None, "", {}))
+    monkeypatch.setitem(gpu.CHECKS, "seen", gpu.Check(lambda ctx: seen.append((ctx.device, current["index"])) or (None, "", {}), 1))
     assert main(["gpu-check", "--device", "cuda:1", "--only", "seen", "--out", str(tmp_path / "out")]) == 0
     assert seen == [("cuda:1", 1)]

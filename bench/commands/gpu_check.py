@@ -68,10 +68,9 @@ def run(args: argparse.Namespace) -> int:
     for number, name in enumerate(names, 1):
         result = run_check(name, Context(device, out))
         results.append(result)
-        line = result.line(number)
-        print(line, flush=True)
-        lines.append(line)
+        lines.append(result.line(number))
         _write(out, device, env, results, lines, complete=number == len(names))
+        print(lines[-1], flush=True)  # after the files: a guard may stop this process once it reads the line
     failed = [r.name for r in results if r.passed is False]
     verdict = f"gpu-check: {len(failed)} of {len(results)} checks failed: {', '.join(failed)}" if failed else (
         f"gpu-check: no check failed ({len(results)} run)")

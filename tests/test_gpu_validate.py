@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.checks import gpu, guard, validate
+from bench.checks import gpu, guard, rules, validate
 from bench.checks.guard import PartResult, run_checks, run_part
 from bench.checks.validate import PARTS, TOTAL_S, Part, Validation
 from bench.cli import main
@@ -30,7 +30,7 @@ needs_no_cuda = pytest.mark.skipif(gpu.torch.cuda.is_available(), reason="tests 
 FAKE_GPU_CHECK = textwrap.dedent("""
     import signal, sys, time
     sys.path.insert(0, {root!r})
-    from bench.checks.gpu import CheckResult
+    from bench.checks.rules import CheckResult  # torch-free: the fake starts in a blink
     names = sys.argv[1].split(",")
     print("gpu-check on cuda:0 (Fake GPU): %d checks" % len(names), flush=True)
     for number, name in enumerate(names, 1):
@@ -167,7 +167,7 @@ def test_budgets_add_up_to_at_most_eight_minutes():
 
 
 def test_gpu_check_lines_are_what_the_guard_reads():
-    line = gpu.CheckResult("memory-prediction", False, "eager peak error within 3.1% (worst of 4)", seconds=41.6).line(10)
+    line = rules.CheckResult("memory-prediction", False, "eager peak error within 3.1% (worst of 4)", seconds=41.6).line(10)
     found = guard.VERDICT.match(line)
     assert found.groups() == ("FAIL", "memory-prediction", "eager peak error within 3.1% (worst of 4)", "42")
     assert guard.HEADER.match("gpu-check on cuda:1 (NVIDIA H200): 13 checks")

@@ -47,7 +47,7 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -59,6 +59,7 @@ from bench.hardware.gpus import match_device
 from bench.measure.cell import measure_cell
 from bench.measure.timing import summarize, time_callable, timm_loop_ms
 from bench.checks.rules import (
+    CheckResult,
     MEMORY_PREDICTION_MB, MEMORY_PREDICTION_PCT, judge_ddp, judge_memory, judge_memory_prediction, judge_profile,
     judge_timing,
 )  # fmt: skip
@@ -66,27 +67,6 @@ from bench.checks.rules import (
 GRAD_SCALE_STEPS = 30
 # No power sampling, so no 3-second floor: the power check reads NVML itself.
 CHECK_TIMING = TimingConfig(warmup_iters=5, warmup_s=0.5, min_iters=20, min_s=1.0, max_iters=2000, power=False)
-
-
-@dataclass
-class CheckResult:
-    """The outcome of one check: `passed` is None for a check that only reports a figure."""
-
-    name: str
-    passed: bool | None
-    figure: str
-    data: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def verdict(self) -> str:
-        """PASS, FAIL or INFO."""
-        return "INFO" if self.passed is None else ("PASS" if self.passed else "FAIL")
-
-    def line(self, number: int) -> str:
-        """Its line in gpu-check's output, e.g. "PASS   2 timing   bs64: ...  (12 s)" (the line
-        gpu-validate's guard reads, bench.checks.guard.VERDICT)."""
-        return f"{self.verdict}  {number:>2} {self.name:<20} {self.figure}  ({self.seconds:.0f} s)"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,11 @@
 """The pass rules of `rvbench gpu-check` (bench.checks.gpu): pure functions of a check's figures,
-so that each rule is tested on the CPU (tests/test_gpu_check.py) and read in one place."""
+so that each rule is tested on the CPU (tests/test_gpu_check.py) and read in one place; and a
+check's outcome, `CheckResult`, with the line gpu-check prints for it. Torch-free.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 TIMING_AGREE_PCT = 3.0
 PROFILE_AGREE_PCT = 10.0
@@ -17,6 +21,28 @@ MEMORY_PREDICTION_MB = 64.0
 # this it holds blocks the timed loop never used (cudnn workspaces from warm-up, cached blocks).
 RESERVED_SLACK = 1.25
 RESERVED_SLACK_MB = 512.0
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check: `passed` is None for a check that only reports a figure."""
+
+    name: str
+    passed: bool | None
+    figure: str
+    data: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        """PASS, FAIL or INFO."""
+        return "INFO" if self.passed is None else ("PASS" if self.passed else "FAIL")
+
+    def line(self, number: int) -> str:
+        """Its line in gpu-check's output, e.g. "PASS   2 timing   bs64: ...  (12 s)" (the line
+        gpu-validate's guard reads, bench.checks.guard.VERDICT)."""
+        return f"{self.verdict}  {number:>2} {self.name:<20} {self.figure}  ({self.seconds:.0f} s)"
+
 
 
 def agree(a: float, b: float, pct: float) -> bool:

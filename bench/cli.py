@@ -7,6 +7,7 @@ import importlib
 import sys
 import textwrap
 import warnings
+from typing import NoReturn
 
 from bench import __version__
 from bench.errors import DiskFull, ExitCode, UsageError, is_disk_full
@@ -50,6 +51,15 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose complaints (a bad value, an unknown option) are UsageErrors like every
+    other bad input: one line naming the command, exit 2, nothing written (argparse would print its
+    usage block first, and exit from inside the parse)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def exit_codes_epilog() -> str:
     """The exit-code table of `rvbench --help`, from bench.errors.ExitCode (the README shows the same)."""
     lines = ["exit codes:"]
@@ -70,7 +80,7 @@ def start_text() -> str:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser; only `command`'s module is imported (each pulls in torch, which is slow)."""
-    parser = argparse.ArgumentParser(prog="rvbench", description=DESCRIPTION, epilog=exit_codes_epilog(),
+    parser = _Parser(prog="rvbench", description=DESCRIPTION, epilog=exit_codes_epilog(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -106,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         print(start_text(), end="")
         return ExitCode.OK
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
+    try:
+        args = build_parser(command).parse_args(argv)
+    except UsageError as exc:
+        print(f"rvbench{f' {command}' if command in COMMANDS else ''}: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     warnings.formatwarning = _one_line_warning
     try:
         _reject_empty(argv, args)

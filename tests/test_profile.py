@@ -170,7 +170,7 @@ def test_cli_writes_profile_json(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "profile.json").read_text())
     assert (summary["arch"], summary["impl"], summary["image_size"]) == ("resnet18", "rv", 32)
     assert "convolution" in done.stdout and str(tmp_path / "profile.json") in done.stdout
-    assert "convolution" in done.stdout and str(tmp_path / "profile.json") in done.stdout
+    assert done.stderr == "", "nothing from Kineto on a CPU (it printed: gpuGetDeviceCount failed)"
 
 
 def test_cli_bad_arch_exits_2() -> None:

@@ -7,8 +7,10 @@ importing them from `bench.cli` would close an import loop.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import tempfile
+import threading
 from pathlib import Path
 
 from bench.errors import ExitCode, UsageError
@@ -28,6 +30,35 @@ def int_list(text: str) -> list[int]:
         return [int(t) for t in name_list(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def finite_float(text: str) -> float:
+    """argparse type for a real number: refuses nan and inf, which no option means (nan compares false
+    with every bound, so a range check downstream would let it through)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type for a finite number > 0 (a rate, a size, a fraction)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """argparse type for a time limit: a positive_float no longer than threading.TIMEOUT_MAX (about
+    292 years), the longest wait Python's locks and queues accept (more raises OverflowError mid-run)."""
+    value = positive_float(text)
+    if value > threading.TIMEOUT_MAX:
+        raise argparse.ArgumentTypeError(f"expected at most {threading.TIMEOUT_MAX:.0f} seconds, got {text!r}")
+    return value
 
 
 def check_output(path: Path, flag: str, directory: bool = False) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.commands.args import check_output, exit_codes_help
+from bench.commands.args import check_output, exit_codes_help, finite_float, positive_float
 from bench.errors import ExitCode, UsageError
 from bench.regress import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT
 
@@ -20,11 +20,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_b", type=Path, metavar="RUN_B", help="run directory compared against RUN_A")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"where to write the HTML page (default: RUN_B/{DEFAULT_PAGE})")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+    parser.add_argument("--alpha", type=positive_float, default=DEFAULT_ALPHA,
                         help="significance level of the Mann-Whitney U test")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_PCT, metavar="PCT",
+    parser.add_argument("--threshold", type=finite_float, default=DEFAULT_THRESHOLD_PCT, metavar="PCT",
                         help="smallest p50 change (%%) that counts as improved/regressed")
-    parser.add_argument("--fail-on-regression", type=float, default=None, metavar="PCT",
+    parser.add_argument("--fail-on-regression", type=finite_float, default=None, metavar="PCT",
                         help="exit 1 if a significant regression slows a cell's p50 by more than PCT %%, "
                              "a cell that measured in A fails in B, or no cell was measured in both runs")
     parser.set_defaults(func=run)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from decimal import Decimal
 
 from bench.commands.args import name_list
-from bench.config.cell import COMPILE_MODES, DEFAULT_OPTIMIZER, MODES, OPTIMIZERS
+from bench.config.cell import COMPILE_MODES, DEFAULT_OPTIMIZER, MAX_BATCH_SIZE, MODES, OPTIMIZERS
 from bench.counting.memory import (
     CARDS,
     CATEGORIES,
@@ -26,16 +27,22 @@ from bench.models import list_entries
 from bench.precisions import DEFAULT_PRECISION, PRECISIONS, precision_help
 from bench.report.text import format_table
 
+# The most memory --gpu-mem may say: what a 64-bit address space holds (16 EiB).
+MAX_GPU_MEM = 2**64
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
 def memory_size(text: str) -> int:
-    """Bytes of a size such as "80GiB", "24GB" or "40960MiB" (GB = 10**9, GiB = 2**30)."""
+    """Bytes of a size such as "80GiB", "24GB" or "40960MiB" (GB = 10**9, GiB = 2**30), exactly (no
+    float to overflow), at most MAX_GPU_MEM."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)\s*", text, re.IGNORECASE)
     if match is None:
         raise UsageError(f"--gpu-mem {text!r}: give a number and a unit, e.g. 80GiB, 24GB, 40960MiB")
-    return int(float(match[1]) * _UNITS[match[2].upper()])
+    size = int(Decimal(match[1]) * _UNITS[match[2].upper()])
+    if size > MAX_GPU_MEM:
+        raise UsageError(f"--gpu-mem {text}: over the {MAX_GPU_MEM // 2**60} EiB a 64-bit address space holds")
+    return size
 
 
 def _choices(what: str, values: list[str], valid: tuple[str, ...]) -> list[str]:
@@ -71,8 +78,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _batch_sizes(values: list[str]) -> list[int]:
-    if not all(v.isdigit() and int(v) >= 1 for v in values):
-        raise UsageError(f"--batch-sizes {','.join(values)}: give whole numbers >= 1")
+    if not all(v.isdigit() and 1 <= int(v) <= MAX_BATCH_SIZE for v in values):
+        raise UsageError(f"--batch-sizes {','.join(values)}: give whole numbers from 1 to {MAX_BATCH_SIZE}")
     return [int(v) for v in values]
 
 

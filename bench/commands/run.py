@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, int_list, name_list
+from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, int_list, name_list, seconds
 from bench.config.presets import list_presets
 from bench.errors import DiskFull, ExitCode, UsageError, is_disk_full
 from bench.hardware.device import check_capability, cuda_count, resolve_device
@@ -82,7 +82,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--resume", type=Path, metavar="DIR",
                        help="continue the run in DIR: run only cells without a row (its config.json "
                             "defines the sweep and where it runs, unless --devices or --cluster says otherwise)")
-    where.add_argument("--cell-timeout", type=float, metavar="S",
+    where.add_argument("--cell-timeout", type=seconds, metavar="S",
                        help="kill a cell after S seconds outside compilation, or S seconds compiling (row "
                             f"status timeout, worker restarted); default: {GPU_CELL_TIMEOUT_S:g} on a GPU, none on a CPU")
     where.add_argument("--profile", action="store_true",
@@ -172,8 +172,6 @@ def run(args: argparse.Namespace) -> int:
     from bench.results.rundir import lock_run_dir, new_run_dir, write_config
     from bench.runner.runner import plan_jobs
 
-    if args.cell_timeout is not None and args.cell_timeout <= 0:
-        raise UsageError(f"--cell-timeout must be > 0 seconds, got {args.cell_timeout:g}")
     if args.resume:
         spec, config, reports_dir = _resume_spec(args)
         cluster, devices, _ = _where(args, config)
@@ -194,12 +192,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.resume:
             write_config(run_dir, {**spec.to_json(), "cells": len(cells), "jobs": len(jobs),
                                     "devices": devices, "cluster": cluster})
-        with _signals_interrupt() as received:
+        with _signals_interrupt() as stop:
             try:
-                return _sweep(args, spec, timing, jobs, (cluster, devices), run_dir, reports_dir, received)
-            except KeyboardInterrupt:  # a second signal while the tables or report were written
+                return _sweep(args, spec, timing, jobs, (cluster, devices), run_dir, reports_dir, stop)
+            except KeyboardInterrupt:  # the first signal came between the sweep and its flag's reset
                 print(f"rvbench run: interrupted; {_resume_hint(run_dir)}", file=sys.stderr)
-                return _signal_exit(received)
+                return _signal_exit(stop.received)
     except OSError as exc:
         if not is_disk_full(exc):
             raise
@@ -220,20 +218,34 @@ def _try_update_latest(reports_dir: Path, run_dir: Path) -> None:
         pass
 
 
+class _Stop:
+    """The signals that stop a run: `received` holds the first one's number; `sweeping` is True
+    while cells are measured, the only time a signal interrupts anything."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.sweeping = False
+
+
 @contextmanager
-def _signals_interrupt() -> Iterator[list[int]]:
-    """Make SIGTERM (a scheduler's stop) and SIGINT both raise KeyboardInterrupt, so either stops the
-    sweep the same clean way. Yields the list that receives the first signal's number."""
-    received: list[int] = []
+def _signals_interrupt() -> Iterator[_Stop]:
+    """Make SIGTERM (a scheduler's stop) and SIGINT both stop the sweep the same clean way: the first
+    one during the sweep raises KeyboardInterrupt there. Any other is only noted (the first) and
+    interrupts nothing: the wrap-up (killing the workers, joining the slots' threads, the tables,
+    the report) runs to its end, so a second Ctrl-C neither loses index.html nor leaves threads
+    running into the interpreter's shutdown (which aborted it: "Fatal Python error")."""
+    stop = _Stop()
 
     def handler(signum: int, frame: object) -> None:
-        if not received:
-            received.append(signum)
-        raise KeyboardInterrupt
+        if stop.received:
+            return
+        stop.received.append(signum)
+        if stop.sweeping:
+            raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield received
+        yield stop
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -251,12 +263,13 @@ def _resume_hint(run_dir: Path) -> str:
 
 def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs: list[Job],
            where: tuple[str | None, list[str] | None], run_dir: Path, reports_dir: Path | None,
-           received: list[int]) -> int:
+           stop: _Stop) -> int:
     """Run the jobs not yet recorded in run_dir on the cluster or local devices of `where`, then write
     the tables, report and summary.
 
-    Returns OK; FAILED when a cluster lost every slot; the signal's code when one in `received`
-    stopped the sweep; else REPORT_FAILED when the HTML report failed, NOTHING_MEASURED when no cell is ok."""
+    Returns OK; FAILED when a cluster lost every slot; the signal's code when `stop` received one
+    (the sweep stopped, or it came while the tables and report were written); else REPORT_FAILED
+    when the HTML report failed, NOTHING_MEASURED when no cell is ok."""
     from bench.report.summary import SUMMARY_NAME, summary_counts, summary_text, write_run_report
     from bench.results import ResultWriter, finalize, finished_cell_ids, update_latest
     from bench.results.rundir import env_recorder
@@ -277,19 +290,25 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
     board = Board(bar, env_recorder(run_dir))
     runners = [Runner(run_dir, run_dir.name, timing, cell_timeout, slot) for slot in slots(devices or [])]
     lost = None
+    stop.sweeping = True
     try:
-        if cluster:
+        if stop.received:  # a signal during the set-up: measure nothing, write what is there
+            completed = False
+        elif cluster:
             completed = run_cluster(group_jobs(todo), writer, board, run_dir.name, timing, cell_timeout, spec.device)
         else:
             completed = run_local(runners, group_jobs(todo), writer, board)
+    except KeyboardInterrupt:  # the signal came in the sweep but outside the runners' own handling
+        completed = False
     except SlotsLost as exc:
         completed, lost = False, exc
     finally:
+        stop.sweeping = False
         bar.close()
         writer.close()
 
     df = finalize(run_dir)
-    if completed and args.profile:
+    if completed and args.profile and not stop.received:
         print("\n".join(runners[0].profile(profile_cells(df), run_dir / "profiles")))
         runners[0].close()
     text = summary_text(df)
@@ -303,7 +322,8 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
         return ExitCode.FAILED
     if not completed:
         print(f"interrupted: {len(df)} of {len(jobs)} cells recorded; {_resume_hint(run_dir)}")
-        return _signal_exit(received)
+    if stop.received:
+        return _signal_exit(stop.received)
     if report is None:
         print(f"rvbench run: error: the HTML report failed (its error is in {run_dir / SUMMARY_NAME}); "
               f"the results are kept, rebuild with `rvbench report {run_dir}`", file=sys.stderr)

@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, int_list, name_list
+from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, int_list, name_list, positive_float, seconds
 from bench.errors import ExitCode, UsageError
 from bench.precisions import TRAINING_PRECISIONS, check_trains, default_train_precision
 
@@ -47,14 +47,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", default="default", help="default (the family's), sgd or adamw")
     parser.add_argument("--channels-last", action="store_true", help="NHWC model and input")
     parser.add_argument("--backend", choices=("nccl", "gloo"), help="process group backend (default nccl on CUDA, gloo on a CPU)")
-    parser.add_argument("--bucket-mb", type=float, default=25.0, help="DDP bucket_cap_mb (default 25)")
+    parser.add_argument("--bucket-mb", type=positive_float, default=25.0, help="DDP bucket_cap_mb (default 25)")
     parser.add_argument("--static-graph", action="store_true", help="DDP static_graph=True")
     parser.add_argument("--grad-as-bucket-view", action="store_true", help="DDP gradient_as_bucket_view=True")
     parser.add_argument("--device", default="auto", help="cpu or cuda (ranks take cuda:LOCAL_RANK); auto: cuda if present")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per rank (default 5)")
     parser.add_argument("--steps", type=int, help=f"timed steps per rank, the same on every rank (default "
                                                    f"{DEFAULT_STEPS['cuda']} on CUDA, {DEFAULT_STEPS['cpu']} on a CPU)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+    parser.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT_S, metavar="S",
                         help=f"kill a world size's job after S seconds (default {DEFAULT_TIMEOUT_S:g}); also the "
                              "process group's collective timeout")
     parser.add_argument("--link-bw", metavar="BW",

@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, name_list
+from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, name_list, positive_float, seconds
 from bench.columns import TRANSFER_MODE
 from bench.errors import ExitCode, UsageError
 from bench.precisions import DEFAULT_PRECISION, TRAINING_PRECISIONS, check_trains, precision_help
@@ -40,16 +40,16 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "python-batches directory (cifar-10-batches-py)")
     parser.add_argument("--impls", type=name_list, help="rv, torchvision, timm (default: every one that has ARCH)")
     parser.add_argument("--strategy", type=name_list, default=list(STRATEGIES), help=STRATEGY_HELP)
-    parser.add_argument("--target-acc", type=float, default=0.8, help="validation top-1 (0..1) to time (default 0.8)")
+    parser.add_argument("--target-acc", type=positive_float, default=0.8, help="validation top-1 (0..1) to time (default 0.8)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per run (default 10)")
-    parser.add_argument("--budget-s", type=float,
+    parser.add_argument("--budget-s", type=seconds,
                         help="stop each run at the first epoch end past S seconds of training and evaluation")
     parser.add_argument("--precision", default=DEFAULT_PRECISION, help=precision_help(TRAINING_PRECISIONS))
     parser.add_argument("--device", default="auto", help="cpu, cuda or cuda:N; auto = cuda:0 if present, else cpu")
     parser.add_argument("--image-size", type=int, help="model input side in px; images are resized on the device "
                                                        "(default: the model's, 224)")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch (default 64)")
-    parser.add_argument("--lr", type=float,
+    parser.add_argument("--lr", type=positive_float,
                         help="the head's learning rate (default: the family optimizer's, from its spec: SGD 0.1 for "
                              "ResNets, AdamW 1e-3 for ViTs and ConvNeXts); the backbone trains at 0.1 x it except from scratch")
     parser.add_argument("--num-classes", type=int,

@@ -27,6 +27,10 @@ TORCH_COMPILE_MODES = ("default", "max-autotune", "reduce-overhead", "max-autotu
 COMPILE_MODES = ("none", *TORCH_COMPILE_MODES,
                  *(m + FREEZE_SUFFIX for m in TORCH_COMPILE_MODES if m != "reduce-overhead"))
 MODES = ("inference", "train", "finetune")
+# The largest batch of any cell: far past the largest batch --find-max-batch probes (4096) and the
+# batch gpu-check runs out of memory on purpose (8192), a sanity bound that refuses a typo such as
+# 100000000000000000000 up front (it overflows torch's sizes mid-run, or asks for exabytes).
+MAX_BATCH_SIZE = 2**16
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,7 @@ def validate(cell: Cell) -> None:
             "use one of: " + ", ".join(c for c in COMPILE_MODES if not split_compile(c)[1])
         )
     validate_device(cell.device)
-    if cell.batch_size < 1:
-        raise UsageError(f"batch size must be >= 1, got {cell.batch_size}")
+    if not 1 <= cell.batch_size <= MAX_BATCH_SIZE:
+        raise UsageError(f"batch size must be from 1 to {MAX_BATCH_SIZE}, got {cell.batch_size}")
     get_entry(cell.arch, cell.impl).check_image_size(cell.image_size)
     check_support(cell.device, cell.precision, cell.compile, COMPILE_MODES)

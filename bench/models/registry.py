@@ -21,6 +21,10 @@ __all__ = ["FAMILY_NAMES", "IMPLS", "ModelEntry", "family_spec", "get_entry", "l
 IMPLS = LIBRARIES  # the implementations compared: rv and the two libraries it mirrors
 FAMILY_NAMES = tuple(family.name for family in FAMILIES)  # "resnet", "vit", "convnext"
 DEFAULT_IMAGE_SIZE = 224
+# The largest input side any command takes: 8x the largest inputs published for these families
+# (~518 px), while one image (3 x 4096^2 fp32, 200 MB) and a model's largest activations at batch 1
+# still fit a machine's memory; past it `rvbench flops` alone would allocate 120 GB at 100000 px.
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -43,11 +47,14 @@ class ModelEntry:
         """UsageError unless the input side is one every impl of this arch accepts, by the family's spec.
 
         Each family has a smallest input (a ConvNeXt crashes below 32 px with an obscure torch error);
-        ViTs need a whole number of patches (torchvision refuses anything else at build time).
+        ViTs need a whole number of patches (torchvision refuses anything else at build time); no input
+        is over MAX_IMAGE_SIZE.
         """
         smallest = self.spec.min_image_size_of(self.arch)
         if image_size < smallest:
             raise UsageError(f"{self.arch} needs an image size >= {smallest} px, got {image_size}")
+        if image_size > MAX_IMAGE_SIZE:
+            raise UsageError(f"image size {image_size} px is over rvbench's limit of {MAX_IMAGE_SIZE} px")
         patch = self.spec.input_multiple_of(self.arch)
         if image_size % patch:
             raise UsageError(

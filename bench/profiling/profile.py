@@ -35,6 +35,7 @@ into out_dir.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -56,6 +57,12 @@ from bench.measure.timing import synchronize, warm_up
 from bench.models.groups import module_groups
 from bench.profiling.opcats import CATEGORIES, classify
 from bench.profiling.roofline import BYTES_METHOD, count_bytes, place, point
+
+# Kineto's log threshold for a CPU profile (libkineto's severities: VERBOSE 0 ... ERROR 4, USDT 5):
+# on a CPU nothing it logs is for the user ("gpuGetDeviceCount failed" where there is no GPU, its
+# start and stop markers), so it is silenced. It reads KINETO_LOG_LEVEL when a process first
+# profiles; one the user set is kept, and a CUDA profile keeps Kineto's errors (CUPTI's).
+_KINETO_QUIET = "6"
 
 SCHEMA_VERSION = 2  # 2: step_ms timed per step, categories_note, modules_ms_total, modules in op time
 TOP_N = 20
@@ -290,6 +297,8 @@ def _record(step: Callable[[], object], device: torch.device, steps: int,
     the profiler's bookkeeping between steps). `clock` (CPU only) is injectable for tests.
     """
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    if device.type == "cpu":
+        os.environ.setdefault("KINETO_LOG_LEVEL", _KINETO_QUIET)
     samples = []
     with profile(activities=activities, record_shapes=True,
                  schedule=schedule(wait=0, warmup=1, active=steps, repeat=1)) as prof:

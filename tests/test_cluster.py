@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from ray_cluster import LocalCluster
 from bench.cli import main
 from bench.config.sweep import build_spec, expand
 from bench.results import load
+from bench.runner.cluster import CONNECT_TIMEOUT_S
 
 # Its module-scoped fixture is costly: one xdist worker makes it once (tests/conftest.py).
 pytestmark = pytest.mark.xdist_group("ray_cluster")
@@ -139,3 +141,46 @@ def test_cluster_without_ray_exits_2_with_the_install_hint(monkeypatch, capsys, 
     assert main(["run", "--cluster", "auto", "--out", str(tmp_path), *SWEEP]) == 2
     assert "pip install 'rvbench[cluster]'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def _session(sid: int) -> list[int]:
+    """The live processes of session `sid` (what a command started in its own session left running)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _refused_port() -> int:
+    """A port nobody listens on: bound, to be given free by the system, then closed."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("form, listener", [("{}", "none"), ("ray://{}", "none"), ("{}", "silent")])
+def test_an_address_that_does_not_answer_is_one_line_and_exit_2(tmp_path, form, listener):
+    """A refused port fails at once, for both address forms, and a port that accepts but says
+    nothing within CONNECT_TIMEOUT_S (one form: both go through the same check); Ray's own log lines
+    stay out of the terminal and nothing is left running."""
+    pytest.importorskip("ray")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1] if listener == "silent" else _refused_port()
+        address = form.format(f"127.0.0.1:{port}")
+        proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--cluster", address, "--device", "cpu",
+                                 "--out", str(tmp_path / "out"), *SWEEP[:-2]], cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    reason = "connection refused" if listener == "none" else f"no answer within {CONNECT_TIMEOUT_S:g} s"
+    assert err.splitlines() == [f"rvbench run: error: cannot connect to the Ray cluster at {address}: {reason}"]
+    assert not out and not (tmp_path / "out").exists()
+    assert not _session(proc.pid)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.config.cell import PRECISIONS, Cell, validate
+from bench.config.cell import Cell, validate
 from bench.config.precision import numerics, numerics_state, plan_for
 from bench.errors import UsageError
 from bench.execute.step import make_step

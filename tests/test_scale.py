@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -86,9 +87,18 @@ def test_a_raising_rank_gives_an_error_row_and_leaves_no_process(scale_run):
     assert row["status"] == "error"  # not "timeout": torchrun ended the job when the rank raised
     assert row["message"].splitlines()[0].startswith(
         "world size 3: rank 2 failed: RuntimeError: injected fault on rank 2 (RVBENCH_SCALE_FAULT)")
-    pids = [json.loads(p.read_text())["pid"] for p in run_dir.glob("scale/*/rank*.json")]
-    assert len(pids) == 1 + 2 + 3 and not any(alive(pid) for pid in pids)
-    leftovers = []  # any process still naming this run (torchrun, a rank, their children)
+    assert len(_rank_pids(run_dir)) == 1 + 2 + 3
+    _assert_nothing_left(run_dir)
+
+
+def _rank_pids(run_dir: Path) -> list[int]:
+    return [json.loads(p.read_text())["pid"] for p in run_dir.glob("scale/*/rank*.json")]
+
+
+def _assert_nothing_left(run_dir: Path) -> None:
+    """No rank that recorded its pid is alive, and no process names the run (torchrun, a rank, their children)."""
+    assert not [pid for pid in _rank_pids(run_dir) if alive(pid)]
+    leftovers = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             if str(run_dir).encode() in cmdline.read_bytes():
@@ -116,6 +126,14 @@ def test_the_report_has_the_scaling_section(scale_run):
     (["--link-bw", "400"], "give a bandwidth per direction with its unit"),
     (["--nnodes", "2"], "--nnodes > 1 needs --rdzv-endpoint"),
     (["--rdzv-endpoint", "node1"], "expected HOST:PORT"),
+    (["--rdzv-endpoint", ":99999"], "expected HOST:PORT"),
+    (["--rdzv-endpoint", "127.0.0.1:99999"], "the port must be 1..65535, got 99999"),
+    (["--rdzv-endpoint", "127.0.0.1:0"], "the port must be 1..65535, got 0"),
+    (["--rdzv-endpoint", "no-such-host.invalid:29500"], "unknown host no-such-host.invalid"),
+    (["--rdzv-endpoint", "203.0.113.7:29500"], "203.0.113.7 is not an address of this machine"),
+    (["--timeout", "inf"], "--timeout must be finite and > 0"),
+    (["--timeout", "nan"], "--timeout must be finite and > 0"),
+    (["--bucket-mb", "-1"], "--bucket-mb and --timeout must be finite and > 0"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(bad, says, tmp_path, capsys):
     out = tmp_path / "reports"
@@ -125,6 +143,21 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(bad, says, tmp_path, c
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1
     assert [p.name for p in out.iterdir()] == ["kept.txt"] and (out / "kept.txt").read_text() == "earlier"
+
+
+@pytest.mark.parametrize("nnodes", ["1", "2"])
+def test_a_rendezvous_port_held_by_another_listener_is_refused_before_any_launch(nnodes, tmp_path, capsys):
+    """On one node, or on the node that hosts the rendezvous of several, the port must be free."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        endpoint = f"127.0.0.1:{other.getsockname()[1]}"
+        assert main(["scale", *ARGS, "--nnodes", nnodes, "--rdzv-endpoint", endpoint,
+                     "--out", str(tmp_path / "reports")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (f"rvbench scale: error: --rdzv-endpoint {endpoint}: the port is held by another listener; "
+                    "give a free port")
+    assert not (tmp_path / "reports").exists()
 
 
 def test_an_unknown_arch_names_the_valid_ones(tmp_path, capsys):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
-from pathlib import Path
 
 import pytest
 import torch

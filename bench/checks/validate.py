@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.checks.guard import GRACE_S, START_S, PartResult, python_argv, run_checks, run_part
+from bench.checks.guard import GRACE_S, PartResult, python_argv, run_checks, run_part
 
 TOTAL_S = 480.0  # 8 minutes, machine already started
 PACK_S = 20.0  # kept for writing the archive and the last json

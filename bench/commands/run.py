@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, int_list, name_list, seconds
 from bench.config.presets import list_presets
-from bench.errors import DiskFull, ExitCode, UsageError, is_disk_full
+from bench.commands.stopping import Stop, disk_full_ends, signals_interrupt
+from bench.errors import ExitCode, UsageError
 from bench.hardware.device import check_capability, cuda_count, resolve_device
 from bench.precisions import CUDA_ONLY_PRECISIONS, PRECISIONS
 from bench.runner import CPU_MAX_BATCH_LIMIT, MAX_BATCH_LIMIT
@@ -189,71 +187,18 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.resume or new_run_dir(reports_dir, _run_label(cluster, devices, spec.device))
     lock = lock_run_dir(run_dir)
     try:
-        if not args.resume:
-            write_config(run_dir, {**spec.to_json(), "cells": len(cells), "jobs": len(jobs),
-                                    "devices": devices, "cluster": cluster})
-        with _signals_interrupt() as stop:
-            try:
-                return _sweep(args, spec, timing, jobs, (cluster, devices), run_dir, reports_dir, stop)
-            except KeyboardInterrupt:  # the first signal came between the sweep and its flag's reset
-                print(f"rvbench run: interrupted; {_resume_hint(run_dir)}", file=sys.stderr)
-                return _signal_exit(stop.received)
-    except OSError as exc:
-        if not is_disk_full(exc):
-            raise
-        if reports_dir is not None:
-            _try_update_latest(reports_dir, run_dir)
-        raise DiskFull(exc, resume=run_dir) from None
+        with disk_full_ends(reports_dir, run_dir, resume=True):
+            if not args.resume:
+                write_config(run_dir, {**spec.to_json(), "cells": len(cells), "jobs": len(jobs),
+                                        "devices": devices, "cluster": cluster})
+            with signals_interrupt() as stop:
+                try:
+                    return _sweep(args, spec, timing, jobs, (cluster, devices), run_dir, reports_dir, stop)
+                except KeyboardInterrupt:  # the first signal came between the sweep and its flag's reset
+                    print(f"rvbench run: interrupted; {_resume_hint(run_dir)}", file=sys.stderr)
+                    return stop.exit_code()
     finally:
         lock.close()
-
-
-def _try_update_latest(reports_dir: Path, run_dir: Path) -> None:
-    """update_latest, where the disk still allows it (a link needs little or no space)."""
-    from bench.results import update_latest
-
-    try:
-        update_latest(reports_dir, run_dir)
-    except OSError:
-        pass
-
-
-class _Stop:
-    """The signals that stop a run: `received` holds the first one's number; `sweeping` is True
-    while cells are measured, the only time a signal interrupts anything."""
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        self.sweeping = False
-
-
-@contextmanager
-def _signals_interrupt() -> Iterator[_Stop]:
-    """Make SIGTERM (a scheduler's stop) and SIGINT both stop the sweep the same clean way: the first
-    one during the sweep raises KeyboardInterrupt there. Any other is only noted (the first) and
-    interrupts nothing: the wrap-up (killing the workers, joining the slots' threads, the tables,
-    the report) runs to its end, so a second Ctrl-C neither loses index.html nor leaves threads
-    running into the interpreter's shutdown (which aborted it: "Fatal Python error")."""
-    stop = _Stop()
-
-    def handler(signum: int, frame: object) -> None:
-        if stop.received:
-            return
-        stop.received.append(signum)
-        if stop.sweeping:
-            raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _signal_exit(received: list[int]) -> ExitCode:
-    """The exit code of a run stopped by a signal: INTERRUPTED (Ctrl-C) or TERMINATED (SIGTERM)."""
-    return ExitCode(128 + (received[0] if received else signal.SIGINT))
 
 
 def _resume_hint(run_dir: Path) -> str:
@@ -263,7 +208,7 @@ def _resume_hint(run_dir: Path) -> str:
 
 def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs: list[Job],
            where: tuple[str | None, list[str] | None], run_dir: Path, reports_dir: Path | None,
-           stop: _Stop) -> int:
+           stop: Stop) -> int:
     """Run the jobs not yet recorded in run_dir on the cluster or local devices of `where`, then write
     the tables, report and summary.
 
@@ -290,7 +235,7 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
     board = Board(bar, env_recorder(run_dir))
     runners = [Runner(run_dir, run_dir.name, timing, cell_timeout, slot) for slot in slots(devices or [])]
     lost = None
-    stop.sweeping = True
+    stop.measuring = True
     try:
         if stop.received:  # a signal during the set-up: measure nothing, write what is there
             completed = False
@@ -303,7 +248,7 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
     except SlotsLost as exc:
         completed, lost = False, exc
     finally:
-        stop.sweeping = False
+        stop.measuring = False
         bar.close()
         writer.close()
 
@@ -323,7 +268,7 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
     if not completed:
         print(f"interrupted: {len(df)} of {len(jobs)} cells recorded; {_resume_hint(run_dir)}")
     if stop.received:
-        return _signal_exit(stop.received)
+        return stop.exit_code()
     if report is None:
         print(f"rvbench run: error: the HTML report failed (its error is in {run_dir / SUMMARY_NAME}); "
               f"the results are kept, rebuild with `rvbench report {run_dir}`", file=sys.stderr)

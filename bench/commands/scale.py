@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, int_list, name_list, positive_float, seconds
 from bench.errors import ExitCode, UsageError
 from bench.precisions import TRAINING_PRECISIONS, check_trains, default_train_precision
 
+if TYPE_CHECKING:
+    from bench.commands.stopping import Stop
+
 DEFAULT_STEPS = {"cpu": 10, "cuda": 30}
 DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
 DEFAULT_TIMEOUT_S = 900.0
 PROFILE_STEPS = 3
-_ENDPOINT = re.compile(r"^[^\s:]+:\d{1,5}$")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +31,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("Several nodes: run the same command on each, with --nnodes N --rdzv-endpoint HOST:PORT "
                      "(HOST: the first node); the node of global rank 0 writes the rows. "
                      + exit_codes_help(ExitCode.OK, ExitCode.USAGE, ExitCode.DISK_FULL, ExitCode.REPORT_FAILED,
-                                       ExitCode.NOTHING_MEASURED, ExitCode.INTERRUPTED))
+                                       ExitCode.NOTHING_MEASURED, ExitCode.INTERRUPTED,
+                                       ExitCode.TERMINATED))
     parser.add_argument("arch", help="the architecture, e.g. resnet50 or vit_base_patch16_224")
     parser.add_argument("--impls", type=name_list, default=["rv"], help="implementations: rv, torchvision, timm (default rv)")
     parser.add_argument("--nproc", type=int_list, metavar="K,...",
@@ -116,24 +119,25 @@ def _validate(args: argparse.Namespace, device: str) -> None:
     _check_positive(args.steps, "--steps")
     _check_positive(args.warmup, "--warmup", 0)
     _check_positive(args.batch_per_rank, "--batch-per-rank")
-    if args.bucket_mb <= 0 or args.timeout <= 0:
-        raise UsageError("--bucket-mb and --timeout must be > 0")
     if args.nnodes > 1 and not args.rdzv_endpoint:
         raise UsageError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT, the same on every node")
-    if args.rdzv_endpoint and not _ENDPOINT.match(args.rdzv_endpoint):
-        raise UsageError(f"--rdzv-endpoint {args.rdzv_endpoint!r}: expected HOST:PORT")
+    if args.rdzv_endpoint:
+        from bench.runner.endpoint import check_listenable, parse_endpoint
+
+        host, port = parse_endpoint(args.rdzv_endpoint, "--rdzv-endpoint")
+        check_listenable(host, port, "--rdzv-endpoint", local_only=args.nnodes == 1)
     if args.backend == "nccl" and device == "cpu":
         raise UsageError("--backend nccl needs CUDA; on a CPU use gloo")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate everything, then run each implementation's world sizes into one run directory."""
+    """Validate everything, then run each implementation's world sizes into one run directory.
+
+    SIGTERM or Ctrl-C stops the job running (torchrun and every rank), keeps the rows measured and
+    writes the tables and report from them; a full disk raises DiskFull (the rows written are kept)."""
+    from bench.commands.stopping import disk_full_ends, signals_interrupt
     from bench.hardware.device import cuda_count, resolve_device
-    from bench.report.sections.scaling import scaling_text
-    from bench.report.summary import write_run_report
     from bench.results.rundir import lock_run_dir, new_run_dir, write_config
-    from bench.results.store import ResultWriter, finalize, update_latest
-    from bench.runner.scale import run_scale
 
     device = resolve_device(args.device)
     gpus = cuda_count() if device != "cpu" else 0
@@ -144,20 +148,47 @@ def run(args: argparse.Namespace) -> int:
     run_dir = new_run_dir(reports_dir, f"scale-{specs[0].cell.device}")
     lock = lock_run_dir(run_dir)
     try:
-        write_config(run_dir, {"command": "scale", "nproc": nprocs, "specs": [s.to_json() for s in specs]})
-        writer = ResultWriter(run_dir)
-        try:
-            for spec in specs:
-                run_scale(spec, nprocs, run_dir, writer)
-        finally:
-            writer.close()
-        df = finalize(run_dir)
-        text = scaling_text(df)
-        report = write_run_report(run_dir, text)
-        update_latest(reports_dir, run_dir)
+        with disk_full_ends(reports_dir, run_dir, resume=False):
+            write_config(run_dir, {"command": "scale", "nproc": nprocs, "specs": [s.to_json() for s in specs]})
+            with signals_interrupt() as stop:
+                try:
+                    return _measure(specs, nprocs, run_dir, reports_dir, stop)
+                except KeyboardInterrupt:  # the first signal came between the jobs and its flag's reset
+                    print(f"rvbench scale: interrupted; the rows measured are kept in {run_dir}", file=sys.stderr)
+                    return stop.exit_code()
     finally:
         lock.close()
+
+
+def _measure(specs: list, nprocs: list[int], run_dir: Path, reports_dir: Path, stop: Stop) -> int:
+    """Run the world sizes of every spec (until a signal stops them: `stop`), then write the tables
+    and report of the rows measured; the exit code."""
+    from bench.report.sections.scaling import scaling_text
+    from bench.report.summary import write_run_report
+    from bench.results.store import ResultWriter, finalize, update_latest
+    from bench.runner.scale import run_scale
+
+    writer = ResultWriter(run_dir)
+    stopped = bool(stop.received)  # a signal during the set-up: measure nothing, write what is there
+    stop.measuring = True
+    try:
+        for spec in specs if not stopped else []:
+            run_scale(spec, nprocs, run_dir, writer)
+    except KeyboardInterrupt:  # the job running was stopped on the way out of run_scale
+        stopped = True
+    finally:
+        stop.measuring = False
+        writer.close()
+    df = finalize(run_dir)
+    text = scaling_text(df)
+    report = write_run_report(run_dir, text) if len(df) else None
+    update_latest(reports_dir, run_dir)
     print(text + f"run directory: {run_dir}" + (f"\nreport: {report}" if report else ""))
+    if stopped:
+        code = stop.exit_code()
+        print(f"rvbench scale: {code.name.lower()}: the job running was stopped; {len(df)} row(s) kept in {run_dir}",
+              file=sys.stderr)
+        return code
     if report is None:
         print(f"rvbench scale: error: the HTML report failed; results kept, rebuild with `rvbench report {run_dir}`",
               file=sys.stderr)

@@ -16,20 +16,31 @@ of its group, go to the next free actor; a job whose actor is lost a second time
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tempfile
+import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.errors import UsageError
 from bench.provenance import git_state
 from bench.results import ResultWriter
+from bench.runner.endpoint import parse_endpoint, resolve
 from bench.runner.runner import Job, Runner, Slot, lost_row
 from bench.runner.schedule import Board
 
 INSTALL_HINT = "pip install 'rvbench[cluster]'"
 # The custom resource a node offers per CPU benchmark slot (CPUs themselves are Ray's to hand out).
 CPU_RESOURCE = "rvbench_cpu"
+# How long the cluster's address has to answer before --cluster gives up (exit 2).
+CONNECT_TIMEOUT_S = 30.0
+# A gRPC client's first bytes, HTTP/2's preface and an empty SETTINGS frame: a gRPC server (Ray's GCS,
+# its client server) answers with a SETTINGS frame (type 4) of its own.
+GRPC_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4
 # Times a job may lose its actor before it is recorded as an error.
 LOST_LIMIT = 2
 # The actors run the driver's bench and rv_models. Ray would kill an actor's child processes when the
@@ -47,7 +58,9 @@ class SlotsLost(Exception):
 
 def connect(address: str) -> None:
     """ray.init the cluster at `address` (ray://HOST:PORT, HOST:PORT, or "auto": $RAY_ADDRESS), shipping
-    bench and rv_models to its nodes. UsageError without Ray, without RAY_ADDRESS, or when it does not answer."""
+    bench and rv_models to its nodes. UsageError without Ray, without RAY_ADDRESS, or when it does not
+    answer within CONNECT_TIMEOUT_S (`_check_answers`; both forms alike). Ray's own log lines of the
+    attempt go to a file, named in the error, not to the terminal."""
     try:
         import ray
     except ImportError:
@@ -56,10 +69,60 @@ def connect(address: str) -> None:
         address = os.environ.get("RAY_ADDRESS", "")
         if not address:
             raise UsageError("--cluster auto: RAY_ADDRESS is not set; give --cluster HOST:PORT or ray://HOST:PORT")
+    _check_answers(address)
+    # The address just answered: one attempt of Ray's (its default retries for 20 minutes), unless set.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "1")
+    with tempfile.NamedTemporaryFile(prefix="rvbench-ray-connect-", suffix=".log", delete=False) as log:
+        try:
+            with _stderr_to(log.fileno()):
+                ray.init(address=address, runtime_env=RUNTIME_ENV, logging_level="ERROR", log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"cannot connect to the Ray cluster at {address}: {reason} "
+                             f"(Ray's log: {log.name})") from None
+    os.unlink(log.name)
+
+
+def _check_answers(address: str) -> None:
+    """UsageError unless a gRPC server (Ray's GCS at HOST:PORT, its client server at ray://HOST:PORT)
+    answers at the address within CONNECT_TIMEOUT_S: an unknown host, a refused or silent port is
+    one line at once, not Ray's retries."""
+    host, port = parse_endpoint(address.removeprefix("ray://"), "--cluster")
+    resolve(host, port, "--cluster")
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    header = b""
     try:
-        ray.init(address=address, runtime_env=RUNTIME_ENV, logging_level="ERROR", log_to_driver=False)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise UsageError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as sock:
+            sock.sendall(GRPC_HELLO)
+            while len(header) < 9:
+                sock.settimeout(max(deadline - time.monotonic(), 1e-3))
+                chunk = sock.recv(9 - len(header))
+                if not chunk:
+                    break
+                header += chunk
+    except TimeoutError:
+        reason = f"no answer within {CONNECT_TIMEOUT_S:g} s"
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+    else:
+        if len(header) == 9 and header[3] == HTTP2_SETTINGS:
+            return
+        reason = "something answers there, but not a Ray cluster (no gRPC)"
+    raise UsageError(f"cannot connect to the Ray cluster at {address}: {reason}")
+
+
+@contextmanager
+def _stderr_to(fd: int) -> Iterator[None]:
+    """Send this process's stderr (file descriptor 2: Ray's C++ logging writes there) to `fd` meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(fd, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def cluster_device(device: str) -> str:

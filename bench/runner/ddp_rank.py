@@ -58,8 +58,15 @@ def rank_file(out_dir: Path, rank: int) -> Path:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    """Written in place: the launcher reads these files only once every rank is gone."""
-    path.write_text(json.dumps(obj, default=str))
+    """Written whole or not at all (a temporary file renamed: a full disk or a kill mid-write leaves
+    no empty or torn record for the launcher to read). Not bench.results.store's write_atomically:
+    that module would import pandas into every rank."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _profile(step, device: torch.device, steps: int) -> dict:

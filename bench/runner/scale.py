@@ -23,11 +23,12 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,15 @@ from bench.results.rows import make_row
 from bench.results.rundir import env_recorder
 from bench.results.store import ResultWriter
 from bench.runner.ddp_rank import RESULT_NAME
+from bench.runner.endpoint import free_port
 
 # Characters of torchrun's log kept in a row whose ranks recorded no error.
 LOG_TAIL_CHARS = 1500
+# The rendezvous's timeout at most (rendezvous_timeout), and how often a job still meeting there says so.
+RDZV_TIMEOUT_S = 120
+RDZV_REPORT_S = 10.0
+# How often the launcher looks at a running job.
+POLL_S = 0.5
 # The ranks import bench from this checkout, wherever the command runs.
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -73,13 +80,7 @@ class Launch:
 
     returncode: int | None  # None: killed at the timeout
     wall_s: float
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    rendezvous_s: int  # the rendezvous's own timeout (rendezvous_timeout)
 
 
 def _children(pid: int) -> list[int]:
@@ -117,7 +118,68 @@ def alive(pid: int) -> bool:
 
 
 def _rank_records(job_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(job_dir.glob("rank*.json"))]
+    """What each rank recorded (bench.runner.ddp_rank writes them whole); a file that is not one
+    (left by an older rvbench, or unreadable) is passed over."""
+    records = []
+    for path in sorted(job_dir.glob("rank*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("pid"), int):
+            records.append(record)
+    return records
+
+
+def rendezvous_timeout(timeout_s: float) -> int:
+    """Seconds the nodes have to meet at the rendezvous: a quarter of a job's --timeout, at most
+    RDZV_TIMEOUT_S, so a bad endpoint or a node that never comes fails early, not at --timeout."""
+    return max(1, int(min(RDZV_TIMEOUT_S, timeout_s / 4)))
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends (they are delivered then): stopping a job must
+    not be cut short by a second signal, or its ranks would outlive it."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _stop(proc: subprocess.Popen | None, job_dir: Path) -> None:
+    """Kill torchrun, if it still runs, with every process under it (their own process groups), and
+    every rank that recorded its pid and outlived it."""
+    if proc is not None and proc.poll() is None:
+        for pid in _children(proc.pid):
+            _kill_group(pid)
+        _kill_group(proc.pid)
+        proc.wait()
+    for record in _rank_records(job_dir):
+        if alive(record["pid"]):
+            _kill_group(record["pid"])
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float, endpoint: str, rdzv_s: int) -> int | None:
+    """torchrun's exit code, or None past `timeout_s`; every RDZV_REPORT_S until torchrun starts its
+    ranks (it does once every node has come to the rendezvous), a line saying it waits."""
+    start = time.monotonic()
+    report: float | None = start + RDZV_REPORT_S  # None: the ranks have started
+    while True:
+        try:
+            return proc.wait(timeout=max(0.0, min(POLL_S, start + timeout_s - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if now >= start + timeout_s:
+            return None
+        if report is not None and _children(proc.pid):
+            report = None
+        if report is not None and now >= report:
+            print(f"  waiting for every node at the rendezvous {endpoint}: {now - start:.0f} s so far; it "
+                  f"gives up after {rdzv_s} s", flush=True)
+            report = now + RDZV_REPORT_S
 
 
 def launch(spec: ScaleSpec, nproc: int, job_dir: Path, threads: int | None, collect_env: bool) -> Launch:
@@ -132,8 +194,10 @@ def launch(spec: ScaleSpec, nproc: int, job_dir: Path, threads: int | None, coll
                  "collect_env": collect_env}
     (job_dir / "spec.json").write_text(json.dumps(rank_spec))
     endpoint = spec.rdzv_endpoint or f"127.0.0.1:{free_port()}"
+    rdzv_s = rendezvous_timeout(spec.timeout_s)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--nnodes", str(spec.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+               "--rdzv-conf", f"join_timeout={rdzv_s},read_timeout={min(rdzv_s, 60)}",
                "--rdzv-id", f"rvbench-{job_dir.parent.name}-{job_dir.name}", "--max-restarts", "0",
                "-m", "bench.runner.ddp_rank", str(job_dir / "spec.json")]
     env = dict(os.environ)
@@ -141,24 +205,16 @@ def launch(spec: ScaleSpec, nproc: int, job_dir: Path, threads: int | None, coll
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     start = time.monotonic()
-    with open(job_dir / "torchrun.log", "ab") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    returncode = None
+    proc = returncode = None
     try:
-        returncode = proc.wait(timeout=spec.timeout_s)
-    except subprocess.TimeoutExpired:
-        pass
+        with signals_held(), open(job_dir / "torchrun.log", "ab") as log:
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        returncode = _wait(proc, spec.timeout_s, endpoint, rdzv_s)
     finally:
-        if proc.poll() is None:  # past the timeout, or Ctrl-C here (the job's own session never sees it)
-            for pid in _children(proc.pid):
-                _kill_group(pid)
-            _kill_group(proc.pid)
-            proc.wait()
-    wall_s = time.monotonic() - start
-    for record in _rank_records(job_dir):
-        if alive(record["pid"]):  # torchrun is gone; a rank that outlived it goes now
-            _kill_group(record["pid"])
-    return Launch(returncode, wall_s)
+        # Past the timeout, or a signal here (the job's own session never sees the terminal's Ctrl-C).
+        with signals_held():
+            _stop(proc, job_dir)
+    return Launch(returncode, time.monotonic() - start, rdzv_s)
 
 
 def _failure(spec: ScaleSpec, world_size: int, job_dir: Path, outcome: Launch) -> tuple[str, str]:
@@ -172,6 +228,10 @@ def _failure(spec: ScaleSpec, world_size: int, job_dir: Path, outcome: Launch) -
         others = f" ({len(failed) - 1} more rank(s) failed after it)" if len(failed) > 1 else ""
         return "error", f"world size {world_size}: rank {first['rank']} failed: {first['error']}{others}\n{first['traceback']}"
     tail = (job_dir / "torchrun.log").read_text(errors="replace")[-LOG_TAIL_CHARS:]
+    if not _rank_records(job_dir):
+        return "error", (f"world size {world_size}: torchrun exited with code {outcome.returncode} before any rank "
+                         f"started (the nodes have {outcome.rendezvous_s} s to meet at the rendezvous; its log "
+                         f"says why)\n{tail}")
     return "error", f"world size {world_size}: torchrun exited with code {outcome.returncode}\n{tail}"
 
 

@@ -19,6 +19,7 @@ SWEEP_MODES = ("inference", "train", "finetune")  # the modes of `rvbench run` c
 DDP_MODE = "ddp-train"  # the mode of `rvbench scale` rows
 TRANSFER_MODE = "transfer"  # the mode of `rvbench transfer` rows
 ALL_MODES = (*SWEEP_MODES, DDP_MODE, TRANSFER_MODE)
+MODE_COMMANDS = {**dict.fromkeys(SWEEP_MODES, "run"), DDP_MODE: "scale", TRANSFER_MODE: "transfer"}  # who writes them
 _SWEEP_DDP = (*SWEEP_MODES, DDP_MODE)
 
 

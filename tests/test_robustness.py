@@ -121,14 +121,19 @@ def test_disk_full_mid_run_keeps_rows_and_resumes(tiny_disk):
     assert (run_dir / "index.html").exists() and len(load(run_dir)) == 2
 
 
-def test_disk_full_at_start_writes_nothing(tiny_disk, capsys):
-    out = tiny_disk / "out"
-    (out / "runs").mkdir(parents=True)
+@pytest.mark.parametrize("out", ["runs made before", "out missing", "--out .."])
+def test_disk_full_at_start_is_exit_3_and_leaves_nothing(tiny_disk, capsys, monkeypatch, out):
+    """Whatever the start made (OUT, OUT/runs, the run directory) goes again; a `runs` made before stays."""
+    (tiny_disk / "sub").mkdir()
+    if out == "runs made before":
+        (tiny_disk / "out" / "runs").mkdir(parents=True)
+    monkeypatch.chdir(tiny_disk / "sub")
+    before = sorted(tiny_disk.rglob("*"))
     _fill(tiny_disk, 0)
-    assert main(["run", *TINY, "--out", str(out)]) == 2
+    assert main(["run", *TINY, "--out", ".." if out == "--out .." else str(tiny_disk / "out")]) == ExitCode.DISK_FULL
     (line,) = capsys.readouterr().err.splitlines()
-    assert "disk full" in line and "nothing written" in line
-    assert list((out / "runs").iterdir()) == []
+    assert "disk full while writing" in line and "config.json" in line and "run the command again" in line
+    assert sorted(p for p in tiny_disk.rglob("*") if p.name != "filler") == before
 
 
 @pytest.mark.parametrize("content", [
@@ -201,6 +206,7 @@ def read_only_disk(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.parametrize("where", ["read-only", "a file or folder in the way", "missing parent"])
 def test_bad_out_fails_before_any_work(read_only_disk, tmp_path, capsys, command, where):
     (tmp_path / "a-file").touch()
+    (tmp_path / "results.jsonl").touch()  # compare's RUN_A and RUN_B: run directories, checked first
     out = {"read-only": read_only_disk / "out",
            "a file or folder in the way": tmp_path / ("a-file" if command == "profile" else "ro"),
            "missing parent": tmp_path / "no" / "out.html"}[where]

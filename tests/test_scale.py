@@ -120,6 +120,19 @@ def test_the_report_has_the_scaling_section(scale_run):
     assert "world sizes: 2 ok, 1 error" in (run_dir / "summary.txt").read_text()
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["compare", "{run}", "{run}"], "{run} is an `rvbench scale` run; compare compares `rvbench run` sweeps"),
+    (["run", "--resume", "{run}"], "{run} was made by `rvbench scale`, which has no --resume"),
+], ids=["compare", "resume"])
+def test_compare_and_resume_refuse_a_scale_run_naming_its_command(scale_run, capsys, argv, says):
+    """Compare would pool its world sizes into one configuration (and it keeps no raw step times)."""
+    _, run_dir = scale_run
+    files = sorted(run_dir.rglob("*"))
+    assert main([a.format(run=run_dir) for a in argv]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert says.format(run=run_dir) in line and sorted(run_dir.rglob("*")) == files
+
+
 @pytest.mark.parametrize("bad, says", [
     (["--nproc", "0"], "--nproc must be >= 1"),
     (["--backend", "nccl"], "--backend nccl needs CUDA"),

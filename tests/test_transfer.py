@@ -194,6 +194,20 @@ def test_linear_probe_and_fine_tuning_beat_chance_from_cached_weights(transfer_r
     assert carried <= set(for_mode("transfer")), carried - set(for_mode("transfer"))  # as bench.columns declares
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["compare", "{run}", "{run}"], "{run} is an `rvbench transfer` run; compare compares `rvbench run` sweeps"),
+    (["run", "--resume", "{run}"], "{run} was made by `rvbench transfer`, which has no --resume"),
+], ids=["compare", "resume"])
+def test_compare_and_resume_refuse_a_transfer_run_naming_its_command(
+        transfer_run: tuple[Path, str], capsys: pytest.CaptureFixture, argv: list[str], says: str) -> None:
+    """Compare would pool strategies and epochs into one configuration (and it keeps no raw step times)."""
+    run_dir, _ = transfer_run
+    files = sorted(run_dir.resolve().rglob("*"))
+    assert main([a.format(run=run_dir) for a in argv]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert says.format(run=run_dir) in line and sorted(run_dir.resolve().rglob("*")) == files
+
+
 def test_report_shows_accuracy_vs_time(transfer_run: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
     run_dir, _ = transfer_run
     assert main(["report", str(run_dir)]) == 0

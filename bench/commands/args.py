@@ -79,6 +79,20 @@ def check_output(path: Path, flag: str, directory: bool = False) -> None:
         raise UsageError(f"{flag} {path} is not writable ({exc.strerror})") from None
 
 
+def check_page(out: Path | None, default: Path, default_name: str) -> Path:
+    """The page a command writes: `out` (its --out) or else `default`, checked writable (check_output).
+    A default that cannot be written is named as `default_name` (e.g. "RUN_B's page"), not as an --out
+    never given, and the line says how to write it elsewhere."""
+    if out:
+        check_output(out, "--out")
+        return out
+    try:
+        check_output(default, default_name)
+    except UsageError as exc:
+        raise UsageError(f"{exc}; write it elsewhere with --out FILE") from None
+    return default
+
+
 def exit_codes_help(*codes: ExitCode) -> str:
     """The exit-code sentence of a command's --help: the codes it can return, by name (the table in
     bench.errors, shown by `rvbench --help`, says what each means)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.commands.args import check_output, exit_codes_help, finite_float, positive_float
+from bench.commands.args import check_page, exit_codes_help, finite_float, positive_float
 from bench.errors import ExitCode, UsageError
 from bench.regress import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT
 
@@ -34,13 +34,15 @@ def run(args: argparse.Namespace) -> int:
     """Print the comparison table, write the HTML page, and apply --fail-on-regression."""
     from bench.regress.compare import compare_runs  # pandas, scipy: not for --help
     from bench.report.compare_page import comparison_text, write_html
+    from bench.results import check_run_dir
 
     if not 0.0 < args.alpha < 1.0:
         raise UsageError(f"--alpha must be between 0 and 1 (exclusive), got {args.alpha}")
     if args.threshold < 0 or (args.fail_on_regression is not None and args.fail_on_regression < 0):
         raise UsageError("--threshold and --fail-on-regression are percentages >= 0")
-    out = args.out or args.run_b / DEFAULT_PAGE
-    check_output(out, "--out")
+    for run_dir in (args.run_a, args.run_b):
+        check_run_dir(run_dir)
+    out = check_page(args.out, args.run_b / DEFAULT_PAGE, "RUN_B's page")
     cmp = compare_runs(args.run_a, args.run_b, alpha=args.alpha, threshold_pct=args.threshold)
     print(comparison_text(cmp))
     print(f"wrote {write_html(cmp, out)}")

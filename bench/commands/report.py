@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.commands.args import check_output
-from bench.errors import ExitCode, UsageError
+from bench.commands.args import check_page
+from bench.errors import ExitCode
 from bench.report import REPORT_NAME, write_report
 
 
@@ -20,12 +20,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the page (checked writable before any work) and print its path."""
-    if args.out:
-        check_output(args.out, "--out")
-    else:
-        try:
-            check_output(args.run_dir / REPORT_NAME, "RUN_DIR's page")
-        except UsageError as exc:
-            raise UsageError(f"{exc}; write it elsewhere with --out FILE") from None
-    print(write_report(args.run_dir, args.out))
+    from bench.results import check_run_dir  # pandas: not for --help
+
+    check_run_dir(args.run_dir)
+    out = check_page(args.out, args.run_dir / REPORT_NAME, "RUN_DIR's page")
+    print(write_report(args.run_dir, out))
     return ExitCode.OK

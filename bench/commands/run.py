@@ -102,6 +102,10 @@ def _resume_spec(args: argparse.Namespace) -> tuple[SweepSpec, dict, Path]:
         data = json.loads(config.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{config} is damaged ({exc}); it is not a run's config") from None
+    command = data.get("command", "run") if isinstance(data, dict) else "run"
+    if command != "run":
+        raise UsageError(f"{args.resume} was made by `rvbench {command}`, which has no --resume; "
+                         "`rvbench run --resume` continues `rvbench run` directories only")
     from bench.config.sweep import SweepSpec
 
     spec = SweepSpec.from_json(data, where=str(config))

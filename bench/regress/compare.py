@@ -7,6 +7,8 @@ only when the difference is both statistically significant (p < alpha) and large
 threshold: with thousands of samples, a 0.3% difference is significant but not interesting.
 With very few samples the test cannot reach p < alpha at all (3 against 3: p >= 0.1 whatever the
 data), so such a config is "underpowered", not "unchanged": nothing was shown either way.
+Only sweeps of `rvbench run` compare: `scale` and `transfer` runs keep no raw step times and have
+configuration fields of their own (world size, strategy, epoch), so they are refused with one line.
 This module holds the statistics only; bench.report.compare_page prints and renders them.
 """
 
@@ -20,7 +22,9 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from bench import results
+from bench.columns import MODE_COMMANDS, SWEEP_MODES
 from bench.config.cell import config_keys, config_label
+from bench.errors import UsageError
 from bench.regress import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT
 from bench.results import is_max_batch_search, load_run
 
@@ -134,11 +138,26 @@ def delta(label: str, a_ms: list[float], b_ms: list[float], batch: int, alpha: f
     return CellDelta(label, p50_a, p50_b, batch * 1000.0 / p50_a, batch * 1000.0 / p50_b, p_value, change, verdict)
 
 
+def _check_sweep(df: pd.DataFrame, run: Path) -> None:
+    """UsageError for a run of `rvbench scale` or `transfer`: their rows keep no raw step times to test,
+    and their configurations differ in fields a sweep's do not have (world size, strategy, epoch), so
+    matching them as sweep cells would pool rows that are not the same configuration."""
+    foreign = sorted(set(df["mode"].dropna()) - set(SWEEP_MODES), key=str)
+    if foreign:
+        command = MODE_COMMANDS.get(foreign[0])
+        made_by = f"an `rvbench {command}` run" if command else f"not a sweep (mode {foreign[0]})"
+        raise UsageError(f"{run} is {made_by}; compare compares `rvbench run` sweeps, cell by cell on their "
+                         f"step times; see {run / 'index.html'} for its results")
+
+
 def compare_runs(
     run_a: Path, run_b: Path, alpha: float = DEFAULT_ALPHA, threshold_pct: float = DEFAULT_THRESHOLD_PCT
 ) -> Comparison:
-    """Match the configs of two run directories and classify each one measured in both."""
+    """Match the configs of two run directories and classify each one measured in both; UsageError when
+    either is not a sweep of `rvbench run`."""
     df_a, df_b = load_run(Path(run_a)), load_run(Path(run_b))
+    _check_sweep(df_a, Path(run_a))
+    _check_sweep(df_b, Path(run_b))
     pooled_a, status_a = _pooled(df_a, results.load_samples(run_a))
     pooled_b, status_b = _pooled(df_b, results.load_samples(run_b))
     out = Comparison(Path(run_a), Path(run_b), alpha, threshold_pct, _about(df_a), _about(df_b))

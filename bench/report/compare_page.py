@@ -12,6 +12,7 @@ from bench.regress.compare import Comparison
 from bench.report.render import render
 from bench.report.tables import Table
 from bench.report.text import format_table
+from bench.results import write_atomically
 
 # B's throughput over A's, labelled as every ratio is (above 1: B is faster); the p50 change is B's median step
 # time against A's in percent (positive: B is slower), the quantity the significance test and threshold judge.
@@ -61,5 +62,5 @@ def write_html(cmp: Comparison, out: Path) -> Path:
         plot_count=0,
     )
     out = Path(out)
-    out.write_text(html, encoding="utf-8")
+    write_atomically(out, lambda p: p.write_text(html, encoding="utf-8"))  # a full disk leaves no torn page
     return out

@@ -2,8 +2,10 @@
 
 Rows are appended one json line per finished cell, flushed and fsynced, so a run killed at any
 moment loses at most the cell in flight, and a failed append (a full disk) is cut back off, so
-no line is ever left torn by a live writer. `load` reads a finished run (parquet) or an unfinished
-one (jsonl, skipping damaged lines with a warning); `load_run` is the same for a directory given by a user.
+no line is ever left torn by a live writer. A row is a line that parses: one that lost only its
+newline is kept, and only a line that does not parse is cut off as torn. `load` reads a finished
+run (parquet) or an unfinished one (jsonl, skipping damaged lines with a warning); `load_run` is the
+same for a directory given by a user.
 `finalize` writes the tidy tables and the export in timm's benchmark-CSV layout (bench.results.timm);
 `update_latest` points the reports directory's `latest` link at a run. Analysis lives in
 bench.results.analysis.
@@ -34,12 +36,22 @@ COLUMN_ORDER = tuple(c.name for c in COLUMNS)
 
 
 def _open_append(path: Path) -> BinaryIO:
-    """Open a jsonl file for unbuffered appending, first cutting off a torn last line left by a killed run."""
+    """Open a jsonl file for unbuffered appending, first mending a last line without its newline.
+
+    A last line that parses is a whole row that lost only its newline: it is kept and the newline
+    added. One that does not parse is a torn write of a killed run: it is cut off (`_read_jsonl`
+    never counts it, so the cell runs again)."""
     if path.exists():
         data = path.read_bytes()
         if data and not data.endswith(b"\n"):
+            start = data.rfind(b"\n") + 1
             with open(path, "r+b") as fh:
-                fh.truncate(data.rfind(b"\n") + 1)
+                if _parses(data[start:]):
+                    fh.seek(0, os.SEEK_END)
+                    fh.write(b"\n")
+                else:
+                    fh.truncate(start)
+                os.fsync(fh.fileno())
     return open(path, "ab", buffering=0)
 
 
@@ -77,9 +89,25 @@ class ResultWriter:
         self._samples.close()
 
 
-def _damage(line: bytes, required: str) -> str | None:
-    """Why a jsonl line is not a record (None if it is): not UTF-8, not JSON, not an object, or
-    lacking the `required` key."""
+def _parses(line: bytes) -> bool:
+    """True when `line` is UTF-8 JSON, whatever its value: a line a writer finished."""
+    try:
+        json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return True
+
+
+# The keys a line of each jsonl file must have, and their JSON types (a cell_id keys sets and dicts,
+# so a null or a list there is damage, not a row).
+_RESULT_KEYS: dict[str, type] = {"cell_id": str}
+_SAMPLE_KEYS: dict[str, type] = {"cell_id": str, "samples_ms": list}
+_JSON_TYPES = {str: "string", list: "list"}  # how a damage message names a required type
+
+
+def _damage(line: bytes, required: dict[str, type]) -> str | None:
+    """Why a jsonl line is not a record (None if it is): not UTF-8, not JSON, not an object, lacking
+    a `required` key, or holding one of another type (a null or list cell_id)."""
     try:
         obj = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError:
@@ -88,12 +116,18 @@ def _damage(line: bytes, required: str) -> str | None:
         return "not JSON"
     if not isinstance(obj, dict):
         return f"not an object: {json.dumps(obj)[:40]}"
-    return None if required in obj else f"no {required!r}"
+    for key, kind in required.items():
+        if key not in obj:
+            return f"no {key!r}"
+        if not isinstance(obj[key], kind):
+            return f"{key!r} is {json.dumps(obj[key])[:40]}, not a {_JSON_TYPES[kind]}"
+    return None
 
 
-def _read_jsonl(path: Path, required: str = "cell_id") -> list[dict]:
-    """Parse a jsonl file of objects that each have `required`; every other line is skipped with a
-    warning naming its number and cause (an unterminated last line: a torn write)."""
+def _read_jsonl(path: Path, required: dict[str, type] = _RESULT_KEYS) -> list[dict]:
+    """Parse a jsonl file of objects that each have the `required` keys; every other line is skipped
+    with a warning naming its number and cause (an unterminated last line that does not parse: a torn
+    write, which the next append cuts off)."""
     rows: list[dict] = []
     if not path.exists():
         return rows
@@ -105,7 +139,7 @@ def _read_jsonl(path: Path, required: str = "cell_id") -> list[dict]:
         if cause is None:
             rows.append(json.loads(line))
             continue
-        if lineno == len(lines):  # no newline after it
+        if lineno == len(lines) and not _parses(line):  # no newline after it
             cause = f"{cause}: torn write"
         warnings.warn(f"{path}: skipping line {lineno} ({cause})", stacklevel=3)
     return rows
@@ -151,16 +185,21 @@ def load(run_dir: str | Path) -> pd.DataFrame:
 
 def load_samples(run_dir: str | Path) -> dict[str, list[float]]:
     """Raw per-iteration step times of each ok cell, keyed by cell_id."""
-    return {r["cell_id"]: r["samples_ms"] for r in _read_jsonl(Path(run_dir) / SAMPLES_JSONL, "samples_ms")
-            if "cell_id" in r}
+    return {r["cell_id"]: r["samples_ms"] for r in _read_jsonl(Path(run_dir) / SAMPLES_JSONL, _SAMPLE_KEYS)}
 
 
-def load_run(run_dir: Path) -> pd.DataFrame:
-    """`load` for a directory a user named: UsageError when it is not a run directory with results."""
+def check_run_dir(run_dir: Path) -> None:
+    """UsageError unless `run_dir`, a directory a user named, is a run directory with a results file:
+    checked before anything else about it, so the message is about the directory."""
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir} is not a directory; give a run directory such as reports/latest")
     if not (run_dir / RESULTS_JSONL).exists() and not (run_dir / "results.parquet").exists():
         raise UsageError(f"{run_dir} has no results.jsonl or results.parquet: not a run directory")
+
+
+def load_run(run_dir: Path) -> pd.DataFrame:
+    """`load` for a directory a user named: UsageError when it is not a run directory with results."""
+    check_run_dir(run_dir)
     df = load(run_dir)
     if df.empty:
         raise UsageError(f"{run_dir} has no result rows yet")

@@ -37,7 +37,8 @@ class ExitCode(IntEnum):
     REPORT_FAILED = 4, ("`run`, `scale`: the HTML report failed (a bug in the report code): one line; the "
                         "results (and `run`'s `summary.txt`, with the error) kept; `rvbench report DIR` rebuilds it")
     NOTHING_MEASURED = 5, ("`run`: no cell was measured (every row oom, error, timeout or skipped), `scale`: no "
-                           "world size finished, `crosscheck`: the run has no ok cell: one line; all rows kept")
+                           "world size finished, `transfer`: no run finished (each diverged, ran out of memory or "
+                           "failed), `crosscheck`: the run has no ok cell: one line; all rows kept")
     INTERRUPTED = 128 + signal.SIGINT, ("interrupted by Ctrl-C (SIGINT); finished cells kept, continue with "
                                         "`--resume`")
     TERMINATED = 128 + signal.SIGTERM, "stopped by SIGTERM; as 130"

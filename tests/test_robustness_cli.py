@@ -121,6 +121,7 @@ HUGE = "100000000000000000000"  # 1e20 written out: a whole number, past every b
     (["transfer", "resnet18", "--data", ".", "--lr", "nan"], "argument --lr: expected a finite number, got 'nan'"),
     (["transfer", "resnet18", "--data", ".", "--lr", "-1"], "argument --lr: expected a number > 0, got '-1'"),
     (["transfer", "resnet18", "--data", ".", "--budget-s", "inf"], "argument --budget-s: expected a finite"),
+    (["transfer", "resnet18", "--data", ".", "--batch-size", HUGE], f"--batch-size must be from 1 to 65536, got {HUGE}"),
     (["compare", ".", ".", "--threshold", "nan"], "argument --threshold: expected a finite number, got 'nan'"),
     (["memory", "resnet18", "--gpu-mem", "9" * 40 + "TB"], "over the 16 EiB a 64-bit address space holds"),
     (["memory", "resnet18", "--batch-sizes", HUGE], "give whole numbers from 1 to 65536"),
@@ -128,7 +129,7 @@ HUGE = "100000000000000000000"  # 1e20 written out: a whole number, past every b
     (["profile", "resnet18", "--image-size", "100000"], "image size 100000 px is over rvbench's limit"),
 ], ids=["batch-sizes", "flops-models", "out-empty", "out-equals", "cell-timeout-inf", "cell-timeout-nan",
         "cell-timeout-1e300", "run-batch-1e20", "run-image-size", "scale-timeout-inf", "scale-bucket-nan",
-        "transfer-lr-nan", "transfer-lr-negative", "transfer-budget-inf", "compare-threshold-nan",
+        "transfer-lr-nan", "transfer-lr-negative", "transfer-budget-inf", "transfer-batch-1e20", "compare-threshold-nan",
         "memory-gpu-mem-huge", "memory-batch-1e20", "flops-image-size", "profile-image-size"])
 def test_bad_values_are_one_line_exit_2(tmp_path, capsys, monkeypatch, argv, says):
     """Refused before any work, and before any directory is made."""

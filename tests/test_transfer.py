@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -70,11 +72,20 @@ def test_bad_data_exits_2_with_one_line_and_writes_nothing(demo: tuple[Path, Pat
     shapes.mkdir()
     (shapes / "data_batch_1").write_bytes(pickle.dumps({b"data": torch.zeros(4, 100, dtype=torch.uint8).numpy(),
                                                         b"labels": [0, 1, 0, 1]}))
+    no_images = tmp_path / "no-images"
+    no_images.mkdir()
+    (no_images / "data_batch_1").write_bytes(pickle.dumps({b"data": torch.zeros(0, 3072, dtype=torch.uint8).numpy(),
+                                                           b"labels": []}))
+    bomb = tmp_path / "bomb"
+    _write_images(bomb, {"cat": 2, "dog": 2})
+    _write_png_header(bomb / "dog" / "huge.png", 30000, 30000)
     cases = {
         "missing": ([str(tmp_path / "nowhere")], "is not a directory"),
         "empty": ([str(empty)], "has no images"),
         "corrupt": ([str(corrupt)], "data_batch_1 is not a CIFAR-10 batch (UnpicklingError"),
         "shapes": ([str(shapes)], "b'data' is uint8 (4, 100)"),
+        "no images": ([str(no_images)], f"{no_images / 'data_batch_1'} holds 0 images"),
+        "bomb": ([str(bomb)], f"{bomb / 'dog' / 'huge.png'} is not a readable image (Image size (900000000 pixels)"),
         "classes": ([str(demo[1]), "--num-classes", "5"], "has 10 classes (0-grating000"),
     }
     for name, (data, message) in cases.items():
@@ -92,6 +103,15 @@ def test_bad_options_exit_2(demo: tuple[Path, Path], capsys: pytest.CaptureFixtu
                           (["--target-acc", "80"], "--target-acc is a top-1 fraction")):
         code, err = _exit(["--data", str(demo[1]), *argv], capsys)
         assert code == 2 and message in err, (argv, err)
+
+
+def _write_png_header(file: Path, width: int, height: int) -> None:
+    """A real, tiny PNG whose IHDR claims width x height RGB pixels (its one IDAT holds a single row)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    file.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * (1 + 3 * 16))) + chunk(b"IEND", b""))
 
 
 def _write_images(folder: Path, counts: dict[str, int], side: int = 8, suffix: str = ".png") -> None:
@@ -217,3 +237,4 @@ def test_report_shows_accuracy_vs_time(transfer_run: tuple[Path, str], capsys: p
     assert section.count("<tr>") == 1 + 2 and "timm/vit_tiny_patch16_224" in section
     # A transfer-only run shows its own section, not the sweep's (empty) ones.
     assert '<section id="summary">' not in html and '<section id="flops">' not in html
+

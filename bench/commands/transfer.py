@@ -6,10 +6,12 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, name_list, positive_float, seconds
+from bench.commands.stopping import Stop, signals_interrupt
 from bench.columns import TRANSFER_MODE
 from bench.errors import ExitCode, UsageError
 from bench.precisions import DEFAULT_PRECISION, TRAINING_PRECISIONS, check_trains, precision_help
@@ -32,7 +34,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("Every implementation starts from the same weights: the pretrained ones of the local torch hub "
                      "or Hugging Face cache (torchvision's first, then timm's; nothing is downloaded), else rv's "
                      "random init (weights column 'random'). "
-                     + exit_codes_help(ExitCode.OK, ExitCode.USAGE, ExitCode.DISK_FULL, ExitCode.INTERRUPTED))
+                     + exit_codes_help(ExitCode.OK, ExitCode.USAGE, ExitCode.DISK_FULL, ExitCode.NOTHING_MEASURED,
+                                     ExitCode.INTERRUPTED, ExitCode.TERMINATED))
     parser.add_argument("arch", metavar="ARCH", help="e.g. resnet18, vit_tiny_patch16_224")
     parser.add_argument("--data", type=Path, required=True,
                         help="an ImageFolder directory (one subdirectory of images per class; a fifth of each "
@@ -63,6 +66,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _check(args: argparse.Namespace) -> tuple[list[str], int, str]:
     """UsageError for any bad option; returns the impls, the image size and the resolved device."""
+    from bench.config.cell import MAX_BATCH_SIZE
     from bench.execute.transfer import STRATEGIES
     from bench.hardware.device import check_capability, check_support, resolve_device
     from bench.models import get_entry, list_entries
@@ -71,9 +75,10 @@ def _check(args: argparse.Namespace) -> tuple[list[str], int, str]:
     if unknown:
         raise UsageError(f"unknown strategy {', '.join(map(repr, unknown))}; valid: {', '.join(STRATEGIES)}")
     check_trains(args.precision)
-    for name, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise UsageError(f"{name} must be >= 1, got {value}")
+    if args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise UsageError(f"--batch-size must be from 1 to {MAX_BATCH_SIZE}, got {args.batch_size}")
     if "staged" in args.strategy and args.epochs < 3:
         raise UsageError(f"--strategy staged needs --epochs >= 3 (one per stage), got {args.epochs}")
     if not 0 < args.target_acc <= 1:
@@ -114,15 +119,50 @@ def run(args: argparse.Namespace) -> int:
         write_config(run_dir, {"command": "transfer", **{k: str(v) if isinstance(v, Path) else v
                                                           for k, v in vars(args).items() if k != "func"},
                                 "impls": impls, "image_size": image_size, "device": device})
-        _train_all(args, impls, image_size, device, data, run_dir)
-        df = finalize(run_dir)
-        summary = run_summary(df).drop(columns="message").round(1)
-        text = format_table(list(summary.columns), summary.itertuples(index=False), left=5) + "\n"
-        report = write_run_report(run_dir, text)
-        update_latest(reports_dir, run_dir)
+        with signals_interrupt() as stop:
+            try:
+                return _train_and_report(args, (impls, image_size, device), data, run_dir, reports_dir, stop)
+            except KeyboardInterrupt:  # the first signal came between the training and its flag's reset
+                print(_interrupted(run_dir), file=sys.stderr)
+                return stop.exit_code()
     finally:
         lock.close()
+
+
+def _interrupted(run_dir: Path) -> str:
+    """The one line of a transfer stopped by SIGINT or SIGTERM: where its rows are (a transfer does not resume)."""
+    return f"rvbench transfer: interrupted; the finished epochs and runs are kept in {run_dir}"
+
+
+def _train_and_report(args: argparse.Namespace, setup: tuple[list[str], int, str], data, run_dir: Path,
+                      reports_dir: Path, stop: Stop) -> ExitCode:
+    """Train every run (`setup`: impls, image size, device), then write the tables, report and `latest`, also when
+    a signal (`stop`) stopped the training. Returns the signal's code; else NOTHING_MEASURED when no run
+    finished (each one diverged, ran out of memory or failed); else OK."""
+    interrupted = bool(stop.received)  # a signal during the set-up: train nothing, write what is there
+    stop.measuring = True
+    try:
+        if not interrupted:
+            _train_all(args, *setup, data, run_dir)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        stop.measuring = False
+    df = finalize(run_dir)
+    runs = run_summary(df)
+    summary = runs.drop(columns="message").round(1)
+    text = format_table(list(summary.columns), summary.itertuples(index=False), left=5) + "\n"
+    report = write_run_report(run_dir, text)
+    update_latest(reports_dir, run_dir)
     print(text + f"run directory: {run_dir}" + (f"\nreport: {report}" if report else ""))
+    if interrupted:
+        print(_interrupted(run_dir), file=sys.stderr)
+        return stop.exit_code()
+    if not (runs["status"] == "ok").any():
+        counts = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items())
+        print(f"rvbench transfer: error: no run finished ({counts}; each run's message above and in the report); "
+              f"rows in {run_dir}", file=sys.stderr)
+        return ExitCode.NOTHING_MEASURED
     return ExitCode.OK
 
 
@@ -132,7 +172,6 @@ def _train_all(args: argparse.Namespace, impls: list[str], image_size: int, devi
     from bench.execute.transfer import TransferRun, pretrained_weights, random_weights
     from bench.measure.env import collect_env
     from bench.measure.transfer import measure_transfer
-    from bench.runner.worker import is_oom
 
     env = collect_env(device)
     env_recorder(run_dir)(device, env)
@@ -169,13 +208,23 @@ def _train_all(args: argparse.Namespace, impls: list[str], image_size: int, devi
                                               else None, **fields, **measured), None)
                         _print_row(impl, strategy, row)
                 except (RuntimeError, ValueError) as exc:  # torch.OutOfMemoryError is a RuntimeError
-                    status = "oom" if is_oom(exc) else "error"
-                    message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    status, message = _failure(exc)
                     writer.write(make_row(run_dir.name, _cell_id(key, "run"), cell, status, message, env=env,
                                           **fields, record="run"), None)
                     print(f"{impl} {strategy}: {status}: {message}")
     finally:
         writer.close()
+
+
+def _failure(exc: Exception) -> tuple[str, str]:
+    """The status and message of a run that raised `exc`: "error" and Diverged's own message (it starts
+    "diverged:"); else "oom" or "error" and the exception's type and first line."""
+    from bench.measure.transfer import Diverged
+    from bench.runner.worker import is_oom
+
+    if isinstance(exc, Diverged):
+        return "error", str(exc)
+    return ("oom" if is_oom(exc) else "error"), f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def _print_row(impl: str, strategy: str, row: dict) -> None:

@@ -11,6 +11,7 @@ The writers produce the same formats (the procedural demo set is written both wa
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,19 @@ class ImageSet:
 
 def read_dataset(path: Path) -> ImageSet:
     """Decode the set at `path`: CIFAR-10 batches when it holds data_batch_* files, train/ and val/ ImageFolders
-    when it holds both folders, else one ImageFolder."""
+    when it holds both folders, else one ImageFolder. A directory or file that cannot be read (no permission, a
+    failing disk) is a UsageError naming it."""
+    try:
+        return _read(path)
+    except OSError as exc:
+        raise UsageError(f"--data: cannot read {exc.filename or path} ({exc.strerror or exc})") from None
+
+
+def _read(path: Path) -> ImageSet:
+    """read_dataset's choice of format; listing the directory first makes an unreadable one fail by its name."""
     if not path.is_dir():
         raise UsageError(f"--data {path} is not a directory; give an ImageFolder or a cifar-10-batches-py directory")
-    if any((path / name).exists() for name in CIFAR_TRAIN):
+    if not set(CIFAR_TRAIN).isdisjoint(os.listdir(path)):
         return _read_cifar(path)
     if (path / TRAIN_DIR).is_dir() and (path / VAL_DIR).is_dir():
         return _read_split_folders(path)
@@ -99,6 +109,8 @@ def _read_cifar_batch(file: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * CIFAR_SIDE**2 or labels.shape != (len(data),):
         raise UsageError(f"--data: {file} is not a CIFAR-10 batch: b'data' is {data.dtype} {data.shape}, "
                          f"b'labels' {labels.shape}; expected uint8 N x {3 * CIFAR_SIDE**2} and N labels")
+    if not len(data):
+        raise UsageError(f"--data: {file} holds 0 images; a CIFAR-10 batch holds at least one")
     x = torch.from_numpy(data.copy()).view(-1, 3, CIFAR_SIDE, CIFAR_SIDE)
     return x, torch.from_numpy(labels)
 
@@ -131,7 +143,8 @@ def _decode(file: Path, side: int | None) -> torch.Tensor:
     try:
         with Image.open(file) as image:
             image = image.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
+    # DecompressionBombError: a header that claims more pixels than PIL decodes (2 x Image.MAX_IMAGE_PIXELS)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise UsageError(f"--data: {file} is not a readable image ({exc})") from None
     side = side or min(image.size)
     if image.size != (side, side):

@@ -33,11 +33,25 @@ def _trained(model: torch.nn.Module) -> str:
     return "all" if len(groups) == len(param_groups(model)) else ",".join(g.name for g in groups)
 
 
+class Diverged(RuntimeError):
+    """The training loss became nan or inf: the run is over (its weights are no longer numbers); the others go on."""
+
+
+def _check_finite(losses: torch.Tensor, epoch: int) -> None:
+    """Diverged, naming the epoch and the first step whose loss is not finite. Checked once per epoch, where the
+    epoch's mean loss is read anyway, so the training loop never waits on the device."""
+    finite = torch.isfinite(losses)
+    if not bool(finite.all()):
+        step = int((~finite).nonzero()[0])
+        raise Diverged(f"diverged: the training loss became {losses[step].item():g} at epoch {epoch}, step "
+                       f"{step + 1} of {len(losses)}; a smaller --lr may train")
+
+
 def measure_transfer(run: TransferRun, weights: Weights, data: ImageSet, target_acc: float,
                      budget_s: float | None = None) -> Iterator[dict]:
     """Train `run` from `weights` on `data` (already on the run's device), yielding one row of columns per epoch
     (record "epoch") and then one for the run (record "run"). A budget stops the run at the first epoch end past
-    `budget_s` seconds of cumulative time."""
+    `budget_s` seconds of cumulative time. Raises Diverged at the end of an epoch whose loss was nan or inf."""
     plan = plan_for(run.precision)
     device = torch.device(run.device)
     generator = torch.Generator().manual_seed(run.seed)
@@ -54,12 +68,16 @@ def measure_transfer(run: TransferRun, weights: Weights, data: ImageSet, target_
                 peak = RssPeak()
                 peak.start()
             start = time.perf_counter()
-            losses = torch.stack(list(trainer.train_epoch(data.train_x, data.train_y, run.batch_size, generator)))
-            _sync(device)
-            train_s = time.perf_counter() - start
-            top1 = trainer.top1(data.val_x, data.val_y)
-            eval_s = time.perf_counter() - start - train_s
-            peak.stop()
+            try:
+                losses = torch.stack(list(trainer.train_epoch(data.train_x, data.train_y, run.batch_size,
+                                                              generator)))
+                _sync(device)
+                train_s = time.perf_counter() - start
+                _check_finite(losses, epoch)
+                top1 = trainer.top1(data.val_x, data.val_y)
+                eval_s = time.perf_counter() - start - train_s
+            finally:  # a failed or interrupted epoch must not leave the RSS sampler's thread running
+                peak.stop()
             time_s += train_s + eval_s
             if reached_s is None and top1 >= target_acc:
                 reached_s = time_s

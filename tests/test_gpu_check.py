@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.checks import gpu, rules
+from bench.checks import gpu, processes, rules
 from bench.cli import main
 from bench.measure.memory import MB, CudaPeak
 
@@ -170,7 +170,7 @@ def test_max_batch_frees_this_process_and_searches_from_the_prediction(monkeypat
             events.append("close")
 
     monkeypatch.setattr(runner, "Runner", FakeRunner)
-    passed, figure, data = gpu.check_max_batch(gpu.Context("cuda:0", tmp_path))
+    passed, figure, data = processes.check_max_batch(gpu.Context("cuda:0", tmp_path))
     assert events == ["free", ("predict", (9, 0)), "runner", ("search", "resnet50", "train", 300), "close"]
     assert passed is None and figure == "resnet50 train amp-bf16: predicted 300, searched 290 (+3.4%)"
     assert data["oom_at"] == 291

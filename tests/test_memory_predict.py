@@ -21,8 +21,9 @@ from bench.cli import main
 from bench.config.cell import Cell, variant_label
 from bench.config.precision import plan_for
 from bench.counting import memory
+from bench.counting.workspace import cublas_workspace_bytes
 from bench.counting.memory import (ALLOCATOR_BLOCK, CARDS, CATEGORIES, MB, PHASES, SPLIT_MIN, _LiveBytes, _materialise,
-                                   allocated_bytes, cublas_workspace_bytes, max_batch, predict_cell_peak,
+                                   allocated_bytes, max_batch, predict_cell_peak,
                                    predict_step_memory, step_curve)
 from bench.models import get_entry
 from bench.report.sections import memory as plots_memory

@@ -34,7 +34,7 @@ in this order, the fast ones first and compilation last, each within a budget (`
 14 compile-autotune  max-autotune-no-cudagraphs inference alone, the slowest compile.
 
 Every check runs in this process except 6 and 11, which drive a real worker, and 12, which
-launches torchrun. A check that raises is a FAIL with its error; the others still run. The thresholds are the
+launches torchrun (bench.checks.processes). A check that raises is a FAIL with its error; the others still run. The thresholds are the
 `judge_*` functions of bench.checks.rules, pure so that their rules are tested without a GPU. Cells
 are measured without power sampling (`CHECK_TIMING`), so none pays the 3-second power floor.
 """
@@ -48,42 +48,23 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from bench.config.cell import Cell
-from bench.config.sweep import TimingConfig
 from bench.execute.prepare import prepared_cell
 from bench.hardware.gpus import match_device
 from bench.measure.cell import measure_cell
 from bench.measure.timing import summarize, time_callable, timm_loop_ms
+from bench.checks.context import CHECK_TIMING, Context
+from bench.checks.processes import check_ddp, check_max_batch, check_oom_recovery
 from bench.checks.rules import (
     CheckResult,
-    MEMORY_PREDICTION_MB, MEMORY_PREDICTION_PCT, judge_ddp, judge_memory, judge_memory_prediction, judge_profile,
+    MEMORY_PREDICTION_MB, MEMORY_PREDICTION_PCT, judge_memory, judge_memory_prediction, judge_profile,
     judge_timing,
 )  # fmt: skip
 
 GRAD_SCALE_STEPS = 30
-# No power sampling, so no 3-second floor: the power check reads NVML itself.
-CHECK_TIMING = TimingConfig(warmup_iters=5, warmup_s=0.5, min_iters=20, min_s=1.0, max_iters=2000, power=False)
-
-
-@dataclass(frozen=True)
-class Context:
-    """What every check gets: the device ("cuda:N") and a directory for its files."""
-
-    device: str
-    out_dir: Path
-
-    def cell(self, arch: str, batch_size: int, **fields: object) -> Cell:
-        """A cell on this device, at the arch's default input size unless `image_size` is given;
-        torchvision's model unless `impl` is given."""
-        from bench.models import get_entry
-
-        impl = str(fields.pop("impl", "torchvision"))
-        size = int(fields.pop("image_size", get_entry(arch, impl).image_size))
-        return Cell(arch=arch, impl=impl, batch_size=batch_size, image_size=size, device=self.device, **fields)
 
 
 # ---- checks ---------------------------------------------------------------------------------------
@@ -257,27 +238,6 @@ def _watts(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} W"
 
 
-def check_oom_recovery(ctx: Context) -> tuple[bool | None, str, dict]:
-    from bench.runner.client import Worker
-
-    worker = Worker(ctx.out_dir / "worker-oom-check.log")
-    timing = dataclasses.asdict(CHECK_TIMING)
-    try:
-        huge = ctx.cell("resnet50", 8192, precision="fp32", mode="train")
-        first = worker.request({"op": "cell", "cell": huge.config(), "timing": timing}, timeout=600)
-        pid_after_oom = worker.pid
-        small = ctx.cell("resnet18", 32)
-        second = worker.request({"op": "cell", "cell": small.config(), "timing": timing}, timeout=600)
-        same_process = worker.pid == pid_after_oom
-    finally:
-        worker.stop()
-    passed = first["status"] == "oom" and second["status"] == "ok" and same_process
-    figure = (f"resnet50 train bs8192: {first['status']}; then resnet18 bs32: {second['status']} "
-              f"in the {'same' if same_process else 'a new'} worker")
-    return passed, figure, {"first": first["status"], "second": second["status"], "same_process": same_process,
-                            "first_message": first["message"][:500], "second_message": second["message"][:500]}
-
-
 def _prediction_cells(ctx: Context) -> list[Cell]:
     """Eager cells of the default GPU preset's models at batch 64: inference and train of each."""
     return [ctx.cell(arch, 64, precision="amp-bf16", channels_last=arch.startswith("resnet"), mode=mode)
@@ -303,34 +263,6 @@ def check_memory_prediction(ctx: Context) -> tuple[bool | None, str, dict]:
     return all(verdicts), figure, data
 
 
-def check_max_batch(ctx: Context) -> tuple[bool | None, str, dict]:
-    """The predicted largest training batch of resnet50 against `--find-max-batch`'s search (one-step
-    probes without power, in a worker on the same GPU), the search starting at the prediction.
-
-    The worker needs the GPU's memory, so this process first gives back all it caches
-    (`free_cuda_memory`): only its CUDA context stays."""
-    from bench.counting.memory import max_batch
-    from bench.execute.prepare import free_cuda_memory
-    from bench.runner.runner import Job, Runner, Slot
-
-    cell = _prediction_cells(ctx)[1]
-    free_cuda_memory()
-    device = torch.device(ctx.device)
-    total = torch.cuda.get_device_properties(device).total_memory
-    predicted = max_batch(cell.arch, cell.impl, cell.image_size, cell.precision, cell.mode, total,
-                          channels_last=cell.channels_last, capability=torch.cuda.get_device_capability(device))
-    runner = Runner(ctx.out_dir, ctx.out_dir.name, CHECK_TIMING, 600, Slot(ctx.device, ctx.device))
-    try:
-        row, _ = runner.run(Job(dataclasses.replace(cell, batch_size=1), max_batch=True, start=max(1, predicted)))
-    finally:
-        runner.close()
-    found = row["batch_size"] if row["status"] == "ok" else None
-    data = {"predicted": predicted, "searched": found, "oom_at": row.get("max_batch_oom_at"),
-            "reason": row.get("max_batch_limit_reason"), "status": row["status"]}
-    error = "" if not found else f" ({100 * (predicted / found - 1):+.1f}%)"
-    return None, f"{cell.arch} train amp-bf16: predicted {predicted}, searched {found}{error}", data
-
-
 def check_fp32_modes(ctx: Context) -> tuple[bool | None, str, dict]:
     data = {}
     for precision in ("fp32", "tf32", "torch-default"):
@@ -349,39 +281,6 @@ def check_batch_4096(ctx: Context) -> tuple[bool | None, str, dict]:
     row = measure_cell(cell, short)
     figure = f"{row['throughput']:.0f} img/s, peak allocated {row['mem_peak_alloc_mb'] / 1024:.1f} GiB"
     return True, figure, {k: row.get(k) for k in ("throughput", "step_ms_p50", "mem_peak_alloc_mb")}
-
-
-def check_ddp(ctx: Context) -> tuple[bool | None, str, dict]:
-    """`rvbench scale`'s launcher with one NCCL rank on ctx.device (made rank 0's cuda:0 by
-    CUDA_VISIBLE_DEVICES for the job)."""
-    import os
-
-    from bench.execute.ddp import DdpOptions
-    from bench.hardware.gpus import node_link
-    from bench.results.store import ResultWriter
-    from bench.runner.scale import ScaleSpec, run_scale
-
-    index = torch.device(ctx.device).index or 0
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    cell = ctx.cell("resnet50", 64, precision="amp-bf16", channels_last=True, mode="train")
-    spec = ScaleSpec(cell=dataclasses.replace(cell, device="cuda"), ddp=DdpOptions(), backend="nccl", warmup=5,
-                     steps=30, profile_steps=3, timeout_s=300, link=node_link(torch.cuda.get_device_name(index)))
-    out = ctx.out_dir / "ddp"
-    out.mkdir(parents=True, exist_ok=True)
-    writer = ResultWriter(out)
-    os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index] if visible else str(index)
-    try:
-        (row,) = run_scale(spec, [1], out, writer)
-    finally:
-        writer.close()
-        if visible is None:
-            del os.environ["CUDA_VISIBLE_DEVICES"]
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = visible
-    passed, figure = judge_ddp(row)
-    keys = ("status", "throughput", "step_ms_p50", "allreduce_bytes", "grad_bytes", "comm_ms", "comm_share",
-            "comm_overlap", "mem_peak_alloc_mb", "rank_stats")
-    return passed, figure, {k: row.get(k) for k in keys} | {"message": row["message"][:500]}
 
 
 @dataclass(frozen=True)

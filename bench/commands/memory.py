@@ -13,8 +13,6 @@ from bench.config.cell import COMPILE_MODES, DEFAULT_OPTIMIZER, MAX_BATCH_SIZE, 
 from bench.counting.memory import (
     CARDS,
     CATEGORIES,
-    CUBLAS_WORKSPACE_HOPPER,
-    CUBLAS_WORKSPACE_OLDER,
     CUDA_CONTEXT_BYTES,
     MB,
     NOT_MODELLED,
@@ -22,6 +20,7 @@ from bench.counting.memory import (
     max_batch,
     predict_step_memory,
 )
+from bench.counting.workspace import CUBLAS_WORKSPACE_HOPPER, CUBLAS_WORKSPACE_OLDER
 from bench.errors import ExitCode, UsageError
 from bench.models import list_entries
 from bench.precisions import DEFAULT_PRECISION, PRECISIONS, precision_help

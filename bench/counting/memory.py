@@ -26,20 +26,7 @@ when it ends: the tensors saved for backward, autocast's low-precision weight co
 keeps, the logits and loss), transient (everything else: temporaries, gradients of activations,
 the optimizer's foreach temporaries) and workspace, below.
 
-cuBLAS workspaces: torch gives every cuBLAS handle, one per thread, a workspace from the caching
-allocator the first time the thread calls cuBLAS on a stream, and keeps it (so it counts in
-`max_memory_allocated`; bench.execute.prepare drops it between cells). Every model here calls
-cuBLAS (its classifier at least), so a step holds one workspace per thread that runs its matmuls:
-inference one, train and finetune two, since autograd runs a CUDA backward on its own device
-thread (`cublas_workspaces`). Its size is torch's choice (aten/src/ATen/cuda/CublasHandlePool.cpp,
-`cublas_workspace_bytes`): CUBLAS_WORKSPACE_CONFIG's ":SIZE:COUNT" pairs (SIZE in KiB) when set,
-else 32 MiB from Hopper on (sm90; torch builds since early 2026 give Blackwell the same) and
-":4096:2:16:8" (8 MiB + 128 KiB) before. It depends on the GPU: a cell on a CUDA device present
-here is predicted for that device's compute capability; a prediction with no such device (a CPU
-cell, `rvbench memory`, the card table) assumes Hopper, `DEFAULT_CAPABILITY`, which on an older
-card overstates the peak by 24 MiB per workspace. cuBLASLt shares the cuBLAS workspace (recent
-torch's default, TORCH_CUBLASLT_UNIFIED_WORKSPACE); builds that give it its own add up to 1 MiB
-per handle (CUBLASLT_WORKSPACE_SIZE), not modelled.
+cuBLAS workspaces (`workspace`): what bench.counting.workspace says a step holds on the cell's GPU.
 
 Not modelled, so a real peak is higher: cuDNN's workspaces (cuDNN's choice with cudnn.benchmark can
 take hundreds of MB during a convolution), blocks the allocator hands out unsplit (a request over
@@ -59,8 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import re
 import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -74,12 +59,12 @@ from torch.utils._pytree import tree_flatten
 
 from bench.config.cell import MODES, Cell
 from bench.config.precision import PrecisionPlan, plan_for
+from bench.counting.workspace import DEFAULT_CAPABILITY, MB, cublas_workspaces
 from bench.errors import UsageError
 from bench.hardware.device import cuda_capability
 from bench.models import get_entry
 from bench.models.training import DEFAULT_OPTIMIZER, make_optimizer, prepare_mode
 
-MB = 2**20
 ALLOCATOR_BLOCK = 512  # c10/cuda/CUDACachingAllocator.cpp kMinBlockSize: every block is a multiple of it
 # kSmallSize: a cached block over 1 MiB is split only when more than 1 MiB would remain, and the
 # allocator counts the whole block as allocated, so a request over 1 MiB may be charged up to 1 MiB more.
@@ -89,10 +74,6 @@ NUM_CLASSES = 1000  # as bench.execute.prepare builds every cell
 CATEGORIES = ("weights", "batch", "gradients", "optimizer_state", "activations", "transient", "workspace")
 PHASES = ("forward", "backward", "optimizer")
 CURVE_BATCHES = (2, 66)  # far apart, so per-tensor rounding barely moves the fitted slope
-# torch's cuBLAS workspace per handle (see the module docstring): from Hopper on, and before it (":4096:2:16:8").
-CUBLAS_WORKSPACE_HOPPER = 32 * MB
-CUBLAS_WORKSPACE_OLDER = (4096 * 2 + 16 * 8) * 2**10
-DEFAULT_CAPABILITY = (9, 0)  # assumed where no CUDA device says: Hopper
 NOT_MODELLED = ("not modelled: cuDNN workspaces, fragmentation, the CUDA context (~300-500 MB), "
                 "torch.compile (compiled cells are predicted as eager); cuBLAS workspaces are sized for "
                 "the cell's GPU, or for Hopper (sm90) without one")
@@ -107,24 +88,6 @@ CARDS = (
     ("RTX 4090 24GB", 24564 * MB),
 )
 
-
-
-def cublas_workspace_bytes(capability: tuple[int, int], config: str | None) -> int:
-    """Bytes of one cuBLAS workspace as torch sizes it on a GPU of compute `capability`, where
-    `config` is CUBLAS_WORKSPACE_CONFIG (None: unset): the sum of SIZE KiB x COUNT over its
-    ":SIZE:COUNT" pairs, as torch parses it; a value without one gets the default, as in torch."""
-    pairs = re.findall(r":([0-9]+):([0-9]+)", config or "")
-    if pairs:
-        return sum(int(size) * 2**10 * int(count) for size, count in pairs)
-    return CUBLAS_WORKSPACE_HOPPER if capability >= (9, 0) else CUBLAS_WORKSPACE_OLDER
-
-
-def cublas_workspaces(mode: str, capability: tuple[int, int]) -> list[int]:
-    """The bytes of each cuBLAS workspace a step of `mode` holds on a GPU of `capability`, with this
-    process's CUBLAS_WORKSPACE_CONFIG (the worker inherits it): one for the calling thread, and one
-    more for autograd's device thread in train and finetune (see the module docstring)."""
-    threads = 1 if mode == "inference" else 2
-    return [cublas_workspace_bytes(capability, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))] * threads
 
 
 def allocated_bytes(nbytes: int) -> int:

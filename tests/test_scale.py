@@ -19,7 +19,7 @@ import pytest
 from torch.autograd import DeviceType
 from torch.autograd.profiler import ProfilerState
 
-from bench.checks.gpu import judge_ddp
+from bench.checks.rules import judge_ddp
 from bench.columns import for_mode
 from bench.cli import main
 from bench.errors import UsageError
@@ -144,9 +144,9 @@ def test_compare_and_resume_refuse_a_scale_run_naming_its_command(scale_run, cap
     (["--rdzv-endpoint", "127.0.0.1:0"], "the port must be 1..65535, got 0"),
     (["--rdzv-endpoint", "no-such-host.invalid:29500"], "unknown host no-such-host.invalid"),
     (["--rdzv-endpoint", "203.0.113.7:29500"], "203.0.113.7 is not an address of this machine"),
-    (["--timeout", "inf"], "--timeout must be finite and > 0"),
-    (["--timeout", "nan"], "--timeout must be finite and > 0"),
-    (["--bucket-mb", "-1"], "--bucket-mb and --timeout must be finite and > 0"),
+    (["--timeout", "inf"], "argument --timeout: expected a finite number, got 'inf'"),
+    (["--timeout", "nan"], "argument --timeout: expected a finite number, got 'nan'"),
+    (["--bucket-mb", "-1"], "argument --bucket-mb: expected a number > 0, got '-1'"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(bad, says, tmp_path, capsys):
     out = tmp_path / "reports"

@@ -73,6 +73,55 @@ def test_an_overrunning_check_is_skipped_and_recorded_and_the_next_ones_run(tmp_
     assert result.checks[0]["figure"] == "fine (really)" and result.checks[0]["seconds"] == 0.0
 
 
+def test_a_gpu_check_that_never_starts_fails_its_checks_once(tmp_path):
+    calls = []
+
+    def argv(names: list[str], attempt: int) -> list[str]:
+        calls.append(attempt)
+        return [sys.executable, "-c", "import sys; print('no header', flush=True); sys.exit(3)"]
+
+    result = run_checks(PartResult("gpu-check", 200.0), {"a": 5.0, "b": 5.0}, argv, tmp_path / "log",
+                        float("inf"), lambda _: None)
+    assert [(c["name"], c["verdict"]) for c in result.checks] == [("a", "FAIL"), ("b", "FAIL")]
+    assert result.checks[0]["figure"] == "gpu-check did not start (exit code 3; its log says why)"
+    assert calls == [1] and result.status == "failed"
+
+
+def test_a_stopped_guard_stops_its_child(tmp_path):
+    """gpu-validate stopped by a signal (KeyboardInterrupt in the guard) leaves no part running."""
+    argv = [sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(600)"]
+    pids = []
+
+    def echo(line: str) -> None:
+        pids.append(int(line))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_part(PartResult("gpu-smoke", 60.0), argv, tmp_path / "log", float("inf"), echo)
+    assert not Path(f"/proc/{pids[0]}").exists() or "Z" in Path(f"/proc/{pids[0]}/stat").read_text().split()[2]
+
+
+def test_signals_held_delivers_after_the_block_though_other_threads_run():
+    """A mask would only hold the signal for the thread that set it; swapped handlers hold it for all."""
+    import signal
+    import threading
+
+    from bench.runner.scale import signals_held
+
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with signals_held():
+            sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM))
+            sender.start()
+            sender.join()
+            sum(range(100_000))  # the interpreter has run pending handlers by now
+            assert got == []
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_check_ignoring_sigterm_is_killed(tmp_path):
     argv, _ = fake_check_argv(tmp_path)
     result = run_checks(PartResult("gpu-check", 200.0), {"stubborn": 1.0, "after": 5.0}, argv, tmp_path / "log",
@@ -114,6 +163,8 @@ def fake_parts(tmp_path: Path, work: Path) -> dict:
         (run / "config.json").write_text("{{}}")
         (run / "results.jsonl").write_text('{{"status": "ok"}}\\n')
         (run / "profiles" / "resnet50-rv" / "trace.pt.trace.json").write_bytes(os.urandom(300_000))
+        (run / "worker-cuda0.log").write_bytes(os.urandom(150_000))
+        (run / "results.csv").write_bytes(os.urandom(60_000))  # kept, however large: it says what ran
         print("smoke: 18 of 18 cells ok", flush=True)
     """)
     return {"gpu-check": check_argv,
@@ -138,16 +189,31 @@ def test_validation_writes_its_three_files_even_when_a_part_hangs(tmp_path, monk
     report = json.loads((out / "gpu-validate.json").read_text())
     assert [c["verdict"] for c in report["parts"][0]["checks"]] == ["PASS", "SKIPPED"]
     trace = "runs/20261203T000000Z-host-cuda0/profiles/resnet50-rv/trace.pt.trace.json"
-    assert report["archive"]["left_out"] == [trace] and archive.stat().st_size <= 200_000
+    log = "runs/20261203T000000Z-host-cuda0/worker-cuda0.log"
+    assert report["archive"]["left_out"] == [trace, log] and archive.stat().st_size <= 200_000
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     # rvbench's layout, under one folder: the run directory as `rvbench run` wrote it, and the logs.
     assert "gpu-validate-x/runs/20261203T000000Z-host-cuda0/config.json" in names
+    assert "gpu-validate-x/runs/20261203T000000Z-host-cuda0/results.csv" in names
     assert "gpu-validate-x/gpu-smoke.log" in names and f"gpu-validate-x/{trace}" not in names
     text = (out / "gpu-validate.txt").read_text()
     assert "== crosscheck: skipped: budget" in text and "smoke: 18 of 18 cells ok" in text
     summary = "\n".join(validation.summary())
     assert "slow                 SKIPPED" in summary and "crosscheck   skipped: budget" in summary
+
+
+def test_a_stopped_validation_records_the_part_it_stopped(tmp_path):
+    def echo(line: str) -> None:
+        if line == "smoke started":
+            raise KeyboardInterrupt
+
+    validation = Validation("cuda:0", tmp_path, tmp_path, echo=echo, budgets={})
+    smoke = lambda: [sys.executable, "-c", "import time; print('smoke started', flush=True); time.sleep(600)"]
+    with pytest.raises(KeyboardInterrupt):
+        validation.run((Part("gpu-smoke", 60, "smoke"),), {"gpu-smoke": smoke})
+    report = json.loads((tmp_path / "gpu-validate.json").read_text())
+    assert [(p["name"], p["status"]) for p in report["parts"]] == [("gpu-smoke", "stopped: signal")]
 
 
 def test_no_smoke_run_means_no_crosscheck(tmp_path):

@@ -281,6 +281,7 @@ def test_failed_html_report_returns_none_and_keeps_summary(tmp_path):
     (300, 300, [300, 600, 450, 375, 337, 318, 309, 304, 302, 301]),  # from an exact prediction
     (320, 300, [320, 160, 240, 280, 300, 310, 305, 302, 301]),  # from one 7% too high
     (4, 0, [4, 2, 1]),  # nothing fits
+    (3000, 3500, [3000, 4096, 3548, 3274, 3411, 3479, 3513, 3496, 3504, 3500, 3502, 3501]),  # doubling capped
 ])
 def test_max_batch_search_from_a_start_finds_the_same_batch(start, capacity, probes, tmp_path):
     """The search from a predicted start halves or doubles from it, then bisects: the same largest
@@ -291,3 +292,10 @@ def test_max_batch_search_from_a_start_finds_the_same_batch(start, capacity, pro
     best, misfit_at, reason = Runner._search(runner, Cell(arch="resnet18", impl="rv", batch_size=1, image_size=224, device="cuda:0"), start)
     assert seen == probes
     assert (best, misfit_at, reason) == ((capacity or None), capacity + 1 if capacity else 1, "oom")
+
+
+def test_max_batch_search_from_near_the_limit_says_when_everything_fit():
+    runner = Runner.__new__(Runner)
+    runner._misfit = lambda base, batch: None
+    cell = Cell(arch="resnet18", impl="rv", batch_size=1, image_size=224, device="cuda:0")
+    assert Runner._search(runner, cell, 3000) == (4096, None, "limit")

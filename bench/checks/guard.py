@@ -1,10 +1,12 @@
 """A hard wall-clock guard for the parts of `rvbench gpu-validate`: each part a child process of its
 own, stopped when it would overrun its budget, so a part that hangs takes nothing else with it.
 
-`Child` runs one command in its own session (its process group holds whatever it starts: Inductor's
-compile workers, torchrun's ranks) with its stdout read line by line on a thread, so the guard can
-wait for the next line with a deadline. `Child.stop` sends the group SIGTERM (rvbench commands then
-write what they have: `rvbench run` ends its run and report), waits `GRACE_S`, then SIGKILLs it.
+`Child` runs one command in its own session with its stdout read line by line on a thread, so the
+guard can wait for the next line with a deadline. `Child.stop` sends its process group SIGTERM, waits
+the part's grace, then SIGKILLs the group. The rvbench commands it runs stop what they started on
+SIGTERM: gpu-check ends the check in flight (its worker, its torchrun job, each in a session of its
+own), `rvbench run` stops its workers and writes its results and report in the smoke part's longer
+grace, and a worker whose parent is gone kills itself (bench.runner.worker.exit_with_parent).
 
 `run_checks` guards the checks of `rvbench gpu-check`, each with its own budget: it starts
 `gpu-check --only <the checks left>` and reads its verdict lines; a check that overruns is stopped
@@ -26,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Seconds a stopped child has between SIGTERM and SIGKILL (the run command finishes its files in it).
+# Seconds a stopped child has between SIGTERM and SIGKILL, unless its part says otherwise.
 GRACE_S = 5.0
 # Seconds a gpu-check child may take from its start to its first line (importing torch, CUDA's context).
 START_S = 15.0
@@ -74,9 +76,9 @@ class Child:
         except subprocess.TimeoutExpired:
             return self.stop()
 
-    def stop(self) -> int:
-        """SIGTERM to its whole group, SIGKILL after GRACE_S; returns its exit code."""
-        for sig, wait_s in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, None)):
+    def stop(self, grace_s: float = GRACE_S) -> int:
+        """SIGTERM to its whole group, SIGKILL after `grace_s`; returns its exit code."""
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
             try:
                 os.killpg(self._proc.pid, sig)
             except ProcessLookupError:
@@ -104,11 +106,12 @@ class PartResult:
 
 
 def run_part(result: PartResult, argv: list[str], log: Path, deadline: float,
-             echo: Callable[[str], None]) -> PartResult:
-    """Run a command as the part `result`, echoing its lines, stopped at min(its budget, `deadline`)."""
+             echo: Callable[[str], None], grace_s: float = GRACE_S) -> PartResult:
+    """Run a command as the part `result`, echoing its lines, stopped at min(its budget, `deadline`)
+    with `grace_s` to finish between SIGTERM and SIGKILL."""
     start = time.monotonic()
     stop_at = min(start + result.budget_s, deadline)
-    if stop_at - start <= GRACE_S:
+    if stop_at - start <= grace_s:
         result.status = "skipped: budget"
         return result
     child = Child(argv, log)
@@ -119,9 +122,10 @@ def run_part(result: PartResult, argv: list[str], log: Path, deadline: float,
         result.exit_code = child.wait()
         result.status = "ok" if result.exit_code == 0 else "failed"
     except TimeoutError:
-        result.exit_code = child.stop()
         result.status = "skipped: budget"
-    result.seconds = time.monotonic() - start
+    finally:  # also when the guard itself is stopped: no child outlives it
+        result.exit_code = child.stop(grace_s) if result.exit_code is None else result.exit_code
+        result.seconds = time.monotonic() - start
     return result
 
 
@@ -159,9 +163,16 @@ def _follow(child: Child, todo: list[str], budgets: dict[str, float], start_by: 
     try:
         while todo:
             line = child.next_line(deadline)
+            if line is None and since is None:  # it never started: another child would fail the same way
+                code = child.wait()
+                result.checks += [{"name": name, "verdict": "FAIL", "seconds": 0.0,
+                                   "figure": f"gpu-check did not start (exit code {code}; its log says why)"}
+                                  for name in todo]
+                echo(_line(result.checks[-1]))
+                return []
             if line is None:  # ended before finishing its checks: the current check killed it
                 code = child.wait()
-                used = 0.0 if since is None else time.monotonic() - since
+                used = time.monotonic() - since
                 result.checks.append({"name": todo[0], "verdict": "FAIL", "seconds": used,
                                       "figure": f"its process exited with {code} during this check"})
                 echo(_line(result.checks[-1]))
@@ -198,8 +209,8 @@ def _skipped(name: str, seconds: float, why: str) -> dict:
 
 
 def _line(check: dict) -> str:
-    """A guard-made check row as gpu-check would print it."""
-    return f"{check['verdict']:<7}{check['name']:<20} {check['figure']}  ({check['seconds']:.0f} s)"
+    """A check row the guard made (gpu-check could not print it), laid out as gpu-check's, "--" for its number."""
+    return f"{check['verdict']}  -- {check['name']:<20} {check['figure']}  ({check['seconds']:.0f} s)"
 
 
 def python_argv(*args: str) -> list[str]:

@@ -67,6 +67,7 @@ def check_ddp(ctx: Context) -> tuple[bool | None, str, dict]:
     import os
 
     from bench.execute.ddp import DdpOptions
+    from bench.hardware.device import visible_device
     from bench.hardware.gpus import node_link
     from bench.results.store import ResultWriter
     from bench.runner.scale import ScaleSpec, run_scale
@@ -79,7 +80,7 @@ def check_ddp(ctx: Context) -> tuple[bool | None, str, dict]:
     out = ctx.out_dir / "ddp"
     out.mkdir(parents=True, exist_ok=True)
     writer = ResultWriter(out)
-    os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index] if visible else str(index)
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible_device(ctx.device)
     try:
         (row,) = run_scale(spec, [1], out, writer)
     finally:

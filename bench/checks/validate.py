@@ -23,6 +23,7 @@ import json
 import os
 import tarfile
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,18 +34,23 @@ TOTAL_S = 480.0  # 8 minutes, machine already started
 PACK_S = 20.0  # kept for writing the archive and the last json
 SMOKE_PRESET = "gpu-smoke"
 MAX_FILE_BYTES = 16 * 2**20  # what a reservation brings back of one file
-ARCHIVE_MEMBER_ORDER = (".json.gz", ".pt.trace.json", ".json")  # dropped first when the archive is too big
+TRACE_SUFFIXES = (".json.gz", ".pt.trace.json")  # profiler traces: the first files an archive over the limit loses
+# ... and what it always keeps: the small files that say what ran and what it measured.
+KEEP = ("gpu-check.json", "gpu-check.txt", "config.json", "env.json", "results.jsonl", "results.csv",
+        "crosscheck.csv", "summary.txt")
+TAR_ENTRY_BYTES = 1024  # a member's header and padding in the archive, before compression
 SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
 class Part:
     """A part of gpu-validate and its budget in seconds (the gpu-check part: its start-up and every
-    check's budget, `check_budgets`)."""
+    check's budget, `check_budgets`), and the grace a stopped part has to write its files."""
 
     name: str
     budget_s: float
     what: str
+    grace_s: float = GRACE_S  # between SIGTERM and SIGKILL when it is stopped
 
 
 def check_budgets() -> dict[str, float]:
@@ -56,15 +62,16 @@ def check_budgets() -> dict[str, float]:
 
 PARTS = (
     Part("gpu-check", 240.0, "the GPU self-checks, each stopped at its budget"),
-    Part("gpu-smoke", 115.0, f"rvbench run --preset {SMOKE_PRESET}"),
+    # A stopped sweep finalises its results and renders its report: more than a check needs.
+    Part("gpu-smoke", 115.0, f"rvbench run --preset {SMOKE_PRESET}", grace_s=15.0),
     Part("crosscheck", 75.0, "the smoke run's cells in timm benchmark.py's loop (rvbench crosscheck)"),
 )
 
 
 def budgets_fit() -> float:
-    """Seconds gpu-validate may take at most: the parts' budgets, a SIGTERM grace for each, packing.
+    """Seconds gpu-validate may take at most: the parts' budgets, each one's SIGTERM grace, packing.
     At most TOTAL_S (tests/test_gpu_validate.py)."""
-    return sum(p.budget_s + GRACE_S for p in PARTS) + PACK_S
+    return sum(p.budget_s + p.grace_s for p in PARTS) + PACK_S
 
 
 class Validation:
@@ -98,12 +105,18 @@ class Validation:
             result = PartResult(part.name, part.budget_s)
             log = self.work / f"{part.name}.log"
             make = commands.get(part.name)
-            if part.name == "gpu-check":
-                run_checks(result, self.budgets, make or self._check_argv, log, self.deadline, self.echo)
-            elif (argv := make() if make else self._argv(part.name)) is None:
-                result.status = "not run: the smoke run left no run directory"
-            else:
-                run_part(result, argv, log, self.deadline, self.echo)
+            try:
+                if part.name == "gpu-check":
+                    run_checks(result, self.budgets, make or self._check_argv, log, self.deadline, self.echo)
+                elif (argv := make() if make else self._argv(part.name)) is None:
+                    result.status = "not run: the smoke run left no run directory"
+                else:
+                    run_part(result, argv, log, self.deadline - part.grace_s + GRACE_S, self.echo, part.grace_s)
+            except KeyboardInterrupt:  # gpu-validate stopped by a signal: its child is stopped by now
+                result.status = "stopped: signal"
+                self.results.append(result)
+                self.write()
+                raise
             self.results.append(result)
             self.echo(f"== {part.name}: {result.status} in {result.seconds:.0f} s (budget {part.budget_s:.0f} s)")
             self.write()
@@ -146,30 +159,42 @@ class Validation:
 
     def pack(self, name: str) -> Path:
         """The work directory as OUT/<name>.tar.gz (members under <name>/), at most MAX_FILE_BYTES:
-        the largest files, traces first, are left out until it fits, and `archive` lists them."""
+        files are left out until it fits, profiler traces first, then the largest others, never the
+        small files that say what ran (`KEEP`); `archive` lists them. The fit is judged on each file's
+        compressed size, so the archive is written once (again only if that estimate was short)."""
         target = self.out / f"{name}.tar.gz"
         ours = {self.out / f for f in ("gpu-validate.json", "gpu-validate.txt")}
         files = sorted(p for p in self.work.rglob("*") if (p.is_file() or p.is_symlink()) and p not in ours
                        and not p.name.endswith(".tar.gz") and not p.name.startswith("."))
+        estimate = {p: _compressed_bytes(p) for p in files}
+        droppable = sorted((p for p in files if p.name not in KEEP), key=_drop_order, reverse=True)
         left_out: list[str] = []
         while True:
+            while droppable and sum(estimate[p] + TAR_ENTRY_BYTES for p in files) > MAX_FILE_BYTES:
+                dropped = droppable.pop(0)
+                files.remove(dropped)
+                left_out.append(str(dropped.relative_to(self.work)))
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             with tarfile.open(tmp, "w:gz") as tar:
                 for path in files:
                     tar.add(path, arcname=f"{name}/{path.relative_to(self.work)}", recursive=False)
             size = tmp.stat().st_size
-            if size <= MAX_FILE_BYTES or not files:
+            if size <= MAX_FILE_BYTES or not droppable:
                 os.replace(tmp, target)
                 break
             tmp.unlink()
-            dropped = max(files, key=_drop_order)
-            files.remove(dropped)
-            left_out.append(str(dropped.relative_to(self.work)))
+            estimate = {p: e * size / max(1, sum(estimate[f] for f in files)) for p, e in estimate.items()}
         self.archive = {"file": target.name, "bytes": size, "members": len(files), "left_out": left_out}
         return target
 
 
-def _drop_order(path: Path) -> tuple[int, int]:
-    """Which file an archive over the limit loses first: traces, then other json, then the largest."""
-    kind = next((len(ARCHIVE_MEMBER_ORDER) - i for i, s in enumerate(ARCHIVE_MEMBER_ORDER) if path.name.endswith(s)), 0)
-    return kind, path.stat().st_size if path.is_file() else 0
+def _compressed_bytes(path: Path) -> int:
+    """A file's size once gzipped (a link: a tar header's worth)."""
+    if path.is_symlink() or not path.is_file():
+        return 0
+    return len(zlib.compress(path.read_bytes(), 6))
+
+
+def _drop_order(path: Path) -> tuple[bool, int]:
+    """Which file an archive over the limit loses first: profiler traces, then the largest."""
+    return path.name.endswith(TRACE_SUFFIXES), path.stat().st_size if path.is_file() else 0

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from bench.commands.args import check_output, exit_codes_help, name_list
+from bench.commands.stopping import signals_interrupt
 from bench.errors import ExitCode, UsageError
 
 SCHEMA_VERSION = 1
@@ -23,7 +25,7 @@ SCHEMA_VERSION = 1
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the command's options."""
-    parser.epilog = exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE)
+    parser.epilog = exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.INTERRUPTED, ExitCode.TERMINATED)
     parser.add_argument("--device", default="cuda:0", help="the CUDA device to check (default cuda:0)")
     parser.add_argument("--only", type=name_list, metavar="CHECKS",
                         help="comma-separated checks to run (default: all, in order; an unknown name lists them)")
@@ -65,12 +67,21 @@ def run(args: argparse.Namespace) -> int:
     env = collect_env(device)  # before the header: gpu-validate's guard times the first check from it
     print(f"gpu-check on {device} ({torch.cuda.get_device_name(device)}): {len(names)} checks", flush=True)
     lines, results = [], []
-    for number, name in enumerate(names, 1):
-        result = run_check(name, Context(device, out))
-        results.append(result)
-        lines.append(result.line(number))
-        _write(out, device, env, results, lines, complete=number == len(names))
-        print(lines[-1], flush=True)  # after the files: a guard may stop this process once it reads the line
+    with signals_interrupt() as stop:  # SIGTERM (gpu-validate's guard) ends the check in flight cleanly:
+        stop.measuring = True          # its workers and torchrun jobs are stopped on the way out
+        try:
+            for number, name in enumerate(names, 1):
+                result = run_check(name, Context(device, out))
+                results.append(result)
+                lines.append(result.line(number))
+                _write(out, device, env, results, lines, complete=number == len(names))
+                print(lines[-1], flush=True)  # after the files: a guard may stop this process once it reads it
+        except KeyboardInterrupt:
+            print(f"rvbench gpu-check: stopped during {name}; the {len(results)} checks before it are in {out}",
+                  file=sys.stderr)
+            return stop.exit_code()
+        finally:
+            stop.measuring = False
     failed = [r.name for r in results if r.passed is False]
     verdict = f"gpu-check: {len(failed)} of {len(results)} checks failed: {', '.join(failed)}" if failed else (
         f"gpu-check: no check failed ({len(results)} run)")

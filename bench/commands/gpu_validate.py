@@ -11,16 +11,18 @@ budget; USAGE without a CUDA device (one line, nothing written).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from bench.commands.args import DEFAULT_REPORTS, check_output, exit_codes_help
+from bench.commands.stopping import signals_interrupt
 from bench.errors import ExitCode
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the command's options."""
-    parser.epilog = exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE)
+    parser.epilog = exit_codes_help(ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.INTERRUPTED, ExitCode.TERMINATED)
     parser.add_argument("--device", default="cuda:0", help="the CUDA device to validate (default cuda:0)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where the three files go (default: the work directory, "
@@ -41,7 +43,16 @@ def run(args: argparse.Namespace) -> int:
     check_output(work, "the work directory", directory=True)
     validation = Validation(device, work, out)
     validation.echo(f"gpu-validate on {device}: at most {TOTAL_S:.0f} s; work in {work}")
-    results = validation.run()
+    with signals_interrupt() as stop:  # a reservation ending (SIGTERM) or Ctrl-C: stop the part in flight
+        stop.measuring = True
+        try:
+            results = validation.run()
+        except KeyboardInterrupt:
+            print(f"rvbench gpu-validate: stopped; what ran is in {out}/gpu-validate.json and the work in {work}",
+                  file=sys.stderr)
+            return stop.exit_code()
+        finally:
+            stop.measuring = False
     archive = validation.pack(name)
     for line in ["== seconds per part and check (of budget):", *validation.summary()]:
         validation.echo(line)

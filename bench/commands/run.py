@@ -258,8 +258,14 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
 
     df = finalize(run_dir)
     if completed and args.profile and not stop.received:
-        print("\n".join(runners[0].profile(profile_cells(df), run_dir / "profiles")))
-        runners[0].close()
+        stop.measuring = True  # a signal stops the profiles too; those written are kept, the report follows
+        try:
+            print("\n".join(runners[0].profile(profile_cells(df), run_dir / "profiles")))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop.measuring = False
+            runners[0].close()
     text = summary_text(df)
     report = write_run_report(run_dir, text)
     if reports_dir is not None:

@@ -184,7 +184,7 @@ def _measure(specs: list, nprocs: list[int], run_dir: Path, reports_dir: Path, s
     report = write_run_report(run_dir, text) if len(df) else None
     update_latest(reports_dir, run_dir)
     print(text + f"run directory: {run_dir}" + (f"\nreport: {report}" if report else ""))
-    if stopped:
+    if stopped or stop.received:  # a signal while the tables or report were written counts too
         code = stop.exit_code()
         print(f"rvbench scale: {code.name.lower()}: the job running was stopped; {len(df)} row(s) kept in {run_dir}",
               file=sys.stderr)

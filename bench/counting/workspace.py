@@ -7,7 +7,7 @@ cuBLAS (its classifier at least), so a step holds one workspace per thread that 
 inference one, train and finetune two, since autograd runs a CUDA backward on its own device
 thread (`cublas_workspaces`). Its size is torch's choice (aten/src/ATen/cuda/CublasHandlePool.cpp,
 `cublas_workspace_bytes`): CUBLAS_WORKSPACE_CONFIG's ":SIZE:COUNT" pairs (SIZE in KiB) when set,
-else 32 MiB from Hopper on (sm90; torch builds since early 2026 give Blackwell the same) and
+else 32 MiB from Hopper on (sm90; assumed for newer GPUs too, as recent torch gives Blackwell) and
 ":4096:2:16:8" (8 MiB + 128 KiB) before. It depends on the GPU: a cell on a CUDA device present
 here is predicted for that device's compute capability; a prediction with no such device (a CPU
 cell, `rvbench memory`, the card table) assumes Hopper, `DEFAULT_CAPABILITY`, which on an older

@@ -139,7 +139,7 @@ def slot_cores(devices: Sequence[str], cpus: Collection[int] | None = None,
     """The logical CPUs of each device slot (`devices`: "cpu" or "cuda:N", one per slot, repeats
     allowed): `partition_cores` of `cpus` (default: the CPUs this process may run on), each CUDA slot
     near its GPU. A lone slot gets () (not pinned: every core, as before)."""
-    if len(devices) <= 1:
+    if len(devices) <= 1 or (cpus is None and not hasattr(os, "sched_getaffinity")):  # (macOS cannot pin)
         return [()] * len(devices)
     cpus = os.sched_getaffinity(0) if cpus is None else cpus
     cores = physical_cores(cpus, sysfs)

@@ -237,8 +237,8 @@ class Runner:
         if why is not None:
             return None, 1, why
         best = batch
-        while misfit_at is None and batch * 2 <= limit:  # it fits: double until a batch does not
-            batch *= 2
+        while misfit_at is None and batch < limit:  # it fits: double (up to the limit) until one does not
+            batch = min(batch * 2, limit)
             why = self._misfit(base, batch)
             if why is None:
                 best = batch

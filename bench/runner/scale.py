@@ -26,6 +26,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -139,13 +140,23 @@ def rendezvous_timeout(timeout_s: float) -> int:
 
 @contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends (they are delivered then): stopping a job must
-    not be cut short by a second signal, or its ranks would outlive it."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    """Hold SIGINT and SIGTERM until the block ends, then deliver the first that came: stopping a job
+    must not be cut short by a second signal, or its ranks would outlive it. The handlers are swapped
+    for the block, not the thread's signal mask: Python runs handlers in the main thread whichever
+    thread a signal reaches (CUDA's driver threads included), so a mask would hold nothing."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: held.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def _stop(proc: subprocess.Popen | None, job_dir: Path) -> None:

@@ -1,5 +1,5 @@
 """Suite-wide pytest options: which device the benchmark and gate tests run on, and one thread per
-pytest-xdist worker.
+pytest-xdist worker, and every test leaves the SIGINT and SIGTERM handlers as it found them.
 
 The option lives here, at the top of the test tree, because pytest only reads `pytest_addoption`
 from conftest files it loads at start-up; `tests/benchmarks/conftest.py` turns it into fixtures.
@@ -43,3 +43,15 @@ def pytest_configure(config: pytest.Config) -> None:
     except UsageError as err:
         raise pytest.UsageError(f"--device: {err}") from None
 
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_as_found():
+    """A command stopped by a signal inside this process ignores later signals, as a process that is
+    ending should (bench.commands.stopping); the next test gets this process's handlers back."""
+    import signal
+
+    found = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in found.items():
+        signal.signal(sig, handler)

@@ -172,3 +172,16 @@ def test_exit_130_ctrl_c_even_twice(signalled, name):
 @pytest.mark.parametrize("name", [n for n in SIGNALLED if SIGNALLED[n][0][0] == signal.SIGTERM])
 def test_exit_143_sigterm_stops_like_ctrl_c(signalled, name):
     _check_signalled(signalled[name], ExitCode.TERMINATED)
+
+
+def test_a_signal_after_a_stop_does_not_kill_the_ending_process():
+    """The first signal sets the exit code; one that comes after the command's wrap-up (its handlers
+    gone) must not end the process some other way (an uncaught KeyboardInterrupt: killed by SIGINT)."""
+    import os
+
+    from bench.commands.stopping import signals_interrupt
+
+    with signals_interrupt() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)  # noted: nothing was being measured
+    os.kill(os.getpid(), signal.SIGINT)  # Python's own handler would raise KeyboardInterrupt here
+    assert stop.exit_code() == ExitCode.TERMINATED

@@ -30,7 +30,8 @@ def signals_interrupt() -> Iterator[Stop]:
     `measuring` raises KeyboardInterrupt there. Any other is only noted (the first) and interrupts
     nothing: the wrap-up (killing the workers or ranks, joining threads, the tables, the report) runs
     to its end, so a second Ctrl-C neither loses index.html nor leaves threads running into the
-    interpreter's shutdown (which aborted it: "Fatal Python error")."""
+    interpreter's shutdown (which aborted it: "Fatal Python error"). After a signal, later ones are
+    ignored for the rest of the process, which is ending with the first one's exit code."""
     stop = Stop()
 
     def handler(signum: int, frame: object) -> None:
@@ -45,7 +46,13 @@ def signals_interrupt() -> Iterator[Stop]:
         yield stop
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            # Once stopped, the process is ending with the first signal's code: a later signal (a
+            # second Ctrl-C after a quick wrap-up) must not kill it on its way out.
+            signal.signal(sig, _ignore if stop.received else old)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """The handler of a process that is already stopping."""
 
 
 @contextmanager

@@ -129,7 +129,8 @@ def test_a_check_ignoring_sigterm_is_killed(tmp_path):
     assert [(c["name"], c["verdict"]) for c in result.checks] == [("stubborn", "SKIPPED"), ("after", "PASS")]
 
 
-def test_checks_left_when_the_part_runs_out_are_skipped_with_zero_seconds(tmp_path):
+def test_checks_left_when_the_part_runs_out_are_skipped_with_zero_seconds(tmp_path, monkeypatch):
+    monkeypatch.setattr(guard, "START_S", 3.0)  # the fake starts in well under that
     argv, calls = fake_check_argv(tmp_path)
     budgets = {"slow": 1000.0, "never": 5.0}
     part = PartResult("gpu-check", guard.START_S + 2.0)  # the part's end cuts the slow check short

@@ -19,12 +19,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.runner.endpoint import free_port
 
 # Local mode (node IP 127.0.0.1, every server on it) and no usage reports; Ray also notices a dead
 # node within about a second instead of 30 s.
@@ -43,12 +44,6 @@ node = Node(RayParams(**json.loads(sys.argv[2])), head=head, shutdown_at_exit=Fa
 print("up", node.gcs_address, flush=True)
 threading.Event().wait()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class LocalCluster:

@@ -67,21 +67,21 @@ def run(args: argparse.Namespace) -> int:
     env = collect_env(device)  # before the header: gpu-validate's guard times the first check from it
     print(f"gpu-check on {device} ({torch.cuda.get_device_name(device)}): {len(names)} checks", flush=True)
     lines, results = [], []
-    with signals_interrupt() as stop:  # SIGTERM (gpu-validate's guard) ends the check in flight cleanly:
-        stop.measuring = True          # its workers and torchrun jobs are stopped on the way out
+    # SIGTERM (gpu-validate's guard) ends the check in flight cleanly: its workers and torchrun jobs are
+    # stopped on the way out.
+    with signals_interrupt() as stop:
         try:
-            for number, name in enumerate(names, 1):
-                result = run_check(name, Context(device, out))
-                results.append(result)
-                lines.append(result.line(number))
-                _write(out, device, env, results, lines, complete=number == len(names))
-                print(lines[-1], flush=True)  # after the files: a guard may stop this process once it reads it
+            with stop.measuring_now():
+                for number, name in enumerate(names, 1):
+                    result = run_check(name, Context(device, out))
+                    results.append(result)
+                    lines.append(result.line(number))
+                    _write(out, device, env, results, lines, complete=number == len(names))
+                    print(lines[-1], flush=True)  # after the files: a guard may stop this process once it reads it
         except KeyboardInterrupt:
-            print(f"rvbench gpu-check: stopped during {name}; the {len(results)} checks before it are in {out}",
-                  file=sys.stderr)
+            print(f"rvbench gpu-check: stopped during {names[len(results)]}; the {len(results)} checks before it "
+                  f"are in {out}", file=sys.stderr)
             return stop.exit_code()
-        finally:
-            stop.measuring = False
     failed = [r.name for r in results if r.passed is False]
     verdict = f"gpu-check: {len(failed)} of {len(results)} checks failed: {', '.join(failed)}" if failed else (
         f"gpu-check: no check failed ({len(results)} run)")

@@ -44,15 +44,13 @@ def run(args: argparse.Namespace) -> int:
     validation = Validation(device, work, out)
     validation.echo(f"gpu-validate on {device}: at most {TOTAL_S:.0f} s; work in {work}")
     with signals_interrupt() as stop:  # a reservation ending (SIGTERM) or Ctrl-C: stop the part in flight
-        stop.measuring = True
         try:
-            results = validation.run()
+            with stop.measuring_now():
+                results = validation.run()
         except KeyboardInterrupt:
             print(f"rvbench gpu-validate: stopped; what ran is in {out}/gpu-validate.json and the work in {work}",
                   file=sys.stderr)
             return stop.exit_code()
-        finally:
-            stop.measuring = False
     archive = validation.pack(name)
     for line in ["== seconds per part and check (of budget):", *validation.summary()]:
         validation.echo(line)

@@ -239,32 +239,31 @@ def _sweep(args: argparse.Namespace, spec: SweepSpec, timing: TimingConfig, jobs
     board = Board(bar, env_recorder(run_dir))
     runners = [Runner(run_dir, run_dir.name, timing, cell_timeout, slot) for slot in slots(devices or [])]
     lost = None
-    stop.measuring = True
     try:
-        if stop.received:  # a signal during the set-up: measure nothing, write what is there
-            completed = False
-        elif cluster:
-            completed = run_cluster(group_jobs(todo), writer, board, run_dir.name, timing, cell_timeout, spec.device)
-        else:
-            completed = run_local(runners, group_jobs(todo), writer, board)
+        with stop.measuring_now():
+            if stop.received:  # a signal during the set-up: measure nothing, write what is there
+                completed = False
+            elif cluster:
+                completed = run_cluster(group_jobs(todo), writer, board, run_dir.name, timing, cell_timeout,
+                                        spec.device)
+            else:
+                completed = run_local(runners, group_jobs(todo), writer, board)
     except KeyboardInterrupt:  # the signal came in the sweep but outside the runners' own handling
         completed = False
     except SlotsLost as exc:
         completed, lost = False, exc
     finally:
-        stop.measuring = False
         bar.close()
         writer.close()
 
     df = finalize(run_dir)
     if completed and args.profile and not stop.received:
-        stop.measuring = True  # a signal stops the profiles too; those written are kept, the report follows
-        try:
-            print("\n".join(runners[0].profile(profile_cells(df), run_dir / "profiles")))
+        try:  # a signal stops the profiles too; those written are kept, the report follows
+            with stop.measuring_now():
+                print("\n".join(runners[0].profile(profile_cells(df), run_dir / "profiles")))
         except KeyboardInterrupt:
             pass
         finally:
-            stop.measuring = False
             runners[0].close()
     text = summary_text(df)
     report = write_run_report(run_dir, text)

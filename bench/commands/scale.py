@@ -170,14 +170,13 @@ def _measure(specs: list, nprocs: list[int], run_dir: Path, reports_dir: Path, s
 
     writer = ResultWriter(run_dir)
     stopped = bool(stop.received)  # a signal during the set-up: measure nothing, write what is there
-    stop.measuring = True
     try:
-        for spec in specs if not stopped else []:
-            run_scale(spec, nprocs, run_dir, writer)
+        with stop.measuring_now():
+            for spec in specs if not stopped else []:
+                run_scale(spec, nprocs, run_dir, writer)
     except KeyboardInterrupt:  # the job running was stopped on the way out of run_scale
         stopped = True
     finally:
-        stop.measuring = False
         writer.close()
     df = finalize(run_dir)
     text = scaling_text(df)

@@ -19,6 +19,16 @@ class Stop:
         self.received: list[int] = []
         self.measuring = False
 
+    @contextmanager
+    def measuring_now(self) -> Iterator[None]:
+        """The block measures: the first signal raises KeyboardInterrupt inside it (catch it around
+        the `with`, where the wrap-up goes on)."""
+        try:
+            self.measuring = True
+            yield
+        finally:
+            self.measuring = False
+
     def exit_code(self) -> ExitCode:
         """INTERRUPTED (Ctrl-C) or TERMINATED (SIGTERM), as the first signal says."""
         return ExitCode(128 + (self.received[0] if self.received else signal.SIGINT))

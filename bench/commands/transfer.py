@@ -140,14 +140,12 @@ def _train_and_report(args: argparse.Namespace, setup: tuple[list[str], int, str
     a signal (`stop`) stopped the training. Returns the signal's code; else NOTHING_MEASURED when no run
     finished (each one diverged, ran out of memory or failed); else OK."""
     interrupted = bool(stop.received)  # a signal during the set-up: train nothing, write what is there
-    stop.measuring = True
     try:
-        if not interrupted:
-            _train_all(args, *setup, data, run_dir)
+        with stop.measuring_now():
+            if not interrupted:
+                _train_all(args, *setup, data, run_dir)
     except KeyboardInterrupt:
         interrupted = True
-    finally:
-        stop.measuring = False
     df = finalize(run_dir)
     runs = run_summary(df)
     summary = runs.drop(columns="message").round(1)

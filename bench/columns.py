@@ -86,8 +86,13 @@ COLUMNS: tuple[Column, ...] = (
             Column("step_ms_mean", "", "ms", "mean step time", "mean", timm=("step_time", 1, None)),
             _ms("step_ms_std", "step time standard deviation", "std"), _ms("step_ms_min", "fastest step", "min"),
             _ms("step_ms_max", "slowest step", "max"), _ms("step_ms_iqr", "step time IQR", "IQR"), "noisy",
-            Column("rel_ci", "", label="95% CI half-width of the median step ÷ median", short="±CI", median=True),
+            _ms("step_ms_p50_ci_low", "p50 step time, 95% CI low", "p50 CI low"),
+            _ms("step_ms_p50_ci_high", "p50 step time, 95% CI high", "p50 CI high"),
+            Column("rel_ci", "", label="95% CI of the median step, ± share of the median", short="±CI"),
+            "converged",
             Column("throughput", "", "img/s", "throughput", median=True),
+            Column("throughput_ci_low", "", "img/s", "throughput, 95% CI low", "CI low"),
+            Column("throughput_ci_high", "", "img/s", "throughput, 95% CI high", "CI high"),
             Column("throughput_wall", "", "img/s", "throughput over the loop's wall time",
                    timm=("samples_per_sec", 1, None)), modes=_SWEEP_DDP),
     *_group("build", Column("build_s", "", "s", "model build"),
@@ -108,7 +113,15 @@ COLUMNS: tuple[Column, ...] = (
             Column("mem_clock_mhz", "", "MHz", "memory clock"), Column("temp_c_max", "", "°C", "peak temperature"),
             Column("gpu_util_pct", "", "%", "GPU utilisation"), "throttle_reasons",
             Column("energy_j_per_image", "", "J/img", "energy per image", "energy", median=True), "energy_source",
-            "power_note", modes=SWEEP_MODES),
+            Column("energy_period_ms", "", "ms", "energy counter update period"), "power_note", modes=SWEEP_MODES),
+    # Whether the machine was quiet while the cell's loop ran (bench.measure.contention): the share of the cell's
+    # CPUs that other processes used during the timed loop, the 1-minute load average at the cell's start,
+    # the other processes on its GPU (CUDA only), and the verdict.
+    *_group("contention", Column("others_cpu", "", label="CPU share other processes used during the timed loop",
+                                 short="others CPU"),
+            Column("load_avg", "", label="1-minute load average at the cell's start", short="load"),
+            Column("gpu_other_procs", "", label="other processes on the GPU", short="GPU procs"), "contended",
+            modes=SWEEP_MODES),
     *_group("efficiency", Column("achieved_tflops", "", "TFLOP/s", "achieved", median=True),
             Column("mfu", "", label="model FLOPs utilisation", short="MFU", median=True), modes=SWEEP_MODES),
     *_group("numerics", "tf32_matmul", "tf32_cudnn", "cudnn_benchmark", modes=(*SWEEP_MODES, TRANSFER_MODE)),
@@ -139,8 +152,8 @@ COLUMNS: tuple[Column, ...] = (
     # Inductor's default, a thread per CPU of the affinity up to 32).
     *_group("environment", "env_torch", "env_torchvision", "env_timm", "env_fvcore", "env_cuda", "env_cudnn",
             "env_gpu_name", "env_driver", "env_sm_count", Column("env_gpu_mem_gb", "", "GiB"), "env_cpu",
-            "env_threads", "env_cpu_affinity", "env_compile_threads", "env_os", "env_python", "env_host",
-            "env_git_commit", "env_git_dirty", "env_timestamp"),
+            "env_cpu_governor", "env_threads", "env_cpu_affinity", "env_compile_threads", "env_os", "env_python",
+            "env_host", "env_git_commit", "env_git_dirty", "env_timestamp"),
 )  # fmt: skip
 
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
@@ -148,7 +161,7 @@ if len(BY_NAME) != len(COLUMNS):
     raise ValueError("a column is declared twice")
 GROUPS: tuple[str, ...] = tuple(dict.fromkeys(c.group for c in COLUMNS))
 # What bench.measure.cell.measure_cell returns (less "samples_ms"), in table order.
-MEASURE_GROUPS = ("counts", "timing", "build", "training", "memory", "power", "efficiency", "numerics")
+MEASURE_GROUPS = ("counts", "timing", "build", "training", "memory", "power", "contention", "efficiency", "numerics")
 
 
 def names(*groups: str) -> tuple[str, ...]:

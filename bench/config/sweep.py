@@ -48,21 +48,43 @@ FAMILIES = FAMILY_NAMES  # what `channels_last` may list
 class TimingConfig:
     """How long to warm up and to time (bench.measure.timing applies it); presets set these by name.
 
-    Power: a cell that samples power (a CUDA device NVML can read) times at least
-    bench.measure.power.POWER_MIN_S, whatever `min_s` and `max_iters` say, since NVML's readings
-    need seconds to mean anything. `power = false` turns sampling, and so that floor, off: the
-    runner's max-batch probes time exactly one step this way. `power_min_batch` samples only cells
-    of at least that batch size: at small batches the board idles between kernels and the reading
-    says little, so a preset can keep the floor for the batches whose power is worth reporting.
+    The timed loop runs at least `min_iters` steps and `min_s` seconds, at most `max_iters` steps, and
+    in between stops once the median step time is known to ±`target_rel_ci` (a share: 0.01 is ±1%),
+    or at `max_s` without converging (bench.measure.timing.StoppingRule). `target_rel_ci = None` is
+    the fixed rule, stop at the minima: what runs from before the adaptive rule recorded (their
+    config.json has no target), and what steps whose count is the point use.
+
+    Power: a cell that samples power (a CUDA device NVML can read) times for at least the floor its
+    board's readings need (bench.measure.power.power_floor_s), whatever the other fields say.
+    `power = false` turns sampling, and so that floor, off: the runner's max-batch probes time exactly
+    one step this way. `power_min_batch` samples only cells of at least that batch size: at small
+    batches the board idles between kernels and the reading says little, so a preset can keep the
+    floor for the batches whose power is worth reporting.
     """
 
     warmup_iters: int = 3
     warmup_s: float = 0.5
     min_iters: int = 10
-    min_s: float = 1.0
-    max_iters: int = 1000
+    min_s: float = 0.2
+    max_iters: int = 100_000
+    max_s: float = 10.0
+    target_rel_ci: float | None = 0.01
     power: bool = True
     power_min_batch: int = 1
+
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be >= 0, got {getattr(self, name)}" for name in
+                    ("warmup_iters", "warmup_s", "min_iters", "min_s") if getattr(self, name) < 0]
+        problems += [f"{name} must be > 0, got {getattr(self, name)}" for name in ("max_iters", "max_s")
+                     if getattr(self, name) <= 0]
+        if self.target_rel_ci is not None and not 0 < self.target_rel_ci < 1:
+            problems.append(f"target_rel_ci must be a share between 0 and 1 (0.01 is ±1%), got {self.target_rel_ci}")
+        if self.min_iters > self.max_iters:
+            problems.append(f"min_iters {self.min_iters} > max_iters {self.max_iters}")
+        if self.min_s > self.max_s:
+            problems.append(f"min_s {self.min_s} > max_s {self.max_s}")
+        if problems:
+            raise UsageError("timing: " + "; ".join(problems))
 
     def no_power(self, batch_size: int) -> str:
         """Why a cell of `batch_size` samples no power under this config; "" when it may (the device
@@ -108,9 +130,11 @@ class SweepSpec:
                 raise UsageError(f"{where}: {key} must be {kind.__name__}, got {data[key]!r}")
         if data["rounds"] < 1:
             raise UsageError(f"{where}: rounds must be >= 1, got {data['rounds']}")
+        if "target_rel_ci" not in data["timing"]:  # a run from before the adaptive rule: the fixed rule it used
+            data = {**data, "timing": {**data["timing"], "target_rel_ci": None}}
         for name, value in data["timing"].items():
             kind = bool if name in _TIMING_SWITCHES else float
-            if not _is(value, kind):
+            if not (_is(value, kind) or (name == "target_rel_ci" and value is None)):
                 raise UsageError(f"{where}: timing {name} must be {'true or false' if kind is bool else 'a number'}, "
                                  f"got {value!r}")
         if not data["sweeps"]:
@@ -190,12 +214,13 @@ def build_spec(preset: str, device: str, overrides: dict, find_max_batch: bool =
     ]
     if rounds < 1:
         raise UsageError(f"rounds must be >= 1, got {rounds}")
-    return SweepSpec(preset=preset, device=device, rounds=rounds, timing=dict(data.get("timing", {})),
+    timing = timing_config(SweepSpec(preset, device, rounds, dict(data.get("timing", {})), blocks))
+    return SweepSpec(preset=preset, device=device, rounds=rounds, timing=dataclasses.asdict(timing),
                      sweeps=blocks, find_max_batch=find_max_batch)
 
 
 def timing_config(spec: SweepSpec) -> TimingConfig:
-    """The spec's TimingConfig; unknown fields are a UsageError."""
+    """The spec's TimingConfig; unknown fields and values out of range are a UsageError."""
     names = [f.name for f in dataclasses.fields(TimingConfig)]
     unknown = set(spec.timing) - set(names)
     if unknown:

@@ -11,8 +11,9 @@ Order of events in a cell:
 5. `prepared_cell` releases the model (dropped first), compile caches, cuBLAS workspaces and CUDA
    cache, and restores the switches.
 
-A row with power (a CUDA device NVML can read) times at least `POWER_MIN_S`, whatever the
-preset's `min_s` and `max_iters`: NVML's readings need seconds to mean anything (bench.measure.power).
+A row with power (a CUDA device NVML can read) times at least its monitor's `floor_s`, whatever the
+preset's `min_s`, `max_s` and `max_iters`: the energy counter's update period and NVML's averaging decide
+how long its readings need (bench.measure.power).
 A timing config that samples no power for the cell (`TimingConfig.no_power`: the runner's one-step
 max-batch probes, or a batch below the preset's `power_min_batch`) opens no monitor and keeps its
 own `min_s` and `max_iters`; the row's power columns are None and `power_note` says why.
@@ -53,7 +54,7 @@ from bench.execute.step import cudagraph_recording_s, freezing_enabled, graphs_c
 from bench.models.training import optimizer_name
 from bench.hardware.gpus import peak_tflops_for
 from bench.measure.memory import CudaPeak, RssPeak, weights_bytes
-from bench.measure.power import POWER_MIN_S, PowerMonitor, empty_columns, power_monitor
+from bench.measure.power import PowerMonitor, empty_columns, power_monitor
 from bench.measure.timing import summarize, synchronize, time_callable
 
 
@@ -94,7 +95,9 @@ def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
     step = built.step
     monitor = timing.no_power(cell.batch_size) or power_monitor(device)
     if isinstance(monitor, PowerMonitor):
-        timing = dataclasses.replace(timing, min_s=max(timing.min_s, POWER_MIN_S), max_iters=sys.maxsize)
+        floor_s = monitor.floor_s
+        timing = dataclasses.replace(timing, min_s=max(timing.min_s, floor_s), max_s=max(timing.max_s, floor_s),
+                                     max_iters=sys.maxsize)
 
     rss = RssPeak() if device.type == "cpu" else None
     window: dict = {}
@@ -114,7 +117,7 @@ def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
         if rss is not None:
             rss.stop()
 
-    stats = summarize(result.samples_ms, cell.batch_size, result.timed_s)
+    stats = summarize(result.samples_ms, cell.batch_size, result.timed_s, timing.target_rel_ci)
     memory = rss.columns(weights) if rss is not None else window["cuda"].columns(weights)
     images = cell.batch_size * stats["n_iters"]
     power = monitor.columns(images) if isinstance(monitor, PowerMonitor) else empty_columns(monitor)

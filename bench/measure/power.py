@@ -10,8 +10,13 @@
   it, `power_source = "instant"`; otherwise `nvmlDeviceGetPowerUsage`, which on Ampere and newer
   is a trailing average over about one second (`"average"`).
 - A background thread polls every `POWER_INTERVAL_S` strictly inside the timed loop (no sample at
-  its edges, where the GPU is idle); a row with power times at least `POWER_MIN_S`, so a trailing
-  average and the energy counter's update period are small next to the loop (`timed_s` shows it).
+  its edges, where the GPU is idle).
+- A row with power times for at least its monitor's `floor_s`: `ENERGY_PERIODS` updates of the energy
+  counter, whose period each worker measures once per device (`energy_period_ms` on the row). Read at
+  both ends of the loop, the counter is off by at most one period at each, so the energy is exact to
+  2/ENERGY_PERIODS (4%) at worst, 1/ENERGY_PERIODS typically. Never below `POWER_FLOOR_MIN_S` (ten
+  polls for the mean power) nor above `POWER_MIN_S`; `POWER_MIN_S` itself where the period is
+  unknown or where power is NVML's trailing one-second average, which needs seconds to mean anything.
 - Energy per image comes from the board's total-energy counter (Volta and newer) read at both ends
   of the loop (`energy_source = "counter"`); where the counter is missing it is the mean sampled
   power times the loop's duration (`"integrated"`).
@@ -41,6 +46,10 @@ from bench.measure.sampler import BackgroundSampler
 
 POWER_INTERVAL_S = 0.05
 POWER_MIN_S = 3.0
+POWER_FLOOR_MIN_S = 0.5
+ENERGY_PERIODS = 50
+# Each device's energy-counter period, measured once per process (`power_monitor`).
+_COUNTER_PERIODS: dict[str, float | None] = {}
 
 # NVML clock-event ("throttle") reason bits, from nvml.h.
 THROTTLE_REASONS = {
@@ -152,9 +161,10 @@ def average_power_mw(nvml: ModuleType, handle: Any) -> int | None:
 
 
 def energy_counter_period_s(nvml: ModuleType, handle: Any, duration_s: float = 1.5,
-                            clock: Callable[[], float] = time.perf_counter) -> float | None:
+                            clock: Callable[[], float] = time.perf_counter, changes: int = 10) -> float | None:
     """How often the board's total-energy counter (nvmlDeviceGetTotalEnergyConsumption) updates:
-    the median time between changes of its value, polled back to back for `duration_s`.
+    the median time between changes of its value, polled back to back for `duration_s` or until it
+    has changed `changes` times.
 
     Counter energy is exact to about one period at each end of the timed loop, so this says how
     long a loop must be for `energy_source = "counter"` to be trusted. None where the counter is
@@ -166,7 +176,7 @@ def energy_counter_period_s(nvml: ModuleType, handle: Any, duration_s: float = 1
         return None
     changed_at: list[float] = []
     start = clock()
-    while (now := clock()) - start < duration_s:
+    while (now := clock()) - start < duration_s and len(changed_at) < changes:
         value = nvml_query(nvml, handle, ("nvmlDeviceGetTotalEnergyConsumption",))
         if value is not None and value != last:
             changed_at.append(now)
@@ -208,16 +218,24 @@ class PowerMonitor:
     Whether power is instant or averaged is settled once, here, so a row never mixes the two.
     """
 
-    def __init__(self, nvml: ModuleType, handle: Any) -> None:
+    def __init__(self, nvml: ModuleType, handle: Any, counter_period_s: float | None = None) -> None:
         self._nvml = nvml
         self._handle = handle
         instant = instant_power_mw(nvml, handle) is not None
         self.source = "instant" if instant else "average"
+        self.counter_period_s = counter_period_s
         self._power_mw = instant_power_mw if instant else average_power_mw
         self._sampler = BackgroundSampler(self._poll, POWER_INTERVAL_S, edges=False)
         self._energy_mj: list[int | None] = []
         self._span: list[float] = []
         self._samples: list[tuple[float, PowerSample]] = []
+
+    @property
+    def floor_s(self) -> float:
+        """How long a loop with power must time (see the module docstring)."""
+        if self.source == "average" or self.counter_period_s is None:
+            return POWER_MIN_S
+        return min(POWER_MIN_S, max(POWER_FLOOR_MIN_S, ENERGY_PERIODS * self.counter_period_s))
 
     def _read(self, *calls: tuple) -> Any:
         return nvml_query(self._nvml, self._handle, *calls)
@@ -283,6 +301,7 @@ class PowerMonitor:
             throttle_reasons=decode_throttle(functools.reduce(operator.or_, masks)) if masks else None,
             energy_j_per_image=None if energy_j is None else energy_j / images,
             energy_source=source,
+            energy_period_ms=None if self.counter_period_s is None else self.counter_period_s * 1e3,
             power_note=note,
         )
 
@@ -290,7 +309,11 @@ class PowerMonitor:
 def power_monitor(device: torch.device) -> PowerMonitor | str:
     """A monitor for a CUDA device, or the reason there is none (CPU, no NVML, no handle, MIG)."""
     found = nvml_device(device)
-    return found if isinstance(found, str) else PowerMonitor(*found)
+    if isinstance(found, str):
+        return found
+    if str(device) not in _COUNTER_PERIODS:
+        _COUNTER_PERIODS[str(device)] = energy_counter_period_s(*found, duration_s=1.0)
+    return PowerMonitor(*found, counter_period_s=_COUNTER_PERIODS[str(device)])
 
 
 # ---- for gpu-check ------------------------------------------------------------------------------

@@ -1,8 +1,22 @@
 """Time a step callable on a device and summarise the per-iteration samples.
 
 Warm-up runs until BOTH a minimum count and a minimum time are reached (cudnn autotuning,
-allocator growth and lazy initialisation happen there). The timed loop then runs until BOTH
-`min_iters` and `min_s` are reached, MLPerf's stopping rule, capped at `max_iters`.
+allocator growth and lazy initialisation happen there). The timed loop then stops (`StoppingRule`):
+- never before `min_iters` and `min_s` are both reached, and always at `max_iters`;
+- at `max_s`, converged or not;
+- in between, as soon as the median is known well enough (`converged`): the distribution-free 95%
+  confidence interval of the median step time (`median_ci`) lies within ±`target_rel_ci` of the
+  median, and the medians of the loop's first and second halves differ by at most
+  `DRIFT_TARGETS` x the target (a drifting stream's interval narrows as it grows, yet its median
+  keeps moving). The rule looks each time the sample count has grown by `CHECK_GROWTH`, not every
+  step: fewer looks keep the rule's own effect on the interval's coverage small, and a look costs a
+  sort. `target_rel_ci = None` is the fixed rule (stop at the minima): runs made before the
+  adaptive rule, and steps whose count is the point (DDP's steps, the max-batch probe).
+
+The interval is the binomial order-statistic one, not a bootstrap: it is exact for any continuous
+distribution (step times are skewed and heavy-tailed, so no normal approximation), needs no
+resampling (a look costs one sort), and holds from 6 samples on, where a bootstrap of the median
+is unreliable.
 
 CPU steps are timed with `time.perf_counter`. CUDA steps are timed with a `torch.cuda.Event`
 pair per iteration recorded on the current stream, so the samples are device time and the host
@@ -10,11 +24,13 @@ does not synchronise every iteration. To keep the host from queueing work unboun
 the GPU (which would make the host clock used by the stopping rule run far ahead of the device and
 let the launch queue grow without bound), the host waits on the end event of the step `MAX_IN_FLIGHT` steps
 back: at most that many steps are queued at any time, and the pipeline never drains in between.
+The stopping rule sees the steps that wait has shown finished, so it never synchronises on its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, ContextManager
@@ -30,6 +46,11 @@ from bench.config.sweep import TimingConfig
 MAX_IN_FLIGHT = 4
 # A cell is flagged noisy when IQR / median reaches this.
 NOISY_IQR_RATIO = 0.10
+# The adaptive rule looks again once the sample count has grown by this share (see the module docstring).
+CHECK_GROWTH = 0.10
+# A converged loop's two halves have medians at most this many targets apart.
+DRIFT_TARGETS = 2.0
+CI_LEVEL = 0.95
 # timm benchmark.py's defaults: --num-warm-iter 10, --num-bench-iter 40.
 TIMM_WARMUP_ITERS, TIMM_ITERS = 10, 40
 
@@ -64,28 +85,79 @@ def warm_up(fn: Callable[[], object], device: torch.device, cfg: TimingConfig,
     return iters
 
 
-def _enough(iters: int, elapsed_s: float, cfg: TimingConfig) -> bool:
-    """MLPerf's rule: stop once both minima are met, or at the cap."""
-    return iters >= cfg.max_iters or (iters >= cfg.min_iters and elapsed_s >= cfg.min_s)
+def median_ci(samples: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float] | None:
+    """The distribution-free confidence interval of the median: the order statistics x(j), x(n-j+1) whose
+    ranks a Binomial(n, 1/2) count keeps the median between with at least `level` probability (no
+    assumption about the shape of the step-time distribution). None below 6 samples, too few for 95%.
+    """
+    n = samples.size
+    j = int(binom.ppf((1 - level) / 2, n, 0.5))  # P(Binomial < j) < (1 - level) / 2
+    if j < 1:
+        return None
+    ordered = np.sort(samples)
+    return float(ordered[j - 1]), float(ordered[n - j])
 
 
-def _time_cpu(fn: Callable[[], object], cfg: TimingConfig,
+def relative_ci(median: float, ci: tuple[float, float] | None) -> float | None:
+    """How far the interval reaches from the median, as a share of it: the interval lies within ±this."""
+    if ci is None or median <= 0:
+        return None
+    return max(median - ci[0], ci[1] - median) / median
+
+
+def converged(samples: np.ndarray, target_rel_ci: float) -> bool:
+    """Whether the median of `samples` is known to ±`target_rel_ci` (see the module docstring): its 95%
+    interval lies within that of it, and the two halves' medians are at most DRIFT_TARGETS targets apart."""
+    median = float(np.median(samples))
+    rel = relative_ci(median, median_ci(samples))
+    if rel is None or rel > target_rel_ci:
+        return False
+    half = samples.size // 2
+    drift = abs(float(np.median(samples[half:])) - float(np.median(samples[:half])))
+    return drift <= DRIFT_TARGETS * target_rel_ci * median
+
+
+class StoppingRule:
+    """When the timed loop stops (see the module docstring); one per loop."""
+
+    def __init__(self, cfg: TimingConfig) -> None:
+        self.cfg = cfg
+        self._next_look = 0
+
+    def done(self, steps: int, elapsed_s: float, finished_ms: list[float]) -> bool:
+        """Whether to stop after `steps` launched steps and `elapsed_s` seconds, given the times of the
+        steps known to have finished (on the CPU every launched step; on CUDA all but those in flight)."""
+        cfg = self.cfg
+        if steps >= cfg.max_iters:
+            return True
+        if steps < cfg.min_iters or elapsed_s < cfg.min_s:
+            return False
+        if cfg.target_rel_ci is None or elapsed_s >= cfg.max_s:
+            return True
+        if len(finished_ms) < self._next_look:
+            return False
+        self._next_look = max(len(finished_ms) + 1, math.ceil(len(finished_ms) * (1 + CHECK_GROWTH)))
+        return converged(np.asarray(finished_ms), cfg.target_rel_ci)
+
+
+def _time_cpu(fn: Callable[[], object], rule: StoppingRule,
               clock: Callable[[], float]) -> tuple[list[float], float]:
     samples: list[float] = []
     start = clock()
-    while not _enough(len(samples), clock() - start, cfg):
+    while not rule.done(len(samples), clock() - start, samples):
         t0 = clock()
         fn()
         samples.append((clock() - t0) * 1e3)
     return samples, clock() - start
 
 
-def _time_cuda(fn: Callable[[], object], device: torch.device, cfg: TimingConfig,
+def _time_cuda(fn: Callable[[], object], device: torch.device, rule: StoppingRule,
                clock: Callable[[], float]) -> tuple[list[float], float]:
     pairs: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+    finished: list[float] = []  # the times of pairs[:len(finished)], all known to have finished
     with torch.cuda.device(device):
         start = clock()
-        while not _enough(len(pairs), clock() - start, cfg):
+        while not rule.done(len(pairs), clock() - start, finished):
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
             fn()
@@ -93,9 +165,11 @@ def _time_cuda(fn: Callable[[], object], device: torch.device, cfg: TimingConfig
             pairs.append((begin, end))
             if len(pairs) > MAX_IN_FLIGHT:
                 pairs[-1 - MAX_IN_FLIGHT][1].synchronize()
+                # One stream runs in order: every pair up to that one has finished, so reading it waits on nothing.
+                finished += [b.elapsed_time(e) for b, e in pairs[len(finished):len(pairs) - MAX_IN_FLIGHT]]
         torch.cuda.synchronize(device)
         timed_s = clock() - start
-    return [begin.elapsed_time(end) for begin, end in pairs], timed_s
+    return finished + [begin.elapsed_time(end) for begin, end in pairs[len(finished):]], timed_s
 
 
 def time_callable(fn: Callable[[], object], device: torch.device | str, cfg: TimingConfig,
@@ -112,9 +186,9 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, cfg: Tim
     warmup_iters = warm_up(fn, device, cfg, clock)
     with around_timed if around_timed is not None else contextlib.nullcontext():
         if device.type == "cuda":
-            samples, timed_s = _time_cuda(fn, device, cfg, clock)
+            samples, timed_s = _time_cuda(fn, device, StoppingRule(cfg), clock)
         else:
-            samples, timed_s = _time_cpu(fn, cfg, clock)
+            samples, timed_s = _time_cpu(fn, StoppingRule(cfg), clock)
     return TimingResult(samples_ms=samples, timed_s=timed_s, warmup_iters=warmup_iters)
 
 
@@ -136,28 +210,19 @@ def timm_loop_ms(fn: Callable[[], object], device: torch.device | str, iters: in
     return times
 
 
-def median_ci(samples: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
-    """The distribution-free confidence interval of the median: the order statistics x(j), x(n-j+1) whose
-    ranks a Binomial(n, 1/2) count keeps the median between with at least `level` probability (no
-    assumption about the shape of the step-time distribution). None below 6 samples, too few for 95%.
-    """
-    n = samples.size
-    j = int(binom.ppf((1 - level) / 2, n, 0.5))  # P(Binomial < j) < (1 - level) / 2
-    if j < 1:
-        return None
-    ordered = np.sort(samples)
-    return float(ordered[j - 1]), float(ordered[n - j])
-
-
-def summarize(samples_ms: list[float], batch_size: int, timed_s: float | None = None) -> dict:
+def summarize(samples_ms: list[float], batch_size: int, timed_s: float | None = None,
+              target_rel_ci: float | None = None) -> dict:
     """Statistics of per-step samples as results-row columns.
 
     Percentiles interpolate linearly between order statistics (numpy's default), IQR = p75 - p25,
     std is the sample standard deviation (ddof=1; 0 for a single sample). `throughput` is images/s at
     the median step; `throughput_wall` is images / `timed_s` (the loop's wall time, which includes
     host gaps the per-step samples cannot see); without `timed_s` the samples' sum stands in for it.
-    Throughputs are None for zero-length steps (only possible with a fake clock). `rel_ci` is the half-width
-    of the distribution-free 95% confidence interval of the median (`median_ci`) over the median.
+    Throughputs are None for zero-length steps (only possible with a fake clock).
+    `step_ms_p50_ci_low`/`_high` is the median's distribution-free 95% interval (`median_ci`; None below 6
+    samples), `rel_ci` how far it reaches from the median (`relative_ci`), and the throughput's interval
+    is the same one seen as images/s. `converged`: whether the samples meet `target_rel_ci` as the
+    stopping rule judges it (None under the fixed rule, which has no target).
     """
     if not samples_ms:
         raise ValueError("no samples to summarize")
@@ -165,6 +230,8 @@ def summarize(samples_ms: list[float], batch_size: int, timed_s: float | None = 
     p25, p50, p75, p90, p95, p99 = np.percentile(arr, [25, 50, 75, 90, 95, 99])
     iqr = float(p75 - p25)
     wall_s = float(arr.sum()) / 1e3 if timed_s is None else timed_s
+    ci = median_ci(arr)
+    low, high = (None, None) if ci is None else ci
     return values(
         "timing",
         n_iters=int(arr.size),
@@ -179,7 +246,17 @@ def summarize(samples_ms: list[float], batch_size: int, timed_s: float | None = 
         step_ms_max=float(arr.max()),
         step_ms_iqr=iqr,
         noisy=bool(p50 > 0 and iqr / p50 >= NOISY_IQR_RATIO),
-        rel_ci=None if (ci := median_ci(arr)) is None or p50 <= 0 else (ci[1] - ci[0]) / 2 / float(p50),
-        throughput=batch_size / (p50 / 1e3) if p50 > 0 else None,
+        step_ms_p50_ci_low=low,
+        step_ms_p50_ci_high=high,
+        rel_ci=relative_ci(float(p50), ci),
+        converged=None if target_rel_ci is None else converged(arr, target_rel_ci),
+        throughput=_per_s(batch_size, p50),
+        throughput_ci_low=None if high is None else _per_s(batch_size, high),
+        throughput_ci_high=None if low is None else _per_s(batch_size, low),
         throughput_wall=batch_size * arr.size / wall_s if wall_s > 0 else None,
     )
+
+
+def _per_s(batch_size: int, step_ms: float) -> float | None:
+    """Images per second at a step of `step_ms`; None for a zero-length step."""
+    return batch_size / (step_ms / 1e3) if step_ms > 0 else None

@@ -202,10 +202,24 @@ def test_decode_throttle_reasons():
     assert power.decode_throttle(0x1 | 0x10000) == "gpu_idle,0x10000"
 
 
+@pytest.mark.parametrize("period_s, source, floor_s", [
+    (0.02, "instant", 1.0),  # 50 updates of a 20 ms counter
+    (0.001, "instant", power.POWER_FLOOR_MIN_S),  # a fast counter: ten power polls at the least
+    (0.2, "instant", power.POWER_MIN_S),  # a slow one: never above POWER_MIN_S
+    (None, "instant", power.POWER_MIN_S),  # no counter: POWER_MIN_S
+    (0.02, "average", power.POWER_MIN_S),  # NVML's trailing 1-s average needs seconds whatever the counter
+])
+def test_the_power_floor_follows_the_energy_counter(period_s, source, floor_s):
+    """Fake NVML boards (no GPU here): the floor is ENERGY_PERIODS counter updates, within its bounds."""
+    nvml = fake_nvml(instant_mw=210_000) if source == "instant" else fake_nvml()
+    monitor = power.PowerMonitor(nvml, object(), counter_period_s=period_s)
+    assert monitor.source == source and monitor.floor_s == pytest.approx(floor_s)
+
+
 def test_rows_with_power_time_at_least_three_seconds(monkeypatch):
-    """A real CPU cell given a power monitor on a fake NVML board: the timed loop it asks for runs
-    at least POWER_MIN_S, uncapped, whatever the preset says (run here with the preset's own
-    config, to stay quick), and the row carries the monitor's columns."""
+    """A real CPU cell given a power monitor on a fake NVML board whose counter period is unknown: the
+    timed loop it asks for runs at least POWER_MIN_S, uncapped, whatever the preset says (run here with
+    the preset's own config, to stay quick), and the row carries the monitor's columns."""
     quick = TimingConfig(warmup_iters=1, warmup_s=0.0, min_iters=2, min_s=0.0, max_iters=3)
     monkeypatch.setattr(measure, "power_monitor", lambda device: power.PowerMonitor(fake_nvml(), object()))
     asked = []
@@ -257,7 +271,8 @@ def test_max_batch_probes_time_one_step_without_power(monkeypatch, tmp_path):
 def test_power_min_batch_samples_only_large_batches(monkeypatch):
     """A preset's `power_min_batch`: below it a cell keeps the preset's timing and has no power;
     at it the cell samples power and gets the floor."""
-    quick = TimingConfig(warmup_iters=1, warmup_s=0.0, min_iters=2, min_s=0.0, max_iters=3, power_min_batch=2)
+    quick = TimingConfig(warmup_iters=1, warmup_s=0.0, min_iters=2, min_s=0.0, max_iters=3, target_rel_ci=None,
+                         power_min_batch=2)
     asked, steps = _timed_configs(monkeypatch)
     small = measure.measure_cell(Cell("resnet18", "rv", batch_size=1, image_size=32), quick)
     assert asked == [quick] and steps == [2]

@@ -171,6 +171,7 @@ def _add_since(result: dict[str, int], name: str, start: list[int], counter: Flo
     result[name] += counter.get_total_flops() - start.pop()
 
 
+@functools.lru_cache(maxsize=None)
 def tv_published(arch: str, image_size: int) -> tuple[str, float] | None:
     """(weights name, published GMACs) of the torchvision weights for this arch at this input size.
 
@@ -200,32 +201,41 @@ def count(entry: ModelEntry, image_size: int | None = None, fvcore: bool = True)
     size = entry.image_size if image_size is None else image_size
     entry.check_image_size(size)
     meta = meta_counts(entry.arch, entry.impl, size)
-    macs_analytic = sum(analytic_macs(entry.arch, size).values())
-    published = tv_published(entry.arch, size)
-    row = {
+    return {
         "arch": entry.arch,
         "impl": entry.impl,
         "family": entry.family,
         "image_size": size,
         "params": meta.params,
         "params_trainable": meta.params_trainable,
-        "gmacs_analytic": macs_analytic / 1e9,
-        "gflops_analytic": 2 * macs_analytic / 1e9,
         "gmacs_flopcounter": meta.flops / 2e9,
         "gflops_flopcounter": meta.flops / 1e9,
+        **other_counts(entry, size, fvcore),
+        "train_gflops": meta.train_flops / 1e9,
+        "modules": {name: flops / 1e9 for name, flops in meta.groups},
+    }
+
+
+def other_counts(entry: ModelEntry, image_size: int, fvcore: bool = True) -> dict:
+    """What the other counters say of one entry's forward at one input size: the analytic formula,
+    torchvision's published figure, fvcore (see `count`). Cheap but for fvcore: a run's report takes
+    FlopCounter's figures from its rows, which the worker counted, and these beside them."""
+    macs_analytic = sum(analytic_macs(entry.arch, image_size).values())
+    published = tv_published(entry.arch, image_size)
+    row = {
+        "gmacs_analytic": macs_analytic / 1e9,
+        "gflops_analytic": 2 * macs_analytic / 1e9,
         "gflops_fvcore": None,
         "fvcore_unsupported": None,
         "fvcore_uncalled": None,
         "fvcore_note": None,
         "tv_published_gmacs": published[1] if published else None,
         "tv_published_weights": published[0] if published else None,
-        "train_gflops": train_flops(entry.arch, entry.impl, size) / 1e9,
-        "modules": {name: flops / 1e9 for name, flops in meta.groups},
     }
     if fvcore and not fvcore_installed():
         row["fvcore_note"] = NOT_INSTALLED
     elif fvcore:
-        fv = fvcore_count(entry, size)
+        fv = fvcore_count(entry, image_size)
         row["gflops_fvcore"] = fv["total"] / 1e9
         row["fvcore_unsupported"] = fv["unsupported"]
         row["fvcore_uncalled"] = fv["uncalled"]

@@ -92,7 +92,7 @@ def measure_rank(spec: dict, device: torch.device) -> dict:
     """This rank's figures: step-time statistics, memory, bytes all-reduced per step, communication."""
     cell = Cell(**{**spec["cell"], "device": str(device)})
     timing = TimingConfig(warmup_iters=spec["warmup"], warmup_s=0.0, min_iters=spec["steps"], min_s=0.0,
-                          max_iters=spec["steps"])
+                          max_iters=spec["steps"], target_rel_ci=None)  # every rank runs the same steps
     with prepared_cell(cell) as built:
         step, counter = ddp_step(built, DdpOptions(**spec["ddp"]))
         rss = RssPeak() if device.type == "cpu" else None

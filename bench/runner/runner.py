@@ -139,7 +139,8 @@ class Runner:
         self._worker = Worker(log_dir / slot.log_name, slot.worker_env())
         self._timing = dataclasses.asdict(timing)
         self._probe_timing = dataclasses.asdict(dataclasses.replace(
-            timing, warmup_iters=1, warmup_s=0.0, min_iters=1, min_s=0.0, max_iters=1, power=False))
+            timing, warmup_iters=1, warmup_s=0.0, min_iters=1, min_s=0.0, max_iters=1, target_rel_ci=None,
+            power=False))
         self._timeout = cell_timeout
         self.env: dict = {}
 

@@ -233,3 +233,16 @@ def test_free_cuda_memory_drops_cublas_workspaces_then_the_cache(monkeypatch):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("cache"))
     prepare.free_cuda_memory()
     assert calls == ["cublas", "cache"]
+
+
+def test_a_tight_target_times_a_real_cell_longer_than_a_loose_one():
+    """The adaptive rule on a real CPU cell: ±90% is known at the first look (6 steps), ±0.1% is not within
+    the second the cap allows, so the tight loop runs more steps and says it did not converge."""
+    cell = Cell("resnet18", "rv", batch_size=1, image_size=32)
+    loose, tight = (measure_cell(cell, TimingConfig(warmup_iters=2, warmup_s=0.0, min_iters=6, min_s=0.0,
+                                                    max_s=1.0, target_rel_ci=target))
+                    for target in (0.9, 0.001))
+    assert loose["converged"] is True and loose["n_iters"] < tight["n_iters"]
+    assert tight["converged"] is False and tight["timed_s"] >= 1.0
+    for row in (loose, tight):
+        assert row["step_ms_p50_ci_low"] <= row["step_ms_p50"] <= row["step_ms_p50_ci_high"]

@@ -13,7 +13,10 @@ import random
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
+
 from bench.config.cell import Cell, split_compile
+from bench.intervals import median_ci, relative_ci
 
 ENV = {
     "env_torch": "2.11.0+cu128",
@@ -70,6 +73,8 @@ def _ok_row(cell: Cell, samples: list[float]) -> dict:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     p50 = pct(0.5)
+    ci = median_ci(np.asarray(samples))
+    low, high = (None, None) if ci is None else ci
     step_flops = gflops * cell.batch_size * {"inference": 1.0, "train": 3.0, "finetune": 1.2}[cell.mode]
     achieved = step_flops / p50  # GFLOP per ms == TFLOP/s
     trainable = {"inference": 0, "train": params, "finetune": 2_049_000}[cell.mode]
@@ -93,7 +98,13 @@ def _ok_row(cell: Cell, samples: list[float]) -> dict:
         "step_ms_max": ordered[-1],
         "step_ms_iqr": pct(0.75) - pct(0.25),
         "noisy": False,
+        "step_ms_p50_ci_low": low,
+        "step_ms_p50_ci_high": high,
+        "rel_ci": relative_ci(p50, ci),
+        "converged": True,
         "throughput": cell.batch_size * 1000 / p50,
+        "throughput_ci_low": None if high is None else cell.batch_size * 1000 / high,
+        "throughput_ci_high": None if low is None else cell.batch_size * 1000 / low,
         "throughput_wall": cell.batch_size * 1000 / (sum(samples) / len(samples)),
         "compile_s": 41.5 if cell.compile != "none" else None,
         "recompiles": 1 if cell.compile != "none" else 0,
@@ -283,6 +294,26 @@ def fail_every_cell(run_dir: Path) -> list[str]:
     (run_dir / "samples.jsonl").write_text("")
     (run_dir / "results.csv").unlink()
     return messages
+
+
+# The columns a run made before the adaptive stopping rule lacks: every row's interval and verdict.
+INTERVAL_ROW_COLUMNS = ("step_ms_p50_ci_low", "step_ms_p50_ci_high", "rel_ci", "converged", "throughput_ci_low",
+                        "throughput_ci_high")
+
+
+def make_old(run_dir: Path) -> Path:
+    """Rewrite a synthetic run as a finished one made before rows carried intervals: INTERVAL_ROW_COLUMNS
+    gone from results.jsonl, and results.csv and results.parquet (what `load` reads) written as that
+    version's store wrote them, every other column there and these not at all."""
+    from bench.results.store import _tidy
+
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    rows = [{k: v for k, v in row.items() if k not in INTERVAL_ROW_COLUMNS} for row in rows]
+    (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = _tidy(rows).drop(columns=list(INTERVAL_ROW_COLUMNS))
+    table.to_csv(run_dir / "results.csv", index=False)
+    table.to_parquet(run_dir / "results.parquet")
+    return run_dir
 
 
 _REAL_RUNS: dict[Path, Path] = {}

@@ -1,14 +1,17 @@
-"""`rvbench compare`: matching, significance + effect verdicts, unmatched cells, exit codes, HTML."""
+"""`rvbench compare`: matching, significance + effect verdicts, each ratio's interval, unmatched cells, exit codes,
+HTML."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
-from report_fixture import write_run
+from report_fixture import make_old, write_run
 
 from bench.cli import main
+from bench.intervals import ci_text
 from bench.regress.compare import compare_runs, smallest_p
+from bench.report.compare_page import comparison_text, write_html
 
 SMALL = {"archs": ("resnet50",), "batches": (8, 64), "precisions": ("fp32",), "rounds": 2, "failures": {}}
 SLOW_KEY = ("resnet50", "timm", 8, "fp32")
@@ -138,3 +141,29 @@ def test_fail_on_regression_trips_when_nothing_was_compared(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--fail-on-regression", "50"]) == 1
     assert "no configuration was measured in both runs: nothing could be compared: exit 1" in capsys.readouterr().out
+
+
+def test_every_ratio_has_an_interval_that_contains_it(runs, tmp_path):
+    a, repeat, slow = runs
+    cmp = compare_runs(a, slow)
+    for cell in cmp.cells:
+        low, high = cell.speed_ci
+        assert low <= cell.speed <= high, cell.label
+    worst = cmp.cells[0]
+    assert worst.label == SLOW_LABEL and worst.speed_ci[1] < 0.9, "a 20% slowdown: the interval excludes 1"
+    assert all(c.speed_ci[0] < 1 < c.speed_ci[1] for c in compare_runs(a, repeat).cells), "same speed: it holds 1"
+    assert compare_runs(a, slow).cells[0].speed_ci == worst.speed_ci, "seeded"
+    text = comparison_text(cmp)
+    assert "95% CI" in text.splitlines()[0]
+    assert re.search(rf"{re.escape(SLOW_LABEL)}.* {worst.speed:.3f}  {re.escape(ci_text(worst.speed_ci))} ", text)
+    html = write_html(cmp, tmp_path / "cmp.html").read_text()
+    assert "<th class=\"num\">95% CI</th>" in html and f'<td class="num">{ci_text(worst.speed_ci)}</td>' in html
+
+
+def test_a_run_made_before_intervals_still_compares(tmp_path):
+    """Rows without the interval columns compare as before: the intervals come from the raw samples."""
+    old = make_old(write_run(tmp_path / "old", seed=0, **SMALL))
+    new = write_run(tmp_path / "new", seed=2, slow={SLOW_KEY: 1.2}, **SMALL)
+    cmp = compare_runs(old, new)
+    assert {c.label for c in cmp.cells if c.verdict == "regressed"} == {SLOW_LABEL}
+    assert all(c.speed_ci[0] <= c.speed <= c.speed_ci[1] for c in cmp.cells)

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 STAGES = (
-    ("bench.errors", "bench.provenance", "bench.columns", "bench.precisions"),
+    ("bench.errors", "bench.provenance", "bench.columns", "bench.precisions", "bench.intervals"),
     ("bench.models", "bench.hardware", "bench.data"),
     ("bench.config",),
     ("bench.counting",),

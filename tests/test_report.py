@@ -5,19 +5,26 @@ from __future__ import annotations
 import json
 import re
 
+import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
-from report_fixture import CELL_GAP_S, WALL_S, fail_every_cell, real_smoke_run, write_run
+from matplotlib.container import ErrorbarContainer
+from report_fixture import CELL_GAP_S, WALL_S, fail_every_cell, make_old, real_smoke_run, write_run
 
 from bench.cli import main
+from bench.columns import BY_NAME
 from bench.report import write_report
 from bench.report.data import per_config
+from bench.report.sections import perf
 from bench.report.sections.derived import speedup_table
 from bench.results import load
+from bench.results.analysis import INTERVALS, TIED_MARK
 
 # One xdist worker makes the real smoke run (report_fixture.real_smoke_run) for both report test modules.
 pytestmark = pytest.mark.xdist_group("smoke_run")
 
 HOSTILE_ARCH = "<script>alert('arch')</script>"
+SMALL_RUN = {"archs": ("resnet50",), "batches": (8,), "precisions": ("fp32",), "rounds": 2, "failures": {}}
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +217,57 @@ def test_profile_without_phase_memory_shows_the_note(tmp_path):
     assert "no peaks on CPU" in memory and "<table>" not in memory
     modules = profile.split("<h4>Per module</h4>")[1].split("<h4>")[0]
     assert "no per-module time under torch.compile" in modules and "<table>" not in modules
+
+
+def _interval_bars(monkeypatch, plot, configs: pd.DataFrame) -> set[tuple[float, float, float]]:
+    """(batch, low, high) of every vertical error bar `plot(configs)` draws, from its figure's errorbar containers."""
+    figures = []
+    monkeypatch.setattr(perf, "encode", lambda fig, *args, **kwargs: figures.append(fig))
+    plot(configs)
+    (fig,) = figures
+    bars = set()
+    for ax in fig.axes:
+        for container in ax.containers:
+            if isinstance(container, ErrorbarContainer):
+                for (x, low), (_, high) in container.lines[2][0].get_segments():
+                    bars.add((round(float(x)), round(float(low), 6), round(float(high), 6)))
+    plt.close(fig)
+    return bars
+
+
+def _intervals(configs: pd.DataFrame, y: str) -> set[tuple[float, float, float]]:
+    low, high = INTERVALS[y]
+    rows = configs.dropna(subset=[low, high])
+    return {(int(b), round(lo, 6), round(hi, 6)) for b, lo, hi in zip(rows["batch_size"], rows[low], rows[high])}
+
+
+def test_throughput_and_latency_plots_draw_each_configs_interval(synthetic, tmp_path, monkeypatch):
+    run_dir, _ = synthetic
+    configs = per_config(load(run_dir))
+    throughput = _intervals(configs, "throughput")
+    assert len(throughput) == configs["throughput"].notna().sum() > 10
+    assert _interval_bars(monkeypatch, perf.throughput, configs) == throughput
+    # The latency plot's single-batch panels also draw a bar up to p99; every p50 interval is there.
+    assert _intervals(configs, "step_ms_p50") <= _interval_bars(monkeypatch, perf.latency, configs)
+    old = per_config(load(make_old(write_run(tmp_path / "old", **SMALL_RUN))))
+    assert _interval_bars(monkeypatch, perf.throughput, old) == set(), "no interval, no bar"
+
+
+def test_summary_tables_show_the_plus_minus_column(synthetic):
+    _, html = synthetic
+    summary = _section(html, "summary")
+    header = f'<th class="num">{BY_NAME["rel_ci"].header()}</th>'
+    assert summary.count(header) == 4  # a card per arch and mode
+    values = re.findall(r'<td class="num">±(\d+\.\d)%</td>', summary)
+    assert len(values) >= 4 * 2 and all(0 < float(v) < 5 for v in values)
+    assert "±CI: how far the 95% interval of the median step" in summary
+
+
+def test_a_run_made_before_intervals_still_reports(tmp_path):
+    """Rows without the interval columns (a run made before them, resumed or re-reported): the page renders
+    every plot it did, the ± column shows a dash and no winner is marked tied."""
+    html = write_report(make_old(write_run(tmp_path / "run", **SMALL_RUN))).read_text()
+    assert {"throughput", "latency"} <= set(_drawn(html))
+    summary = _section(html, "summary")
+    assert f'<th class="num">{BY_NAME["rel_ci"].header()}</th>' in summary and "±0" not in summary
+    assert TIED_MARK not in summary.split("</p>", 1)[1]  # past the lead, which explains the mark

@@ -14,7 +14,8 @@ import torch
 from bench.config.sweep import TimingConfig
 from bench.errors import UsageError
 from bench.measure import timing
-from bench.measure.timing import StoppingRule, converged, median_ci, summarize, time_callable, warm_up
+from bench.intervals import median_ci
+from bench.measure.timing import StoppingRule, converged, summarize, time_callable, warm_up
 
 CPU = torch.device("cpu")
 

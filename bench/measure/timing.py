@@ -37,10 +37,10 @@ from typing import Callable, ContextManager
 
 import numpy as np
 import torch
-from scipy.stats import binom
 
 from bench.columns import values
 from bench.config.sweep import TimingConfig
+from bench.intervals import median_ci, relative_ci
 
 # Steps the host may run ahead of the GPU in the timed loop (see module docstring).
 MAX_IN_FLIGHT = 4
@@ -50,7 +50,6 @@ NOISY_IQR_RATIO = 0.10
 CHECK_GROWTH = 0.10
 # A converged loop's two halves have medians at most this many targets apart.
 DRIFT_TARGETS = 2.0
-CI_LEVEL = 0.95
 # timm benchmark.py's defaults: --num-warm-iter 10, --num-bench-iter 40.
 TIMM_WARMUP_ITERS, TIMM_ITERS = 10, 40
 
@@ -83,26 +82,6 @@ def warm_up(fn: Callable[[], object], device: torch.device, cfg: TimingConfig,
         synchronize(device)
         iters += 1
     return iters
-
-
-def median_ci(samples: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float] | None:
-    """The distribution-free confidence interval of the median: the order statistics x(j), x(n-j+1) whose
-    ranks a Binomial(n, 1/2) count keeps the median between with at least `level` probability (no
-    assumption about the shape of the step-time distribution). None below 6 samples, too few for 95%.
-    """
-    n = samples.size
-    j = int(binom.ppf((1 - level) / 2, n, 0.5))  # P(Binomial < j) < (1 - level) / 2
-    if j < 1:
-        return None
-    ordered = np.sort(samples)
-    return float(ordered[j - 1]), float(ordered[n - j])
-
-
-def relative_ci(median: float, ci: tuple[float, float] | None) -> float | None:
-    """How far the interval reaches from the median, as a share of it: the interval lies within ±this."""
-    if ci is None or median <= 0:
-        return None
-    return max(median - ci[0], ci[1] - median) / median
 
 
 def converged(samples: np.ndarray, target_rel_ci: float) -> bool:

@@ -6,7 +6,10 @@ The raw step times of all rounds of a config are pooled. A config is "regressed"
 only when the difference is both statistically significant (p < alpha) and larger than the effect
 threshold: with thousands of samples, a 0.3% difference is significant but not interesting.
 With very few samples the test cannot reach p < alpha at all (3 against 3: p >= 0.1 whatever the
-data), so such a config is "underpowered", not "unchanged": nothing was shown either way.
+data), so such a config is "underpowered", not "unchanged": nothing was shown either way. Beside the
+test, each B speed ÷ A carries its 95% interval (bench.intervals.ratio_ci: a seeded bootstrap of
+each side's median), which says how large the change could be, where the test says only whether
+there is one.
 Only sweeps of `rvbench run` compare: `scale` and `transfer` runs keep no raw step times and have
 configuration fields of their own (world size, strategy, epoch), so they are refused with one line.
 This module holds the statistics only; bench.report.compare_page prints and renders them.
@@ -25,6 +28,7 @@ from bench import results
 from bench.columns import MODE_COMMANDS, SWEEP_MODES
 from bench.config.cell import config_keys, config_label
 from bench.errors import UsageError
+from bench.intervals import ratio_ci
 from bench.regress import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT
 from bench.results import is_max_batch_search, load_run
 
@@ -34,7 +38,8 @@ VERDICTS = ("regressed", "improved", "unchanged", "underpowered")
 
 @dataclass(frozen=True)
 class CellDelta:
-    """One config measured in both runs. `change_pct` is the p50 step-time change B vs A (+ = slower)."""
+    """One config measured in both runs. `change_pct` is the p50 step-time change B vs A (+ = slower);
+    `speed_ci` the 95% interval of B speed ÷ A (throughput_b / throughput_a, the ratio of the medians)."""
 
     label: str
     p50_a: float
@@ -44,6 +49,12 @@ class CellDelta:
     p_value: float
     change_pct: float
     verdict: str  # one of VERDICTS
+    speed_ci: tuple[float, float] | None  # None: a side without samples
+
+    @property
+    def speed(self) -> float:
+        """B speed ÷ A: B's throughput over A's (above 1: B is faster)."""
+        return self.throughput_b / self.throughput_a
 
 
 @dataclass
@@ -125,7 +136,8 @@ def _verdict(change_pct: float, p_value: float, min_p: float, alpha: float, thre
 
 def delta(label: str, a_ms: list[float], b_ms: list[float], batch: int, alpha: float = DEFAULT_ALPHA,
           threshold_pct: float = DEFAULT_THRESHOLD_PCT) -> CellDelta:
-    """Compare two samples of step times (ms) of one config: medians, Mann-Whitney U, verdict.
+    """Compare two samples of step times (ms) of one config: medians, Mann-Whitney U, verdict, and the 95%
+    interval of B speed ÷ A (`ratio_ci` of A's times over B's: the ratio of the medians).
 
     The verdict rule of every comparison here (runs, and commits in the A/B gate): "regressed" or
     "improved" only when p < alpha and the median moved by at least threshold_pct; "underpowered"
@@ -135,7 +147,8 @@ def delta(label: str, a_ms: list[float], b_ms: list[float], batch: int, alpha: f
     p_value = float(mannwhitneyu(a_ms, b_ms, alternative="two-sided").pvalue)
     change = (p50_b / p50_a - 1.0) * 100.0
     verdict = _verdict(change, p_value, smallest_p(len(a_ms), len(b_ms)), alpha, threshold_pct)
-    return CellDelta(label, p50_a, p50_b, batch * 1000.0 / p50_a, batch * 1000.0 / p50_b, p_value, change, verdict)
+    return CellDelta(label, p50_a, p50_b, batch * 1000.0 / p50_a, batch * 1000.0 / p50_b, p_value, change, verdict,
+                     ratio_ci(a_ms, b_ms))
 
 
 def _check_sweep(df: pd.DataFrame, run: Path) -> None:

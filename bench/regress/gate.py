@@ -9,7 +9,9 @@ fails. The confirmations must be independent of the first attempt: a state that 
 happened to get (where the allocator placed the weights, which kernels oneDNN chose and cached)
 would repeat itself in the same process. So the caller can have them measured elsewhere, in a
 fresh process with fresh allocations (`rerun`), and every attempt runs the candidates in another
-order (`attempt_order`).
+order (`attempt_order`). Each ratio is shown with its 95% interval (bench.intervals.ratio_ci on the
+per-round ratios: the median's distribution-free interval), so a message says how far from the floor
+the ratio could be, not just where it fell.
 
 The module knows nothing about models or torch: a candidate is any zero-argument callable that
 runs one step and returns when the work is done (a CUDA caller synchronises inside it).
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 
 from bench.columns import speed_label
 from bench.errors import UsageError
+from bench.intervals import ci_text, ratio_ci
 
 Step = Callable[[], object]
 
@@ -78,6 +81,8 @@ class GateResult:
     median_ms: dict[str, float]  # candidate -> median round time in ms
     rule: GateRule
     history: tuple[float, ...]  # gate ratio of each attempt, the deciding one last
+    # reference -> 95% interval of its ratio (None below 6 rounds, too few for one)
+    intervals: dict[str, tuple[float, float] | None]
 
     @property
     def reference(self) -> str:
@@ -95,16 +100,20 @@ class GateResult:
         return self.ratio >= self.rule.min_speed
 
     def message(self) -> str:
-        """One paragraph naming the model, the measured ratio and the rule."""
+        """One paragraph naming the model, the measured ratio with its 95% interval, and the rule."""
         verdict = "within" if self.passed else "SLOWER than allowed:"
         times = ", ".join(f"{name} {ms:.2f} ms" for name, ms in self.median_ms.items())
-        others = ", ".join(f"{speed_label(ref, self.subject)} {r:.3f}" for ref, r in self.ratios.items())
+        others = ", ".join(f"{speed_label(ref, self.subject)} {r:.3f} ({self._ci(ref)})" for ref, r in self.ratios.items())
         attempts = ", ".join(f"{r:.3f}" for r in self.history)
         return (
-            f"{self.label}: {speed_label(self.reference, self.subject)} = {self.ratio:.3f} {verdict} "
-            f"floor {self.rule.min_speed:.3f} (all refs: {others}; median step: {times}; "
+            f"{self.label}: {speed_label(self.reference, self.subject)} = {self.ratio:.3f} ({self._ci(self.reference)}) "
+            f"{verdict} floor {self.rule.min_speed:.3f} (all refs: {others}; median step: {times}; "
             f"attempts: {attempts}). Rule: {self.rule.describe()}."
         )
+
+    def _ci(self, reference: str) -> str:
+        """A reference's ratio interval as the message writes it, e.g. "95% CI 0.981–1.004"."""
+        return f"95% CI {ci_text(self.intervals[reference])}"
 
 
 def attempt_order(names: list[str], attempt: int) -> list[str]:
@@ -156,8 +165,9 @@ def decide(
     ratios = {
         ref: statistics.median(r / s for s, r in zip(times[subject], times[ref], strict=True)) for ref in refs
     }
+    intervals = {ref: ratio_ci(times[ref], times[subject], paired=True) for ref in refs}
     median_ms = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
-    return GateResult(label, subject, ratios, median_ms, rule, history + (min(ratios.values()),))
+    return GateResult(label, subject, ratios, median_ms, rule, history + (min(ratios.values()),), intervals)
 
 
 Rerun = Callable[[int], Mapping[str, list[float]]]

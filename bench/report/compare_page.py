@@ -8,23 +8,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.columns import speed_label
+from bench.intervals import ci_text
 from bench.regress.compare import Comparison
 from bench.report.render import render
 from bench.report.tables import Table
 from bench.report.text import format_table
 from bench.results import write_atomically
 
-# B's throughput over A's, labelled as every ratio is (above 1: B is faster); the p50 change is B's median step
-# time against A's in percent (positive: B is slower), the quantity the significance test and threshold judge.
+# B's throughput over A's, labelled as every ratio is (above 1: B is faster), and its 95% interval; the p50 change
+# is B's median step time against A's in percent (positive: B is slower), the quantity the significance test and
+# threshold judge.
 SPEED = speed_label("A", subject="B")
+SPEED_CI = "95% CI"
 
 
 def comparison_text(cmp: Comparison) -> str:
     """Plain-text table for the terminal, regressions first, then the unmatched cells and a tally."""
-    columns = ["config", "img/s A", "img/s B", SPEED, "p50 A ms", "p50 B ms", "p50 change", "p", "verdict"]
+    columns = ["config", "img/s A", "img/s B", SPEED, SPEED_CI, "p50 A ms", "p50 B ms", "p50 change", "p", "verdict"]
     rows = [
         [
-            c.label, f"{c.throughput_a:,.1f}", f"{c.throughput_b:,.1f}", f"{c.throughput_b / c.throughput_a:.3f}",
+            c.label, f"{c.throughput_a:,.1f}", f"{c.throughput_b:,.1f}", f"{c.speed:.3f}", ci_text(c.speed_ci),
             f"{c.p50_a:.3f}", f"{c.p50_b:.3f}", f"{c.change_pct:+.1f}%", f"{c.p_value:.1e}", c.verdict,
         ]
         for c in cmp.cells
@@ -45,10 +48,11 @@ def comparison_text(cmp: Comparison) -> str:
 
 def write_html(cmp: Comparison, out: Path) -> Path:
     """Render compare.html (same look as the run report, self-contained) and return its path."""
-    table = Table(["config", "img/s A", "img/s B", SPEED, "p50 A (ms)", "p50 B (ms)", "p50 change", "p-value", "verdict"])
+    table = Table(["config", "img/s A", "img/s B", SPEED, SPEED_CI, "p50 A (ms)", "p50 B (ms)", "p50 change", "p-value",
+                   "verdict"])
     for c in cmp.cells:
         table.rows.append([
-            c.label, f"{c.throughput_a:,.1f}", f"{c.throughput_b:,.1f}", f"{c.throughput_b / c.throughput_a:.3f}x",
+            c.label, f"{c.throughput_a:,.1f}", f"{c.throughput_b:,.1f}", f"{c.speed:.3f}x", ci_text(c.speed_ci),
             f"{c.p50_a:.3f}", f"{c.p50_b:.3f}", f"{c.change_pct:+.1f}%", f"{c.p_value:.1e}", c.verdict,
         ])
     broken = Table(["config", "status in A", "status in B"], [list(b) for b in cmp.broken])

@@ -14,7 +14,7 @@ import pandas as pd
 
 import bench
 from bench import results
-from bench.columns import DDP_MODE, TRANSFER_MODE
+from bench.columns import BY_NAME, DDP_MODE, TRANSFER_MODE
 from bench.report import REPORT_NAME, tables
 from bench.report.data import per_config, variants
 from bench.report.sections import derived, memory, perf, profile, scaling, transfer
@@ -23,7 +23,7 @@ from bench.report.sections.flops import flops_table
 from bench.report.sections.profile_tables import profile_details
 from bench.report.render import render
 from bench.report.summary import overhead
-from bench.results.analysis import BEST_CONFIG_RULE, has_values
+from bench.results.analysis import BEST_CONFIG_RULE, TIE_RULE, TIED_MARK, has_values
 from bench.results.rundir import ENV_FILE
 
 CSV_NAME = "results.csv"
@@ -91,6 +91,9 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
         # A run of only `rvbench scale` or `rvbench transfer` rows shows their sections, not the sweep's.
         sweep_run=not sweep.empty or len(sweep) == len(df),
         best_rule=BEST_CONFIG_RULE,
+        tie_rule=TIE_RULE,
+        tied_mark=TIED_MARK,
+        ci_header=BY_NAME["rel_ci"].header(),
         summaries=tables.summary(configs),
         perf_plots=perf_plots,
         derived_plots=derived_plots,

@@ -13,7 +13,9 @@ import pandas as pd
 from bench.columns import BY_NAME, speed_label
 from bench.config.cell import IMPLS, config_keys, variant_label
 from bench.report.data import failed_rows, panels
-from bench.results.analysis import at_config, best_configs, best_label, is_max_batch_search, memory_column
+from bench.results.analysis import (
+    at_config, best_configs, best_text, is_max_batch_search, memory_column, plus_minus,
+)
 
 THROUGHPUT = BY_NAME["throughput"]
 
@@ -86,9 +88,11 @@ def wall_time(df: pd.DataFrame) -> str:
 
 
 def summary(configs: pd.DataFrame) -> list[dict]:
-    """Per arch and mode: the best config (bench.results.analysis.best_configs), every impl measured at it.
+    """Per arch and mode: the best config (bench.results.analysis.best_configs, named by `best_text`: marked
+    tied when it is), its runner-up, and every impl measured at it.
 
     Comparing impls at one config (batch, precision, layout, compile) keeps the comparison fair.
+    The ± column is how far the 95% interval of the median step over rounds reaches (`plus_minus`).
     The memory column is the one `memory_column` picks, labelled as it says (approximate on a CPU).
     """
     memory = memory_column(configs)
@@ -99,7 +103,8 @@ def summary(configs: pd.DataFrame) -> list[dict]:
             continue  # no throughput measured in this group
         best = winners[(arch, mode)]
         same = at_config(configs, best)
-        table = Table(["impl", THROUGHPUT.unit, speed_label("best", subject="impl"), *(BY_NAME[c].header() for c in ("step_ms_p50", "step_ms_p99")),
+        table = Table(["impl", THROUGHPUT.unit, speed_label("best", subject="impl"),
+                       *(BY_NAME[c].header() for c in ("step_ms_p50", "rel_ci", "step_ms_p99")),
                        *([memory.header()] if memory else [])])
         for impl in IMPLS:
             hit = same[same["impl"] == impl]
@@ -112,14 +117,16 @@ def summary(configs: pd.DataFrame) -> list[dict]:
                 fmt(r["throughput"]),
                 f"{r['throughput'] / best['throughput']:.2f}x",
                 fmt(r["step_ms_p50"], 2),
+                text(plus_minus(r["rel_ci"])),
                 fmt(r["step_ms_p99"], 2),
                 *([fmt(r[memory.name], 0)] if memory else []),
             ])
         out.append({
             "arch": arch,
             "mode": mode,
-            "best": best_label(best),
+            "best": best_text(best),
             "throughput": fmt(best["throughput"]),
+            "runner_up": best["runner_up"],
             "table": table,
         })
     return out

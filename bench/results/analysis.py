@@ -2,8 +2,10 @@
 
 Every summary of a run (summary.txt, the report's summary cards, `run --profile`) starts from the
 same per-config medians and picks its best configuration with the same rule (`best_configs`), so
-two views of one run can never name different winners. Ratios of rv to the reference
-implementations, and the memory column a run can show, are defined here once for the same reason.
+two views of one run can never name different winners, nor disagree on whether a winner is tied
+with its runner-up (`tied`). Ratios of rv to the reference implementations, the 95% interval of a
+configuration's median over rounds, and the memory column a run can show, are defined here once
+for the same reason.
 """
 
 from __future__ import annotations
@@ -11,16 +13,27 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from bench.columns import BY_NAME, METRICS, Column, speed_label
 from bench.config.cell import config_keys, config_label
+from bench.intervals import relative_ci, rounds_median_ci
 
 # A configuration on the run's device: what ratios and best configs are keyed on.
 CONFIG_KEYS = config_keys(device=True)
 REFERENCES = ("torchvision", "timm")
 
 BEST_CONFIG_RULE = "highest median throughput over rounds among the ok cells of any implementation"
+TIE_RULE = ("its 95% throughput interval overlaps that of the runner-up (the next configuration of any "
+            "implementation under the same rule)")
+TIED_MARK = "(tied)"
+
+# A metric's 95% interval over rounds (`config_medians`): the columns of its low and high end.
+INTERVALS = {"step_ms_p50": ("step_ms_p50_ci_low", "step_ms_p50_ci_high"),
+             "throughput": ("throughput_ci_low", "throughput_ci_high")}
+# What `config_medians` adds to the METRICS medians, per configuration.
+INTERVAL_COLUMNS = (*INTERVALS["step_ms_p50"], "rel_ci", *INTERVALS["throughput"], "converged")
 
 
 def is_max_batch_search(df: pd.DataFrame) -> pd.Series:
@@ -44,38 +57,86 @@ def has_values(df: pd.DataFrame, column: str) -> bool:
 
 
 def config_medians(df: pd.DataFrame) -> pd.DataFrame:
-    """Median over rounds of every METRICS column (the columns bench.columns marks `median`), per configuration and implementation (ok rows only).
+    """Median over rounds of every METRICS column (the columns bench.columns marks `median`), per configuration and
+    implementation (ok rows only), with the 95% interval of its median step and throughput.
 
     Rounds are repeats of one config, so every view shows their median. One row per config, impl
     and device (the CONFIG_KEYS and impl columns), sorted by them; `rounds` counts the ok rounds.
-    Metrics the results lack are NaN.
+    Metrics the results lack are NaN. The INTERVAL_COLUMNS: `step_ms_p50_ci_low`/`_high`, the 95%
+    interval of the median over rounds of the median step (`rounds_median_ci`: one round's own interval,
+    or a hierarchical bootstrap over several), `rel_ci` its reach from the median step as a share,
+    `throughput_ci_low`/`_high` the same interval seen as images/s (batch / step time), and
+    `converged`: whether every round's timed loop converged (None when a round has no verdict: the
+    fixed rule, or a run made before the adaptive one). Rows without intervals (such runs) give NaN.
     """
     keys = config_keys(impl=True, device=True)
     ok = ok_rows(df)
     if ok.empty:
-        return pd.DataFrame(columns=[*keys, *METRICS, "rounds"])
+        return pd.DataFrame(columns=[*keys, *METRICS, "rounds", *INTERVAL_COLUMNS])
     numeric = ok[keys].assign(**{
-        m: pd.to_numeric(ok[m], errors="coerce") if m in ok.columns else math.nan for m in METRICS
-    })
-    grouped = numeric.groupby(keys, dropna=False)
+        m: pd.to_numeric(ok[m], errors="coerce") if m in ok.columns else math.nan
+        for m in dict.fromkeys([*METRICS, *INTERVALS["step_ms_p50"], "round"])
+    }, converged=ok["converged"] if "converged" in ok.columns else None)
+    # Rounds in order within each group (a groupby keeps the order), so the bootstrap's draws are the run's own.
+    grouped = numeric.sort_values("round", kind="stable").groupby(keys, dropna=False)
     out = grouped[list(METRICS)].median().reset_index()
     out["rounds"] = grouped.size().to_numpy()
+    low, high = INTERVALS["step_ms_p50"]
+    cis = [rounds_median_ci(*r.to_numpy().T) for _, r in grouped[["step_ms_p50", low, high]]]
+    out[low] = [math.nan if ci is None else ci[0] for ci in cis]
+    out[high] = [math.nan if ci is None else ci[1] for ci in cis]
+    out["rel_ci"] = [math.nan if ci is None else relative_ci(p50, ci) for ci, p50 in zip(cis, out["step_ms_p50"])]
+    per_s = 1000.0 * out["batch_size"].astype(float)
+    out["throughput_ci_low"], out["throughput_ci_high"] = per_s / out[high], per_s / out[low]
+    out["converged"] = [None if v.isna().any() else bool(v.astype(bool).all()) for _, v in grouped["converged"]]
     return out
 
 
+def plus_minus(rel: float | None) -> str | None:
+    """How the tables show a configuration's `rel_ci`: "±1.2%", None where there is no interval."""
+    return None if rel is None or np.isnan(rel) else f"±{100 * rel:.1f}%"
+
+
 def best_configs(medians: pd.DataFrame, by: Sequence[str] = ("arch", "mode")) -> pd.DataFrame:
-    """Per group of `by`, the medians row of its best configuration, sorted by `by`.
+    """Per group of `by`, the medians row of its best configuration, sorted by `by`, with its runner-up.
 
     The one rule (BEST_CONFIG_RULE): the highest median throughput over rounds of any
     implementation, whatever implementation that is; views then show (or profile) every
     implementation at that config (`at_config`). Ties go to the first config and impl in key
     order, so the choice does not depend on how `medians` happens to be sorted. `medians` is
     `config_medians` output, or a table with its columns (more columns or a row order of its own
-    are fine).
+    are fine). Added columns: `runner_up`, the `best_label` of the group's next row under the same
+    rule (any other configuration or implementation; None if the group has one row), and `tied`,
+    whether the best one is tied with it (`tied`, TIE_RULE; None when it cannot be said).
     """
     ranked = medians[medians["throughput"].notna()].sort_values([*CONFIG_KEYS, "impl"], kind="stable")
     ranked = ranked.sort_values("throughput", ascending=False, kind="stable")
-    return ranked.drop_duplicates(list(by)).sort_values(list(by), kind="stable").reset_index(drop=True)
+    runners = ranked[ranked.duplicated(list(by))].drop_duplicates(list(by))
+    best = ranked.drop_duplicates(list(by)).sort_values(list(by), kind="stable").reset_index(drop=True)
+    runner_up, tie = [], []
+    for _, row in best.iterrows():
+        runner = runners[(runners[list(by)] == row[list(by)]).all(axis=1)]
+        runner_up.append(best_label(runner.iloc[0]) if len(runner) else None)
+        tie.append(tied(row, runner.iloc[0]) if len(runner) else None)
+    return best.assign(runner_up=runner_up, tied=tie)
+
+
+def tied(best: pd.Series, runner_up: pd.Series) -> bool | None:
+    """Whether the best configuration is tied with its runner-up (TIE_RULE): their 95% throughput intervals
+    overlap, so the run cannot tell which is faster. None when either has no interval (a run made
+    before rows carried one, or a round with fewer than 6 steps)."""
+    low, high = INTERVALS["throughput"]
+    ends = [row.get(c, math.nan) for row in (best, runner_up) for c in (low, high)]
+    if any(pd.isna(e) for e in ends):
+        return None
+    best_low, best_high, runner_low, runner_high = ends
+    return bool(best_low <= runner_high and runner_low <= best_high)
+
+
+def best_text(best: pd.Series) -> str:
+    """How the summaries name a best config (`best_label`), marked TIED_MARK when it is `tied` with its runner-up."""
+    tie = best.get("tied")  # None or NaN: not known
+    return best_label(best) + (f" {TIED_MARK}" if not pd.isna(tie) and tie else "")
 
 
 def at_config(medians: pd.DataFrame, config: pd.Series) -> pd.DataFrame:
@@ -127,11 +188,13 @@ def ratios(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (arch, mode): the best config (`best_configs`), its throughput, p50 latency, memory, rv ratios.
+    """Per (arch, mode): the best config (`best_configs`, `best_text`), its throughput, p50 latency and its ± (`plus_minus`),
+    memory, rv ratios.
 
-    The numbers are the best implementation's medians over rounds; the ratios are the median
-    per-round rv speed ÷ reference speed at that config (None where rv or the reference did not run it).
-    The memory column is headed as `memory_column` says, in MB; there is none if nothing was measured.
+    The numbers are the best implementation's medians over rounds; the ± is how far the 95% interval of
+    its median step reaches (`rel_ci`); the ratios are the median per-round rv speed ÷ reference speed at
+    that config (None where rv or the reference did not run it). The memory column is headed as
+    `memory_column` says, in MB; there is none if nothing was measured.
     """
     medians = config_medians(df)
     if medians.empty:
@@ -140,9 +203,10 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     ratio = ratios(df)
     rows = []
     for _, best in best_configs(medians).iterrows():
-        row = {"arch": best["arch"], "mode": best["mode"], "best config": best_label(best),
+        row = {"arch": best["arch"], "mode": best["mode"], "best config": best_text(best),
                BY_NAME["throughput"].unit: round(best["throughput"], 1),
-               BY_NAME["step_ms_p50"].header(): round(best["step_ms_p50"], 2)}
+               BY_NAME["step_ms_p50"].header(): round(best["step_ms_p50"], 2),
+               BY_NAME["rel_ci"].header(): plus_minus(best["rel_ci"])}
         if memory is not None:
             row[memory.header("MB")] = round(best[memory.name], 1) if pd.notna(best[memory.name]) else None
         at_best = at_config(ratio, best)

@@ -7,7 +7,9 @@ then head, head then base, ...), timed in process CPU time on one thread (confte
 Each process gives one median per benchmark; per benchmark, the gate compares the ROUNDS medians
 of each side with a Mann-Whitney U test (bench.regress.compare.delta, the rule `rvbench compare`
 uses) and fails only on a regression that is significant (p < 0.01) AND larger than FAIL_PCT.
-A sample too small to ever reach significance is "underpowered", which never fails.
+A sample too small to ever reach significance is "underpowered", which never fails. Each HEAD speed
+÷ BASE is printed with its 95% interval (bench.intervals.ratio_ci, as `rvbench compare` prints it): how
+large the change could be, which the test alone does not say.
 
 It catches what the same-run ratio gates cannot: a slowdown every implementation shares (the
 harness's step, precision handling, input preparation) and an rv regression that the references

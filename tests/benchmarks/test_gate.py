@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
+from bench.columns import speed_label
 from bench.errors import UsageError
+from bench.intervals import ci_text
 from bench.regress.gate import GateRule, attempt_order, decide, ratio_gate
 from bench.models import get_entry
 
@@ -65,6 +67,21 @@ def test_thirty_percent_slower_fails_naming_model_and_ratio() -> None:
     message = result.message()
     assert "resnet50 inference 64px" in message
     assert "rv speed ÷ torchvision = 0.769" in message and "floor 0.909" in message
+
+
+def test_every_ratio_is_shown_with_an_interval_that_contains_it() -> None:
+    # Round-to-round noise: each reference's ratio gets the median's interval over the rounds' ratios.
+    rv = [1.0 + 0.03 * ((7 * r) % 5) for r in range(ROUNDS)]
+    times = {"rv": rv, "torchvision": [1.1 + 0.02 * (r % 4) for r in range(ROUNDS)], "timm": [1.0] * ROUNDS}
+    result = decide("m", "rv", times, RULE)
+    message = result.message()
+    for ref, ratio in result.ratios.items():
+        low, high = result.intervals[ref]
+        assert low <= ratio <= high and low < high
+        assert f"{speed_label(ref, 'rv')} {ratio:.3f} (95% CI {ci_text((low, high))})" in message
+    assert f"= {result.ratio:.3f} (95% CI {ci_text(result.intervals[result.reference])}) " in message
+    too_few = decide("m", "rv", {"rv": [1.0] * 5, "timm": [1.0] * 5}, RULE)
+    assert too_few.intervals == {"timm": None} and "(95% CI –)" in too_few.message()
 
 
 def test_gate_compares_with_the_faster_reference() -> None:
@@ -164,5 +181,6 @@ def test_real_rv_model_made_30pct_slower_fails(gate_clock: Callable[[], float], 
     result = ratio_gate(rv.label, "rv", steps, GateRule(clock=gate_clock))
     assert not result.passed
     message = result.message()
-    assert arch in message and f"{result.ratio:.3f} SLOWER than allowed" in message
+    interval = ci_text(result.intervals[result.reference])
+    assert arch in message and f"{result.ratio:.3f} (95% CI {interval}) SLOWER than allowed" in message
     assert result.ratio < 1 / 1.15

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 import gate_ab
+from bench.intervals import ci_text
+from bench.report.compare_page import comparison_text
 
 ROUNDS = gate_ab.ROUNDS
 
@@ -27,6 +29,16 @@ def test_a_significant_slowdown_beyond_the_limit_fails() -> None:
     cmp = gate_ab.compare_sides(base, head, "base", "head")
     assert [c.verdict for c in cmp.cells] == ["regressed"] and 28 < cmp.cells[0].change_pct < 31
     assert f"regression of {cmp.cells[0].change_pct:.1f}% exceeds 10%" in cmp.failure(gate_ab.FAIL_PCT)
+
+
+def test_each_ratio_is_printed_with_an_interval_that_contains_it() -> None:
+    base = _rounds([10.0 + 0.1 * i for i in range(ROUNDS)])
+    head = _rounds([13.0 + 0.1 * i for i in range(ROUNDS)])
+    cmp = gate_ab.compare_sides(base, head, "base", "head")
+    (cell,) = cmp.cells
+    low, high = cell.speed_ci
+    assert low <= cell.speed <= high < 1
+    assert f"{cell.speed:.3f}  {ci_text(cell.speed_ci)}" in comparison_text(cmp)
 
 
 def test_a_significant_slowdown_within_the_limit_passes() -> None:

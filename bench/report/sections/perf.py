@@ -9,7 +9,7 @@ from matplotlib.lines import Line2D
 from bench.columns import BY_NAME
 from bench.report.data import panels, variant_order
 from bench.report.style import Plot, encode, facet_grid, impl_palette, log2_batch_axis, skipped, theme
-from bench.results.analysis import has_values, memory_column
+from bench.results.analysis import INTERVALS, has_values, memory_column
 
 
 # Line style and marker of each variant, in variant order (colour is the implementation's).
@@ -19,7 +19,9 @@ VARIANT_STYLES = [("-", "o"), ("--", "X"), (":", "s"), ("-.", "P"), ((0, (5, 1, 
 def facet_lines(configs: pd.DataFrame, y: str, key: str, title: str, caption: str, ylabel: str | None = None) -> Plot:
     """Line plot of `y` vs batch size: one panel per (arch, mode) measured, colour impl, style variant.
 
-    The axis is labelled as bench.columns declares `y`, or `ylabel` for a derived quantity.
+    The axis is labelled as bench.columns declares `y`, or `ylabel` for a derived quantity. A `y` with
+    an interval over rounds (bench.results.analysis.INTERVALS) gets an error bar per configuration,
+    its 95% interval, where the configuration has one.
 
     Where a panel has several configurations of one impl, variant and batch size (two image sizes,
     say), the line goes through their mean. Drawn with matplotlib directly: seaborn's relplot lays a
@@ -37,6 +39,8 @@ def facet_lines(configs: pd.DataFrame, y: str, key: str, title: str, caption: st
             means = line.groupby("batch_size")[y].mean()
             dash, marker = styles[variant]
             ax.plot(means.index, means.values, color=palette[impl], linestyle=dash, marker=marker, markersize=5)
+            if y in INTERVALS:
+                error_bars(ax, line, y, palette[impl])
         log2_batch_axis(ax, rows["batch_size"])
         ax.set_ylabel(ylabel or BY_NAME[y].axis_label())
         ax.set_ylim(bottom=0)
@@ -46,6 +50,20 @@ def facet_lines(configs: pd.DataFrame, y: str, key: str, title: str, caption: st
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8)
     fig.tight_layout()
     return encode(fig, key, title, caption)
+
+
+def error_bars(ax, rows: pd.DataFrame, y: str, color: str) -> None:
+    """Each row's 95% interval of `y` over rounds (INTERVALS) as an error bar at its batch size; rows without
+    one (a run made before rows carried intervals) get none. The bar's lengths are clipped at 0, so a
+    median at (or, from rounding, a hair past) an end of its interval draws, where matplotlib would raise."""
+    low, high = INTERVALS[y]
+    rows = rows.dropna(subset=[low, high])
+    if rows.empty:
+        return
+    below = (rows[y] - rows[low]).clip(lower=0)
+    above = (rows[high] - rows[y]).clip(lower=0)
+    ax.errorbar(rows["batch_size"], rows[y], yerr=[below, above], fmt="none", ecolor=color, elinewidth=1.2,
+                capsize=3)
 
 
 def throughput(configs: pd.DataFrame) -> Plot:
@@ -58,7 +76,8 @@ def throughput(configs: pd.DataFrame) -> Plot:
         "throughput",
         "throughput",
         title,
-        "Median over rounds of batch / p50 step time. Line style is the precision / layout / compile variant.",
+        "Median over rounds of batch / p50 step time; error bars: its 95% interval over rounds (batch / the p50's "
+        "interval). Line style is the precision / layout / compile variant.",
     )
 
 
@@ -77,6 +96,7 @@ def _band(ax, rows: pd.DataFrame, color: str) -> None:
     x = rows["batch_size"].to_numpy()
     p50, p90, p99 = (rows[c].to_numpy() for c in ("step_ms_p50", "step_ms_p90", "step_ms_p99"))
     ax.plot(x, p50, marker="o", color=color, linewidth=1.8)
+    error_bars(ax, rows, "step_ms_p50", color)
     if len(x) > 1:
         ax.fill_between(x, p50, p90, color=color, alpha=0.25, linewidth=0)
         ax.fill_between(x, p90, p99, color=color, alpha=0.10, linewidth=0)
@@ -107,5 +127,6 @@ def latency(configs: pd.DataFrame) -> Plot:
     handles = [plt.Line2D([], [], color=color, marker="o", label=impl) for impl, color in palette.items()]
     fig.legend(handles=handles, title="impl", loc="upper left", bbox_to_anchor=(1.0, 0.98))
     fig.tight_layout()
-    caption = "Line: p50 step time; dark band up to p90; light band up to p99 (medians over rounds)."
+    caption = ("Line: p50 step time, error bars its 95% interval over rounds; dark band up to p90; light band up to "
+               "p99 (medians over rounds).")
     return encode(fig, "latency", title, caption)

@@ -314,6 +314,22 @@ def make_old(run_dir: Path) -> Path:
     table.to_csv(run_dir / "results.csv", index=False)
     table.to_parquet(run_dir / "results.parquet")
     return run_dir
+# What a busy machine leaves in a contended row, and a quiet one in the others (bench.measure.contention).
+CONTENDED = {"others_cpu": 0.45, "load_avg": 5.2, "gpu_other_procs": 0, "contended": True}
+QUIET = {"others_cpu": 0.01, "load_avg": 0.3, "gpu_other_procs": 0, "contended": False}
+
+
+def mark_contended(run_dir: Path, share: float) -> int:
+    """Give a synthetic run (made before contention was measured) the contention columns: the first `share`
+    of its ok rows CONTENDED, the others QUIET. Returns how many rows were marked contended."""
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    ok = [row for row in rows if row["status"] == "ok"]
+    marked = round(share * len(ok))
+    for i, row in enumerate(ok):
+        row.update(CONTENDED if i < marked else QUIET)
+    (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "results.csv").unlink(missing_ok=True)
+    return marked
 
 
 _REAL_RUNS: dict[Path, Path] = {}

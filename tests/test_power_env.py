@@ -18,7 +18,7 @@ from bench.measure.memory import RssPeak, weights_bytes
 
 ENV_KEYS = [
     "env_torch", "env_torchvision", "env_timm", "env_fvcore", "env_cuda", "env_cudnn", "env_gpu_name",
-    "env_driver", "env_sm_count", "env_gpu_mem_gb", "env_cpu", "env_threads", "env_cpu_affinity",
+    "env_driver", "env_sm_count", "env_gpu_mem_gb", "env_cpu", "env_cpu_governor", "env_threads", "env_cpu_affinity",
     "env_compile_threads", "env_os", "env_python", "env_host", "env_git_commit", "env_git_dirty", "env_timestamp",
 ]  # fmt: skip
 
@@ -31,6 +31,7 @@ def test_collect_env_cpu():
     assert env["env_threads"] == torch.get_num_threads()
     assert parse_cpulist(env["env_cpu_affinity"]) == os.sched_getaffinity(0)
     assert env["env_cpu"]
+    assert env["env_cpu_governor"] is None or env["env_cpu_governor"].isidentifier()  # "performance", ...; no cpufreq
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", env["env_timestamp"])
     if env["env_git_commit"] is not None:
         assert re.fullmatch(r"[0-9a-f]{40}", env["env_git_commit"])

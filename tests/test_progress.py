@@ -48,3 +48,13 @@ def test_a_terminal_gets_the_bar() -> None:
     assert not isinstance(sweep_progress(total=4, done=1, stream=terminal), LineProgress)
     _sweep(terminal)
     assert "\r" in terminal.getvalue() and "4/4" in terminal.getvalue() and "[2/4]" not in terminal.getvalue()
+
+
+def test_a_contended_cell_says_so_in_its_line() -> None:
+    log = io.StringIO()
+    progress = LineProgress(total=2, done=0, stream=log)
+    for contended in (True, False):
+        progress.cell_done({**CELLS[0].config(), "status": "ok", "wall_s": 5.24, "throughput": 123.44,
+                            "contended": contended})
+    assert log.getvalue().splitlines() == [f"[1/2] {CELLS[0].label()} ... ok 123.4 img/s 5.2 s contended",
+                                           f"[2/2] {CELLS[0].label()} ... ok 123.4 img/s 5.2 s"]

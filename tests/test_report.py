@@ -91,6 +91,12 @@ def test_full_report_sections_and_plots(synthetic):
     assert "<th class=\"num\">peak MiB</th>" in summary and "RSS growth" not in summary
 
 
+def test_a_run_without_contention_columns_has_no_warning(synthetic):
+    """The synthetic run predates the contention columns (bench.measure.contention): nothing to warn about."""
+    _, html = synthetic
+    assert 'class="warning"' not in html and "Contended (" not in html
+
+
 def test_speedup_shows_frozen_compile_beside_plain_compile(synthetic):
     run_dir, _ = synthetic
     variants = set(speedup_table(per_config(load(run_dir)))["variant"])

@@ -12,8 +12,8 @@ import torch
 
 from bench.hardware import topology
 from bench.hardware.topology import (
-    cpu_nodes, cuda_pci_address, format_cpulist, parse_cpulist, partition_cores, pci_numa_node, physical_cores,
-    slot_cores,
+    cpu_governor, cpu_nodes, cuda_pci_address, format_cpulist, parse_cpulist, partition_cores, pci_numa_node,
+    physical_cores, slot_cores,
 )
 from bench.runner.client import Worker
 from bench.runner.runner import Slot
@@ -90,6 +90,10 @@ def test_sysfs_readers(tmp_path):
     assert pci_numa_node("0000:1b:00.0", sysfs) is None  # -1: no NUMA information
     assert pci_numa_node("0000:00:00.0", sysfs) is None  # no such device
     assert cpu_nodes(tmp_path / "nothing") == {}
+    (sysfs / "devices/system/cpu/cpu2/cpufreq").mkdir(parents=True)
+    (sysfs / "devices/system/cpu/cpu2/cpufreq/scaling_governor").write_text("powersave\n")
+    assert cpu_governor(2, sysfs) == "powersave"
+    assert cpu_governor(0, sysfs) is None  # no cpufreq, as on most VMs
 
 
 def test_cuda_pci_address_from_torch_device_properties(monkeypatch):

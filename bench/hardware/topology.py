@@ -55,6 +55,18 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def process_cpus() -> set[int] | None:
+    """The CPUs this process may run on (its affinity: a slot's worker, its slot's cores); None where the
+    system cannot say (macOS)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
+
+def cpu_governor(cpu: int, sysfs: Path = SYSFS) -> str | None:
+    """CPU `cpu`'s cpufreq scaling governor ("performance", "powersave", ...): a CPU that lowers its clock
+    when idle times short steps slower. None where the kernel exposes no cpufreq (most VMs)."""
+    return _read(sysfs / f"devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor")
+
+
 def physical_cores(cpus: Collection[int], sysfs: Path = SYSFS) -> list[Core]:
     """`cpus` grouped into physical cores (each core's siblings among `cpus`), ordered by their first CPU.
     A CPU whose siblings sysfs does not list is a core of its own."""

@@ -6,8 +6,9 @@ Order of events in a cell:
    build (seeded), set the mode, cast and lay out the model, make the fixed random batch;
 3. compiled cells only: the first step, synchronised, is `compile_s` (it also compiles backward);
 4. warm-up; on CUDA, gradients dropped, cache emptied, peaks reset and memory at rest read, then one
-   untimed step to refill the cache (bench.measure.memory); the power monitor starts last, right
-   before the timed loop, and stops right after its final synchronisation;
+   untimed step to refill the cache (bench.measure.memory); the power and contention monitors start
+   last, right before the timed loop, and stop right after its final synchronisation (the load
+   average is read before step 1, bench.measure.contention);
 5. `prepared_cell` releases the model (dropped first), compile caches, cuBLAS workspaces and CUDA
    cache, and restores the switches.
 
@@ -53,14 +54,16 @@ from bench.execute.prepare import BuiltCell, flops_per_image, prepared_cell
 from bench.execute.step import cudagraph_recording_s, freezing_enabled, graphs_compiled
 from bench.models.training import optimizer_name
 from bench.hardware.gpus import peak_tflops_for
+from bench.measure.contention import ContentionMonitor, contention_monitor, load_average
 from bench.measure.memory import CudaPeak, RssPeak, weights_bytes
 from bench.measure.power import PowerMonitor, empty_columns, power_monitor
 from bench.measure.timing import summarize, synchronize, time_callable
 
 
 @contextlib.contextmanager
-def _timed_window(built: BuiltCell, monitor: PowerMonitor | str, window: dict) -> Iterator[None]:
-    """Entered right before the timed loop: CUDA memory at rest, compiled-graph count, power.
+def _timed_window(built: BuiltCell, monitor: PowerMonitor | str, contention: ContentionMonitor,
+                  window: dict) -> Iterator[None]:
+    """Entered right before the timed loop: CUDA memory at rest, compiled-graph count, power, contention.
 
     The memory peaks are read only after a loop that finished; the power monitor's thread is
     stopped whatever happened.
@@ -77,9 +80,11 @@ def _timed_window(built: BuiltCell, monitor: PowerMonitor | str, window: dict) -
     window["skipped_before"] = built.step.skipped_steps()
     if isinstance(monitor, PowerMonitor):
         monitor.start()
+    contention.start()
     try:
         yield
     finally:
+        contention.stop()
         if isinstance(monitor, PowerMonitor):
             monitor.stop()
     window["graphs_after"] = graphs_compiled()
@@ -88,8 +93,9 @@ def _timed_window(built: BuiltCell, monitor: PowerMonitor | str, window: dict) -
         peak.stop()
 
 
-def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
+def _measure(built: BuiltCell, timing: TimingConfig, load_avg: float | None) -> dict:
     cell, device = built.cell, built.device
+    contention = contention_monitor(device, load_avg)
     params_total, params_trainable = count_params(built.model)
     weights = weights_bytes(built.model)
     step = built.step
@@ -112,7 +118,7 @@ def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
             synchronize(device)
             compile_s = time.perf_counter() - start
         graphs_first = graphs_compiled()
-        result = time_callable(step, device, timing, around_timed=_timed_window(built, monitor, window))
+        result = time_callable(step, device, timing, around_timed=_timed_window(built, monitor, contention, window))
     finally:
         if rss is not None:
             rss.stop()
@@ -140,6 +146,7 @@ def _measure(built: BuiltCell, timing: TimingConfig) -> dict:
                  amp_skipped_steps=None if skipped_before is None else skipped_after - skipped_before),
         **memory,
         **power,
+        **contention.columns(),
         **values("efficiency", achieved_tflops=achieved, mfu=None if peak is None else achieved / peak),
         **values("numerics", **numerics_state()),
         "samples_ms": result.samples_ms,
@@ -153,7 +160,8 @@ def measure_cell(cell: Cell, timing: TimingConfig) -> dict:
     Raises UsageError for cells that cannot run here (bad names, precision/device combinations,
     missing devices) and lets torch.OutOfMemoryError propagate for the runner to classify.
     """
+    load_avg = load_average()  # before the build
     with prepared_cell(cell) as built:
-        row = _measure(built, timing)
+        row = _measure(built, timing, load_avg)
         del built  # before the release, which can free only what nothing holds
     return row

@@ -2,8 +2,9 @@
 
 Numbers without their software versions, GPU, driver and commit cannot be compared or reproduced,
 so this travels inside every row rather than in a file name. Fields that do not apply (GPU fields
-on a CPU run, the commit outside a git checkout) are None. The CPUs and compile threads are the
-slot's (bench.hardware.topology): with several slots on a node, each runs on its own cores.
+on a CPU run, the commit outside a git checkout) are None. The CPUs (and the first one's cpufreq
+governor) and compile threads are the slot's (bench.hardware.topology): with several slots on a
+node, each runs on its own cores.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from bench.columns import values
-from bench.hardware.topology import COMPILE_THREADS_ENV, format_cpulist
+from bench.hardware.topology import COMPILE_THREADS_ENV, cpu_governor, format_cpulist, process_cpus
 from bench.measure.power import open_nvml
 from bench.provenance import git_state
 
@@ -59,6 +60,7 @@ def collect_env(device: str) -> dict:
     props = torch.cuda.get_device_properties(dev) if gpu else None
     commit, dirty = git_state()
     uname = platform.uname()
+    cpus = process_cpus()
     return values(
         "environment",
         env_torch=torch.__version__,
@@ -72,8 +74,9 @@ def collect_env(device: str) -> dict:
         env_sm_count=props.multi_processor_count if gpu else None,
         env_gpu_mem_gb=round(props.total_memory / 2**30, 2) if gpu else None,  # GiB
         env_cpu=_cpu_model(),
+        env_cpu_governor=cpu_governor(min(cpus) if cpus else 0),
         env_threads=torch.get_num_threads(),
-        env_cpu_affinity=format_cpulist(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        env_cpu_affinity=format_cpulist(cpus) if cpus else None,
         env_compile_threads=int(os.environ[COMPILE_THREADS_ENV]) if os.environ.get(COMPILE_THREADS_ENV) else None,
         env_os=f"{uname.system} {uname.release}",
         env_python=platform.python_version(),

@@ -23,7 +23,7 @@ from bench.report.sections.flops import flops_table
 from bench.report.sections.profile_tables import profile_details
 from bench.report.render import render
 from bench.report.summary import overhead
-from bench.results.analysis import BEST_CONFIG_RULE, TIE_RULE, TIED_MARK, has_values
+from bench.results.analysis import BEST_CONFIG_RULE, TIE_RULE, TIED_MARK, contention_warning, has_values
 from bench.results.rundir import ENV_FILE
 
 CSV_NAME = "results.csv"
@@ -88,6 +88,7 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
         title=f"rvbench report · {run_dir.name}",
         run_name=run_dir.name,
         facts=[*tables.header(env, config, df), ("Wall / timed", overhead(df))],
+        warning=contention_warning(df),
         # A run of only `rvbench scale` or `rvbench transfer` rows shows their sections, not the sweep's.
         sweep_run=not sweep.empty or len(sweep) == len(df),
         best_rule=BEST_CONFIG_RULE,

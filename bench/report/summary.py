@@ -1,9 +1,9 @@
-"""The run's closing summary: status counts, the sweep's overhead and the best-config table, printed
-and kept as summary.txt.
+"""The run's closing summary: status counts, the sweep's overhead, the warning of a busy machine and
+the best-config table, printed and kept as summary.txt.
 
 The table is bench.results.analysis.summary_table, so it names the same best config per arch and
-mode as the report's summary cards, marked tied by the same rule (TIE_RULE); the overhead line is the
-report header's too.
+mode as the report's summary cards, marked tied by the same rule (TIE_RULE); the overhead line and the
+warning (`contention_warning`) are the report header's too.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from bench.errors import is_disk_full
 from bench.report import write_report
 from bench.report.text import format_table
 from bench.results import write_atomically
-from bench.results.analysis import TIE_RULE, TIED_MARK, summary_table
+from bench.results.analysis import TIE_RULE, TIED_MARK, contention_warning, summary_table
 
 SUMMARY_NAME = "summary.txt"
 
@@ -39,16 +39,17 @@ def overhead(df: pd.DataFrame) -> str:
 
 
 def summary_text(df: pd.DataFrame) -> str:
-    """Status counts, overhead and the summary table as plain text (terminal and summary.txt), and what
-    TIED_MARK means when a best config carries it."""
+    """Status counts, overhead, the busy machine's warning if any, and the summary table as plain text
+    (terminal and summary.txt), and what TIED_MARK means when a best config carries it."""
     counts = summary_counts(df)
     table = summary_table(df)
     if table.empty:
         return f"cells: {counts}\n(no ok cells)\n"
     tied = table["best config"].str.endswith(TIED_MARK).any()
+    warning = contention_warning(df)
     # arch, mode and best config read as text; the numbers after them line up right.
-    return (f"cells: {counts} · wall/timed {overhead(df)}\n"
-            f"{format_table(list(table.columns), table.itertuples(index=False), left=3)}\n"
+    return (f"cells: {counts} · wall/timed {overhead(df)}\n" + (f"{warning}\n" if warning else "")
+            + f"{format_table(list(table.columns), table.itertuples(index=False), left=3)}\n"
             + (f"{TIED_MARK}: {TIE_RULE}\n" if tied else ""))
 
 

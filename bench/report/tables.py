@@ -94,6 +94,7 @@ def summary(configs: pd.DataFrame) -> list[dict]:
     Comparing impls at one config (batch, precision, layout, compile) keeps the comparison fair.
     The ± column is how far the 95% interval of the median step over rounds reaches (`plus_minus`).
     The memory column is the one `memory_column` picks, labelled as it says (approximate on a CPU).
+    The table's note names the impls with contended rounds at that config (bench.measure.contention).
     """
     memory = memory_column(configs)
     winners = {(b["arch"], b["mode"]): b for _, b in best_configs(configs).iterrows()}
@@ -121,6 +122,7 @@ def summary(configs: pd.DataFrame) -> list[dict]:
                 fmt(r["step_ms_p99"], 2),
                 *([fmt(r[memory.name], 0)] if memory else []),
             ])
+        table.note = contended_note(same)
         out.append({
             "arch": arch,
             "mode": mode,
@@ -130,6 +132,17 @@ def summary(configs: pd.DataFrame) -> list[dict]:
             "table": table,
         })
     return out
+
+
+def contended_note(configs: pd.DataFrame) -> str:
+    """Which impls of `configs` (per-config medians) ran contended rounds, e.g. "Contended (other
+    processes busy during the timed loop): rv in 1 of 2 rounds."; "" when none did."""
+    hit = configs[configs["contended_rounds"] > 0]
+    if hit.empty:
+        return ""
+    rounds = ", ".join(f"{r['impl']} in {r['contended_rounds']} of {r['rounds']} round{'s' * (r['rounds'] != 1)}"
+                       for _, r in hit.iterrows())
+    return f"Contended (other processes busy during the timed loop): {rounds}."
 
 
 def compile_times(configs: pd.DataFrame) -> Table:

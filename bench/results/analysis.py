@@ -4,8 +4,9 @@ Every summary of a run (summary.txt, the report's summary cards, `run --profile`
 same per-config medians and picks its best configuration with the same rule (`best_configs`), so
 two views of one run can never name different winners, nor disagree on whether a winner is tied
 with its runner-up (`tied`). Ratios of rv to the reference implementations, the 95% interval of a
-configuration's median over rounds, and the memory column a run can show, are defined here once
-for the same reason.
+configuration's median over rounds, the memory column a run can show, and whether the machine was
+too busy for the run's comparisons to hold (`contention_warning`) are defined here once for the same
+reason.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from bench.columns import BY_NAME, METRICS, Column, speed_label
+from bench.columns import BY_NAME, METRICS, Column, names, speed_label
 from bench.config.cell import config_keys, config_label
 from bench.intervals import relative_ci, rounds_median_ci
 
@@ -34,6 +35,11 @@ INTERVALS = {"step_ms_p50": ("step_ms_p50_ci_low", "step_ms_p50_ci_high"),
              "throughput": ("throughput_ci_low", "throughput_ci_high")}
 # What `config_medians` adds to the METRICS medians, per configuration.
 INTERVAL_COLUMNS = (*INTERVALS["step_ms_p50"], "rel_ci", *INTERVALS["throughput"], "converged")
+# A run warns that its comparisons are unreliable when at least this share of its ok cells (those with a
+# verdict) was contended. At a fifth, about half of the three-way comparisons at a config (rv against
+# torchvision and timm) involve a contended cell (1 - 0.8**3 = 0.49): the best config and the ratios are then
+# as likely to reflect the load as the code. Below it, the cells' own `contended` flags say which to doubt.
+CONTENDED_RUN_SHARE = 0.2
 
 
 def is_max_batch_search(df: pd.DataFrame) -> pd.Series:
@@ -51,6 +57,11 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[(df["status"] == "ok") & ~is_max_batch_search(df)]
 
 
+def was_contended(df: pd.DataFrame) -> pd.Series:
+    """Rows flagged `contended` (bench.measure.contention); False where the flag is False or null."""
+    return df["contended"].astype("boolean").fillna(False).astype(bool)
+
+
 def has_values(df: pd.DataFrame, column: str) -> bool:
     """Whether any row carries a measured (non-null) value in `column`."""
     return column in df.columns and bool(pd.to_numeric(df[column], errors="coerce").notna().any())
@@ -61,26 +72,29 @@ def config_medians(df: pd.DataFrame) -> pd.DataFrame:
     implementation (ok rows only), with the 95% interval of its median step and throughput.
 
     Rounds are repeats of one config, so every view shows their median. One row per config, impl
-    and device (the CONFIG_KEYS and impl columns), sorted by them; `rounds` counts the ok rounds.
-    Metrics the results lack are NaN. The INTERVAL_COLUMNS: `step_ms_p50_ci_low`/`_high`, the 95%
-    interval of the median over rounds of the median step (`rounds_median_ci`: one round's own interval,
-    or a hierarchical bootstrap over several), `rel_ci` its reach from the median step as a share,
-    `throughput_ci_low`/`_high` the same interval seen as images/s (batch / step time), and
-    `converged`: whether every round's timed loop converged (None when a round has no verdict: the
-    fixed rule, or a run made before the adaptive one). Rows without intervals (such runs) give NaN.
+    and device (the CONFIG_KEYS and impl columns), sorted by them; `rounds` counts the ok rounds,
+    `contended_rounds` those flagged contended. Metrics the results lack are NaN. The INTERVAL_COLUMNS:
+    `step_ms_p50_ci_low`/`_high`, the 95% interval of the median over rounds of the median step
+    (`rounds_median_ci`: one round's own interval, or a hierarchical bootstrap over several), `rel_ci`
+    its reach from the median step as a share, `throughput_ci_low`/`_high` the same interval seen as
+    images/s (batch / step time), and `converged`: whether every round's timed loop converged (None
+    when a round has no verdict: the fixed rule, or a run made before the adaptive one). Rows without
+    intervals (such runs) give NaN.
     """
     keys = config_keys(impl=True, device=True)
     ok = ok_rows(df)
     if ok.empty:
-        return pd.DataFrame(columns=[*keys, *METRICS, "rounds", *INTERVAL_COLUMNS])
+        return pd.DataFrame(columns=[*keys, *METRICS, "rounds", "contended_rounds", *INTERVAL_COLUMNS])
     numeric = ok[keys].assign(**{
         m: pd.to_numeric(ok[m], errors="coerce") if m in ok.columns else math.nan
         for m in dict.fromkeys([*METRICS, *INTERVALS["step_ms_p50"], "round"])
-    }, converged=ok["converged"] if "converged" in ok.columns else None)
+    }, converged=ok["converged"] if "converged" in ok.columns else None,
+        contended_rounds=was_contended(ok) if "contended" in ok.columns else False)
     # Rounds in order within each group (a groupby keeps the order), so the bootstrap's draws are the run's own.
     grouped = numeric.sort_values("round", kind="stable").groupby(keys, dropna=False)
     out = grouped[list(METRICS)].median().reset_index()
     out["rounds"] = grouped.size().to_numpy()
+    out["contended_rounds"] = grouped["contended_rounds"].sum().to_numpy().astype(int)
     low, high = INTERVALS["step_ms_p50"]
     cis = [rounds_median_ci(*r.to_numpy().T) for _, r in grouped[["step_ms_p50", low, high]]]
     out[low] = [math.nan if ci is None else ci[0] for ci in cis]
@@ -215,3 +229,29 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
             row[speed_label(ref)] = round(match["ratio_median"].iloc[0], 3) if len(match) else None
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def contention_warning(df: pd.DataFrame) -> str | None:
+    """One sentence saying the run's comparisons are unreliable because the machine was busy, when at
+    least CONTENDED_RUN_SHARE of its ok cells with a verdict were contended: how many of how many, the
+    median `others_cpu` of those, the highest load average, the cells with other GPU processes.
+    None otherwise, and for runs made before contention was measured (no verdicts).
+    """
+    if not set(names("contention")) <= set(df.columns):
+        return None
+    ok = ok_rows(df)
+    judged = ok[ok["contended"].notna()]
+    flagged = judged[was_contended(judged)]
+    if flagged.empty or len(flagged) < CONTENDED_RUN_SHARE * len(judged):
+        return None
+    others = pd.to_numeric(flagged["others_cpu"], errors="coerce").median()
+    load = pd.to_numeric(ok["load_avg"], errors="coerce").max()
+    on_gpu = int((pd.to_numeric(flagged["gpu_other_procs"], errors="coerce") > 0).sum())
+    why = "; ".join(w for w in (
+        f"other processes used a median {others:.0%} of their CPUs" if pd.notna(others) else "",
+        f"other processes on the GPU in {on_gpu} of them" if on_gpu else "",
+        f"load average up to {load:.1f}" if pd.notna(load) else "") if w)
+    of = f"the {len(judged)} ok cells measured for it" if len(judged) < len(ok) else f"{len(judged)} ok cells"
+    return (f"Warning: the machine was busy during this run, so its timings, best configurations and ratios are "
+            f"unreliable: {len(flagged)} of {of} ran contended{f' ({why})' if why else ''}; "
+            f"rerun it on a quiet machine.")

@@ -22,7 +22,8 @@ class _Bar(tqdm):
 
 
 class LineProgress:
-    """One line per finished cell: "[12/40] resnet50 rv bs64 ... ok 123.4 img/s 5.2 s"."""
+    """One line per finished cell: "[12/40] resnet50 rv bs64 ... ok 123.4 img/s 5.2 s", and "contended"
+    after it when other processes were busy on the machine during the cell's timed loop."""
 
     def __init__(self, total: int, done: int, stream: TextIO) -> None:
         self._total, self._done, self._stream = total, done, stream
@@ -31,7 +32,7 @@ class LineProgress:
         """The cell a slot starts: a log gets each cell once, when it ends, so nothing is written."""
 
     def cell_done(self, row: dict) -> None:
-        """Write the finished cell's line: its count, label, status, throughput and seconds."""
+        """Write the finished cell's line: its count, label, status, throughput, seconds and contention."""
         self._done += 1
         label = config_label(row, sep=" ")
         outcome = [row.get("status") or "?"]
@@ -39,6 +40,8 @@ class LineProgress:
             outcome.append(f"{row['throughput']:.1f} img/s")
         if _number(row.get("wall_s")):
             outcome.append(f"{row['wall_s']:.1f} s")
+        if row.get("contended") is True:
+            outcome.append("contended")
         prefix = "max batch of " if row.get("find_max_batch") else ""
         print(f"[{self._done}/{self._total}] {prefix}{label} ... {' '.join(outcome)}", file=self._stream, flush=True)
 

@@ -16,7 +16,7 @@ from bench.config.cell import Cell
 from bench.counting.memory import predict_cell_peak
 from bench.execute import prepare
 from bench.models import get_entry
-from bench.report.summary import overhead, summary_text
+from bench.report.summary import convergence, overhead, summary_text
 from bench.results import load_run
 from rv_models import create_model
 
@@ -143,6 +143,17 @@ def test_report_header_and_summary_show_the_wall_timed_ratio(tiny_run):
     assert summary_text(df).startswith(f"cells: 2 ok · wall/timed {ratio} (")
     html = (tiny_run / "index.html").read_text()
     assert f"<dt>Wall / timed</dt><dd>{ratio} (" in html
+    # The smoke preset's 3-step loops are too short for a 95% interval: no cell converged, and both views say so.
+    assert summary_text(df).splitlines()[0].endswith("· 0 of 2 ok cells converged (0%)")
+    assert "<dt>Converged</dt><dd>0 of 2 ok cells converged (0%)</dd>" in html
+
+
+def test_summary_and_header_say_how_many_cells_converged():
+    """Four ok cells, three of them converged; a run without verdicts (the fixed rule) says nothing."""
+    df = pd.DataFrame({"status": ["ok"] * 4 + ["error"], "find_max_batch": False, "wall_s": 1.0, "timed_s": 0.5,
+                       "converged": [True, True, False, True, None], "rel_ci": [0.01, 0.02, 0.05, 0.03, None]})
+    assert convergence(df) == "3 of 4 ok cells converged (75%) · median ±2.5%"
+    assert convergence(df.assign(converged=None)) == "" and convergence(df.drop(columns="converged")) == ""
 
 
 def test_ratio_counts_only_cells_that_finished_timing():

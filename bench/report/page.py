@@ -22,7 +22,7 @@ from bench.report.sections.fleet import fleet_table
 from bench.report.sections.flops import flops_table
 from bench.report.sections.profile_tables import profile_details
 from bench.report.render import render
-from bench.report.summary import overhead
+from bench.report.summary import convergence, overhead
 from bench.results.analysis import BEST_CONFIG_RULE, TIE_RULE, TIED_MARK, contention_warning, has_values
 from bench.results.rundir import ENV_FILE
 
@@ -87,7 +87,8 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
         "index.html.j2",
         title=f"rvbench report · {run_dir.name}",
         run_name=run_dir.name,
-        facts=[*tables.header(env, config, df), ("Wall / timed", overhead(df))],
+        facts=[*tables.header(env, config, df), ("Wall / timed", overhead(df)),
+               *([("Converged", converged)] if (converged := convergence(df)) else [])],
         warning=contention_warning(df),
         # A run of only `rvbench scale` or `rvbench transfer` rows shows their sections, not the sweep's.
         sweep_run=not sweep.empty or len(sweep) == len(df),

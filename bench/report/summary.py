@@ -17,7 +17,7 @@ from bench.errors import is_disk_full
 from bench.report import write_report
 from bench.report.text import format_table
 from bench.results import write_atomically
-from bench.results.analysis import TIE_RULE, TIED_MARK, contention_warning, summary_table
+from bench.results.analysis import TIE_RULE, TIED_MARK, contention_warning, ok_rows, summary_table
 
 SUMMARY_NAME = "summary.txt"
 
@@ -38,6 +38,20 @@ def overhead(df: pd.DataFrame) -> str:
     return f"{wall_s / timed_s:.2f} ({wall_s:.1f} s wall / {timed_s:.1f} s timed)"
 
 
+def convergence(df: pd.DataFrame) -> str:
+    """How well the run's medians are known: how many ok cells' timed loops met their target
+    (`converged`) and the median of their `rel_ci`, e.g. "80 of 88 ok cells converged (91%) · median ±1.3%".
+    Empty for a run without verdicts (the fixed rule, or one made before the adaptive rule)."""
+    ok = ok_rows(df)
+    verdicts = ok["converged"].dropna() if "converged" in ok.columns else pd.Series(dtype=object)
+    if verdicts.empty:
+        return ""
+    converged = int(verdicts.astype(bool).sum())
+    rel = pd.to_numeric(ok["rel_ci"], errors="coerce").median()
+    spread = f" · median ±{rel * 100:.1f}%" if pd.notna(rel) else ""
+    return f"{converged} of {len(verdicts)} ok cells converged ({converged / len(verdicts):.0%}){spread}"
+
+
 def summary_text(df: pd.DataFrame) -> str:
     """Status counts, overhead, the busy machine's warning if any, and the summary table as plain text
     (terminal and summary.txt), and what TIED_MARK means when a best config carries it."""
@@ -48,7 +62,9 @@ def summary_text(df: pd.DataFrame) -> str:
     tied = table["best config"].str.endswith(TIED_MARK).any()
     warning = contention_warning(df)
     # arch, mode and best config read as text; the numbers after them line up right.
-    return (f"cells: {counts} · wall/timed {overhead(df)}\n" + (f"{warning}\n" if warning else "")
+    converged = convergence(df)
+    return (f"cells: {counts} · wall/timed {overhead(df)}" + (f" · {converged}" if converged else "") + "\n"
+            + (f"{warning}\n" if warning else "")
             + f"{format_table(list(table.columns), table.itertuples(index=False), left=3)}\n"
             + (f"{TIED_MARK}: {TIE_RULE}\n" if tied else ""))
 

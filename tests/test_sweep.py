@@ -119,3 +119,19 @@ def test_timing_power_switches_round_trip_through_config_json():
         data["timing"][key] = bad
         with pytest.raises(UsageError, match=f"timing {key} must be"):
             SweepSpec.from_json(data)
+
+
+def test_a_run_from_before_the_adaptive_rule_resumes_with_its_fixed_rule():
+    """config.json records the whole timing config, target included; one without a target (a run made
+    before the adaptive rule) resumes with the fixed rule it was measured with, not today's default."""
+    from bench.config.sweep import SweepSpec
+
+    spec = build_spec("cpu", "cpu", {})
+    assert spec.timing["target_rel_ci"] == 0.02 and spec.timing["max_s"] == timing_config(spec).max_s
+    old = spec.to_json()
+    old["timing"] = {k: v for k, v in old["timing"].items() if k not in ("target_rel_ci", "max_s")}
+    assert timing_config(SweepSpec.from_json(old)).target_rel_ci is None
+    bad = spec.to_json()
+    bad["timing"]["target_rel_ci"] = 2.0
+    with pytest.raises(UsageError, match="target_rel_ci must be a share between 0 and 1"):
+        timing_config(SweepSpec.from_json(bad))

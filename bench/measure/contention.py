@@ -21,7 +21,8 @@ in the code, and a ratio of two implementations measured under different loads m
   worker too (its previous cells keep it up for a minute), so it is context, not the verdict.
 - `gpu_other_procs`: on CUDA, the processes NVML lists on the cell's board (compute and graphics,
   each pid once) at the start and at the end of the loop, the larger count, less our own. Our own
-  are this process and its descendants; NVML lists the host's pids, so in a container with its own
+  are this process, its descendants and its parent (the runner, which may hold a context of its
+  own on the board: it is rvbench, not a neighbour); NVML lists the host's pids, so in a container with its own
   pid namespace none of ours matches, and then one listed process is taken to be us (we hold a
   context on the board through the loop). None on the CPU, on a MIG slice (`nvml_device` gives no
   handle), and where NVML lists nothing, which with our context open means it cannot see processes.
@@ -185,7 +186,7 @@ class ContentionMonitor:
         reading = read_cpu(self._cpus)
         self._cpu.append(reading)
         if self._gpu is not None:
-            ours = reading.tree if reading is not None else {os.getpid()}
+            ours = (reading.tree if reading is not None else {os.getpid()}) | {os.getppid()}
             self._gpu_procs.append(other_gpu_processes(*self._gpu, ours))
 
     def start(self) -> None:

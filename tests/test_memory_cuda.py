@@ -14,6 +14,7 @@ import torch
 from bench.execute.step import Step
 from bench.measure import memory
 from bench.measure.cell import _timed_window
+from bench.measure.contention import ContentionMonitor
 from bench.measure.memory import MB, CudaPeak
 from bench.measure.power import PowerMonitor
 
@@ -116,7 +117,7 @@ def test_train_at_rest_is_read_after_the_gradients_are_freed(monkeypatch):
     alloc = FakeAllocator(monkeypatch)
     built = _train_cell(alloc)
     window: dict = {}
-    with _timed_window(built, LoggingMonitor(alloc.log), window):
+    with _timed_window(built, LoggingMonitor(alloc.log), ContentionMonitor(None), window):
         alloc.log.append("timed loop")
         built.step()
     assert alloc.log == [
@@ -146,7 +147,7 @@ def test_inference_has_no_gradients_to_free(monkeypatch):
 
     built = types.SimpleNamespace(device=CUDA0, optimizer=None, step=Step(step, False, None, None))
     window: dict = {}
-    with _timed_window(built, "no power in this test", window):
+    with _timed_window(built, "no power in this test", ContentionMonitor(None), window):
         step()
     assert "zero_grad" not in alloc.log
     assert window["cuda"].columns(WEIGHTS)["mem_activation_mb"] == ACTIVATIONS / MB
@@ -156,7 +157,7 @@ def test_peaks_are_not_read_after_a_failed_loop(monkeypatch):
     alloc = FakeAllocator(monkeypatch)
     built = types.SimpleNamespace(device=CUDA0, optimizer=None, step=Step(lambda: None, False, None, None))
     with pytest.raises(torch.OutOfMemoryError):
-        with _timed_window(built, "no power in this test", {}):
+        with _timed_window(built, "no power in this test", ContentionMonitor(None), {}):
             raise torch.OutOfMemoryError("fake")
     assert "max_memory_allocated" not in alloc.log
 

@@ -172,7 +172,9 @@ def test_real_rv_model_made_30pct_slower_fails(gate_clock: Callable[[], float], 
     """rv's ViT-Tiny forward plus 30% redundant work: the gate fails, naming model and ratio.
 
     The unchanged rv model joins timm as a reference, so the slowed one takes 1.3x the faster
-    reference's time (speed ratio about 0.77) whatever rv's true speed ÷ timm is.
+    reference's time (speed ratio about 0.77) whatever rv's true speed ÷ timm is. How far under the
+    floor (0.909) it lands moves with the machine's load (the redundant work is calibrated once, the
+    model's share of a busy CPU is not), so the test holds the verdict, not the figure.
     """
     arch = "vit_tiny_patch16_224"
     rv = make_workload(get_entry(arch, "rv"), "inference")
@@ -183,4 +185,3 @@ def test_real_rv_model_made_30pct_slower_fails(gate_clock: Callable[[], float], 
     message = result.message()
     interval = ci_text(result.intervals[result.reference])
     assert arch in message and f"{result.ratio:.3f} (95% CI {interval}) SLOWER than allowed" in message
-    assert result.ratio < 1 / 1.15

@@ -196,8 +196,9 @@ def fake_nvml(compute: list[list[int]], graphics: list[list[int]] | None = None)
 @pytest.mark.parametrize(("compute", "graphics", "ours", "others"), [
     ([ME, 10, 11], [11], {ME}, 2),  # a pid in both lists is one process
     ([ME, 5000, 10], [], {ME, 5000}, 1),  # our Inductor worker holds a context too: ours
-    ([900, 901, 902], [], {ME}, 2),  # host pids in a container: one of them is us
-    ([900], [], {ME}, 0),  # only us, under the host's pid
+    ([900, 901, 902], [], {ME}, None),  # host pids in a container: how many are rvbench's is unknown
+    ([900, 901], [], {ME}, None),  # the worker and the runner, under the host's pids: not a neighbour
+    ([ME, 4242], [], {ME, 4242}, 0),  # the runner (our parent) holds a context too: ours
     ([], [], {ME}, None),  # NVML lists nothing, not even us: it cannot see processes
     (None, None, {ME}, None),  # the driver refuses both queries
 ])

@@ -200,3 +200,25 @@ def test_grouped_conv_forward_and_each_gradient_count_the_analytic_flops(c_in: i
     with flop_counter() as counter:
         conv(x.detach()).sum().backward()  # no input gradient: the weight gradient alone
     assert counter.get_total_flops() == 2 * analytic
+
+
+def test_the_reports_flop_table_takes_the_workers_counts_from_the_rows(monkeypatch):
+    """A pair whose rows carry params_total and gflops_per_image is not counted again (the report of an
+    88-cell run spent 12 s recounting on meta); a pair no row carries them for (every cell failed) is."""
+    import pandas as pd
+
+    from bench.report.sections import flops as section
+
+    section._row.cache_clear()
+    counted = []
+    real_count = section.flops.count
+    monkeypatch.setattr(section.flops, "count", lambda entry, image_size: counted.append(entry.arch)
+                        or real_count(entry, image_size=image_size, fvcore=False))
+    df = pd.DataFrame({"arch": ["resnet18", "resnet18", "vit_tiny_patch16_224"], "impl": ["rv", "rv", "rv"],
+                       "image_size": [32, 32, 32], "params_total": [11_689_512, 11_689_512, None],
+                       "gflops_per_image": [0.15, 0.15, None]})
+    table, _ = section.flops_table(df)
+    by_arch = {row[0]: row for row in table.rows}
+    assert counted == ["vit_tiny_patch16_224"]
+    assert by_arch["resnet18"][3] == "11.69" and by_arch["resnet18"][5] == "0.075"  # GMACs = GFLOPs / 2
+    section._row.cache_clear()

@@ -219,8 +219,9 @@ def test_the_power_floor_follows_the_energy_counter(period_s, source, floor_s):
 def test_rows_with_power_time_at_least_three_seconds(monkeypatch):
     """A real CPU cell given a power monitor on a fake NVML board whose counter period is unknown: the
     timed loop it asks for runs at least POWER_MIN_S, uncapped, whatever the preset says (run here with
-    the preset's own config, to stay quick), and the row carries the monitor's columns."""
-    quick = TimingConfig(warmup_iters=1, warmup_s=0.0, min_iters=2, min_s=0.0, max_iters=3)
+    the preset's own config, to stay quick), and the row carries the monitor's columns. The preset's
+    `max_s` is below the floor (as the gpu preset's 1 s is below a slow counter's 3 s): the floor lifts it."""
+    quick = TimingConfig(warmup_iters=1, warmup_s=0.0, min_iters=2, min_s=0.0, max_iters=3, max_s=0.5)
     monkeypatch.setattr(measure, "power_monitor", lambda device: power.PowerMonitor(fake_nvml(), object()))
     asked = []
     real_time_callable = measure.time_callable
@@ -231,7 +232,8 @@ def test_rows_with_power_time_at_least_three_seconds(monkeypatch):
 
     monkeypatch.setattr(measure, "time_callable", time_callable)
     row = measure.measure_cell(Cell("resnet18", "rv", batch_size=1, image_size=32), quick)
-    assert asked == [dataclasses.replace(quick, min_s=power.POWER_MIN_S, max_iters=sys.maxsize)]
+    assert asked == [dataclasses.replace(quick, min_s=power.POWER_MIN_S, max_s=power.POWER_MIN_S,
+                                         max_iters=sys.maxsize)]
     assert row["energy_source"] == "counter" and row["energy_j_per_image"] > 0
 
 

@@ -300,3 +300,28 @@ def test_ddp_gpu_check_rule():
         False, f"all-reduced {51 * 2**20} B per step, gradients {102 * 2**20} B")
     assert judge_ddp({**ok, "status": "error", "message": "world size 1: rank 0 failed: X\ntrace"}) == (
         False, "error: world size 1: rank 0 failed: X")
+
+
+def test_a_world_size_carries_its_slowest_ranks_interval_and_the_throughput_interval_from_it():
+    """figures(): the median's interval is the slowest rank's ends; rel_ci and the throughput's interval
+    follow from the row's own p50 and ends, as a sweep row's do (bench.measure.timing.summarize)."""
+    from bench.columns import names
+    from bench.config.cell import Cell
+    from bench.execute.ddp import DdpOptions
+    from bench.runner.scale import ScaleSpec, figures
+
+    def rank(i: int, p50: float, low: float, high: float) -> dict:
+        base = dict.fromkeys(names("timing"), 1.0)
+        return {**base, "step_ms_p50": p50, "step_ms_p50_ci_low": low, "step_ms_p50_ci_high": high,
+                "noisy": False, "n_iters": 20, "timed_s": 1.0, "warmup_iters": 2, "params_total": 10,
+                "params_trainable": 10, "mem_peak_alloc_mb": None, "mem_peak_reserved_mb": None,
+                "mem_activation_mb": None, "mem_rss_delta_mb": 5.0, "mem_weights_mb": 1.0, "mem_note": "rss",
+                "threads": 1, "rank": i, "host": "h", "comm_ms": 1.0, "comm_share": 0.1, "comm_overlap": 0.5,
+                "allreduce_bytes": 100, "grad_bytes": 100}
+
+    spec = ScaleSpec(Cell("resnet18", "rv", 4, 32), DdpOptions(), "gloo", 2, 20, 0, 60.0, None)
+    row = figures(spec, 2, [rank(0, 10.0, 9.5, 10.4), rank(1, 12.0, 11.0, 12.6)])
+    assert (row["step_ms_p50"], row["step_ms_p50_ci_low"], row["step_ms_p50_ci_high"]) == (12.0, 11.0, 12.6)
+    assert row["rel_ci"] == pytest.approx(1.0 / 12.0)
+    assert row["throughput_ci_low"] == pytest.approx(8 / 0.0126) and row["throughput_ci_high"] == pytest.approx(8 / 0.011)
+    assert row["throughput_ci_low"] < row["throughput"] < row["throughput_ci_high"]

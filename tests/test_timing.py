@@ -162,7 +162,7 @@ def _stream(cfg: TimingConfig, draw) -> tuple[list[float], dict]:
     clock = FakeClock()
     steps = iter(range(10**9))
     result = time_callable(lambda: clock.step(draw(next(steps)) / 1e3), "cpu", cfg, clock=clock)
-    return result.samples_ms, summarize(result.samples_ms, 1, result.timed_s, cfg.target_rel_ci)
+    return result.samples_ms, summarize(result.samples_ms, 1, result.timed_s, result.converged)
 
 
 def test_a_steady_stream_stops_early_and_converged():

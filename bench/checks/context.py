@@ -9,7 +9,7 @@ from pathlib import Path
 from bench.config.cell import Cell
 from bench.config.sweep import TimingConfig
 
-# No power sampling, so no 3-second floor: the power check reads NVML itself.
+# No power sampling, so no power floor: the power check reads NVML itself.
 CHECK_TIMING = TimingConfig(warmup_iters=5, warmup_s=0.5, min_iters=20, min_s=1.0, max_iters=2000, max_s=1.0,
                             power=False)
 

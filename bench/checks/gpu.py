@@ -36,7 +36,7 @@ in this order, the fast ones first and compilation last, each within a budget (`
 Every check runs in this process except 6 and 11, which drive a real worker, and 12, which
 launches torchrun (bench.checks.processes). A check that raises is a FAIL with its error; the others still run. The thresholds are the
 `judge_*` functions of bench.checks.rules, pure so that their rules are tested without a GPU. Cells
-are measured without power sampling (`CHECK_TIMING`), so none pays the 3-second power floor.
+are measured without power sampling (`CHECK_TIMING`), so none pays the power floor.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ class TimingConfig:
             problems.append(f"target_rel_ci must be a share between 0 and 1 (0.01 is ±1%), got {self.target_rel_ci}")
         if self.min_iters > self.max_iters:
             problems.append(f"min_iters {self.min_iters} > max_iters {self.max_iters}")
-        if self.min_s > self.max_s:
+        if self.min_s > self.max_s and self.target_rel_ci is not None:  # the fixed rule stops at min_s
             problems.append(f"min_s {self.min_s} > max_s {self.max_s}")
         if problems:
             raise UsageError("timing: " + "; ".join(problems))

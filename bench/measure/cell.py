@@ -66,7 +66,9 @@ def _timed_window(built: BuiltCell, monitor: PowerMonitor | str, contention: Con
     """Entered right before the timed loop: CUDA memory at rest, compiled-graph count, power, contention.
 
     The memory peaks are read only after a loop that finished; the power monitor's thread is
-    stopped whatever happened.
+    stopped whatever happened. The contention readings (every process's /proc stat, NVML's process
+    lists: milliseconds) bracket the power window, never fall inside it, so their idle GPU time is
+    not billed to the cell's energy.
     """
     built.step.settle()  # amp-fp16 training: warm up until the GradScaler's scale stops overflowing
     peak = None
@@ -78,15 +80,15 @@ def _timed_window(built: BuiltCell, monitor: PowerMonitor | str, contention: Con
         synchronize(built.device)
     window["graphs_before"] = graphs_compiled()
     window["skipped_before"] = built.step.skipped_steps()
+    contention.start()
     if isinstance(monitor, PowerMonitor):
         monitor.start()
-    contention.start()
     try:
         yield
     finally:
-        contention.stop()
         if isinstance(monitor, PowerMonitor):
             monitor.stop()
+        contention.stop()
     window["graphs_after"] = graphs_compiled()
     window["skipped_after"] = built.step.skipped_steps()
     if peak is not None:
@@ -123,7 +125,7 @@ def _measure(built: BuiltCell, timing: TimingConfig, load_avg: float | None) -> 
         if rss is not None:
             rss.stop()
 
-    stats = summarize(result.samples_ms, cell.batch_size, result.timed_s, timing.target_rel_ci)
+    stats = summarize(result.samples_ms, cell.batch_size, result.timed_s, result.converged)
     memory = rss.columns(weights) if rss is not None else window["cuda"].columns(weights)
     images = cell.batch_size * stats["n_iters"]
     power = monitor.columns(images) if isinstance(monitor, PowerMonitor) else empty_columns(monitor)

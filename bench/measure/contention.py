@@ -12,7 +12,8 @@ in the code, and a ratio of two implementations measured under different loads m
   compile workers and their pool), each with the time of the children it has reaped
   (cutime + cstime), so a child that exits during the loop moves from its own line into its
   parent's rather than vanishing. The worker's parent, the runner, is not ours: it waits on a pipe
-  while a cell runs. A descendant reaped while the tree is being read may be counted twice or not at
+  while its slot's cell runs (with several slots, another slot's runner thread may be predicting
+  memory on other cores; only the cell's own CPUs count). A descendant reaped while the tree is being read may be counted twice or not at
   all in that one reading; the clamp bounds it.
   Counters tick `SC_CLK_TCK` times a second (usually 100), so a reading is exact to about one tick
   per CPU: over a loop shorter than `MIN_WINDOW_TICKS` ticks the share would be mostly rounding,
@@ -22,10 +23,11 @@ in the code, and a ratio of two implementations measured under different loads m
 - `gpu_other_procs`: on CUDA, the processes NVML lists on the cell's board (compute and graphics,
   each pid once) at the start and at the end of the loop, the larger count, less our own. Our own
   are this process, its descendants and its parent (the runner, which may hold a context of its
-  own on the board: it is rvbench, not a neighbour); NVML lists the host's pids, so in a container with its own
-  pid namespace none of ours matches, and then one listed process is taken to be us (we hold a
-  context on the board through the loop). None on the CPU, on a MIG slice (`nvml_device` gives no
-  handle), and where NVML lists nothing, which with our context open means it cannot see processes.
+  own on the board: it is rvbench, not a neighbour). NVML lists the host's pids, so in a container
+  with its own pid namespace none of ours matches: then the count is None (unknown), since how many
+  of the listed processes are rvbench's (the worker, perhaps the runner) cannot be told. None too on
+  the CPU, on a MIG slice (`nvml_device` gives no handle), and where NVML lists nothing, which with
+  our context open means it cannot see processes.
 - `contended`: `others_cpu` >= `CONTENDED_CPU_SHARE`, or another process on the GPU; None when
   neither could be measured.
 """
@@ -150,9 +152,9 @@ def other_gpu_processes(nvml: ModuleType, handle: Any, ours: Collection[int]) ->
         pids |= {p.pid for p in nvml_query(nvml, handle, (query,)) or ()}
     if not pids:
         return None
-    if pids & set(ours):
-        return len(pids - set(ours))
-    return len(pids) - 1  # our pids are not the host's (a container): one listed process is us
+    if not pids & set(ours):
+        return None  # our pids are not the ones NVML lists (a container's own pid namespace): unknown
+    return len(pids - set(ours))
 
 
 def load_average() -> float | None:

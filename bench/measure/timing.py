@@ -61,6 +61,7 @@ class TimingResult:
     samples_ms: list[float]  # per-iteration step times, in loop order
     timed_s: float  # wall time of the whole timed loop, including the final synchronisation
     warmup_iters: int  # warm-up iterations actually run
+    converged: bool | None = None  # StoppingRule.converged: whether the loop stopped at its target
 
 
 def synchronize(device: torch.device) -> None:
@@ -87,6 +88,8 @@ def warm_up(fn: Callable[[], object], device: torch.device, cfg: TimingConfig,
 def converged(samples: np.ndarray, target_rel_ci: float) -> bool:
     """Whether the median of `samples` is known to ±`target_rel_ci` (see the module docstring): its 95%
     interval lies within that of it, and the two halves' medians are at most DRIFT_TARGETS targets apart."""
+    if samples.size < 2:
+        return False
     median = float(np.median(samples))
     rel = relative_ci(median, median_ci(samples))
     if rel is None or rel > target_rel_ci:
@@ -101,7 +104,10 @@ class StoppingRule:
 
     def __init__(self, cfg: TimingConfig) -> None:
         self.cfg = cfg
-        self._next_look = 0
+        self._next_look = 1
+        # The verdict the row reports: whether the loop stopped because its median was known to the target
+        # (on CUDA judged on the finished steps, as the rule saw them); None under the fixed rule.
+        self.converged: bool | None = None if cfg.target_rel_ci is None else False
 
     def done(self, steps: int, elapsed_s: float, finished_ms: list[float]) -> bool:
         """Whether to stop after `steps` launched steps and `elapsed_s` seconds, given the times of the
@@ -116,7 +122,8 @@ class StoppingRule:
         if len(finished_ms) < self._next_look:
             return False
         self._next_look = max(len(finished_ms) + 1, math.ceil(len(finished_ms) * (1 + CHECK_GROWTH)))
-        return converged(np.asarray(finished_ms), cfg.target_rel_ci)
+        self.converged = converged(np.asarray(finished_ms), cfg.target_rel_ci)
+        return self.converged
 
 
 def _time_cpu(fn: Callable[[], object], rule: StoppingRule,
@@ -164,11 +171,12 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, cfg: Tim
     device = torch.device(device)
     warmup_iters = warm_up(fn, device, cfg, clock)
     with around_timed if around_timed is not None else contextlib.nullcontext():
+        rule = StoppingRule(cfg)
         if device.type == "cuda":
-            samples, timed_s = _time_cuda(fn, device, StoppingRule(cfg), clock)
+            samples, timed_s = _time_cuda(fn, device, rule, clock)
         else:
-            samples, timed_s = _time_cpu(fn, StoppingRule(cfg), clock)
-    return TimingResult(samples_ms=samples, timed_s=timed_s, warmup_iters=warmup_iters)
+            samples, timed_s = _time_cpu(fn, rule, clock)
+    return TimingResult(samples_ms=samples, timed_s=timed_s, warmup_iters=warmup_iters, converged=rule.converged)
 
 
 def timm_loop_ms(fn: Callable[[], object], device: torch.device | str, iters: int = TIMM_ITERS,
@@ -190,7 +198,7 @@ def timm_loop_ms(fn: Callable[[], object], device: torch.device | str, iters: in
 
 
 def summarize(samples_ms: list[float], batch_size: int, timed_s: float | None = None,
-              target_rel_ci: float | None = None) -> dict:
+              converged: bool | None = None) -> dict:
     """Statistics of per-step samples as results-row columns.
 
     Percentiles interpolate linearly between order statistics (numpy's default), IQR = p75 - p25,
@@ -200,8 +208,8 @@ def summarize(samples_ms: list[float], batch_size: int, timed_s: float | None = 
     Throughputs are None for zero-length steps (only possible with a fake clock).
     `step_ms_p50_ci_low`/`_high` is the median's distribution-free 95% interval (`median_ci`; None below 6
     samples), `rel_ci` how far it reaches from the median (`relative_ci`), and the throughput's interval
-    is the same one seen as images/s. `converged`: whether the samples meet `target_rel_ci` as the
-    stopping rule judges it (None under the fixed rule, which has no target).
+    is the same one seen as images/s. `converged` is the stopping rule's verdict (`TimingResult.converged`:
+    whether the loop stopped at its target; None under the fixed rule, which has none), passed through.
     """
     if not samples_ms:
         raise ValueError("no samples to summarize")
@@ -228,7 +236,7 @@ def summarize(samples_ms: list[float], batch_size: int, timed_s: float | None = 
         step_ms_p50_ci_low=low,
         step_ms_p50_ci_high=high,
         rel_ci=relative_ci(float(p50), ci),
-        converged=None if target_rel_ci is None else converged(arr, target_rel_ci),
+        converged=converged,
         throughput=_per_s(batch_size, p50),
         throughput_ci_low=None if high is None else _per_s(batch_size, high),
         throughput_ci_high=None if low is None else _per_s(batch_size, low),

@@ -17,7 +17,7 @@ from bench.errors import is_disk_full
 from bench.report import write_report
 from bench.report.text import format_table
 from bench.results import write_atomically
-from bench.results.analysis import TIE_RULE, TIED_MARK, contention_warning, ok_rows, summary_table
+from bench.results.analysis import TIE_RULE, TIED_MARK, contention_warning, ok_rows, plus_minus, summary_table
 
 SUMMARY_NAME = "summary.txt"
 
@@ -47,8 +47,8 @@ def convergence(df: pd.DataFrame) -> str:
     if verdicts.empty:
         return ""
     converged = int(verdicts.astype(bool).sum())
-    rel = pd.to_numeric(ok["rel_ci"], errors="coerce").median()
-    spread = f" · median ±{rel * 100:.1f}%" if pd.notna(rel) else ""
+    rel = plus_minus(pd.to_numeric(ok["rel_ci"], errors="coerce").median())
+    spread = f" · median {rel}" if rel else ""
     return f"{converged} of {len(verdicts)} ok cells converged ({converged / len(verdicts):.0%}){spread}"
 
 

@@ -37,6 +37,7 @@ from bench.columns import DDP_MODE, names
 from bench.config.cell import Cell
 from bench.execute.ddp import DdpOptions
 from bench.hardware.gpus import Link, ring_allreduce_s
+from bench.intervals import relative_ci
 from bench.results.rows import make_row
 from bench.results.rundir import env_recorder
 from bench.results.store import ResultWriter
@@ -256,14 +257,17 @@ def _mean(ranks: list[dict], key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-# The step-time statistics of a world size are its slowest rank's: every rank waits for it in the all-reduce.
-SLOWEST_RANK = tuple(c for c in names("timing") if c.startswith("step_ms_") or c == "rel_ci")
+# The step-time statistics of a world size are its slowest rank's: every rank waits for it in the all-reduce
+# (the ends of the median's interval too; `rel_ci` and the throughput's interval then follow from them).
+SLOWEST_RANK = tuple(c for c in names("timing") if c.startswith("step_ms_"))
 
 
 def figures(spec: ScaleSpec, world_size: int, ranks: list[dict]) -> dict:
     """The measurement columns of a finished job from its ranks' figures (see the module docstring)."""
-    first, batch = ranks[0], spec.cell.batch_size
+    first, images = ranks[0], world_size * spec.cell.batch_size
     p50 = _maximum(ranks, "step_ms_p50")
+    low, high = _maximum(ranks, "step_ms_p50_ci_low"), _maximum(ranks, "step_ms_p50_ci_high")
+    ci = None if low is None or high is None else (low, high)
     timed_s = _maximum(ranks, "timed_s")
     memory = "mem_peak_alloc_mb" if first["mem_peak_alloc_mb"] is not None else "mem_rss_delta_mb"
     bound = None if spec.link is None else ring_allreduce_s(first["allreduce_bytes"], world_size, spec.link) * 1e3
@@ -274,8 +278,11 @@ def figures(spec: ScaleSpec, world_size: int, ranks: list[dict]) -> dict:
         "n_iters": first["n_iters"], "timed_s": timed_s, "warmup_iters": first["warmup_iters"],
         **{k: _maximum(ranks, k) for k in SLOWEST_RANK},
         "noisy": any(r["noisy"] for r in ranks),
-        "throughput": world_size * batch / (p50 / 1e3),
-        "throughput_wall": world_size * batch * first["n_iters"] / timed_s,
+        "rel_ci": relative_ci(p50, ci),
+        "throughput": images / (p50 / 1e3),
+        "throughput_ci_low": None if ci is None else images / (high / 1e3),
+        "throughput_ci_high": None if ci is None else images / (low / 1e3),
+        "throughput_wall": images * first["n_iters"] / timed_s,
         **{k: _maximum(ranks, k) for k in ("mem_peak_alloc_mb", "mem_peak_reserved_mb", "mem_activation_mb",
                                            "mem_rss_delta_mb")},
         "mem_weights_mb": first["mem_weights_mb"], "mem_note": f"max over ranks; {first['mem_note']}",

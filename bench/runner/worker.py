@@ -16,8 +16,8 @@ A CUDA error that poisons the context (illegal memory access, device-side assert
 later CUDA call of the process, so after replying to such a cell the reply carries
 "worker_exits": true and the worker exits; the runner starts a fresh one for the next cell.
 An OOM does not poison the context (its memory is released), so the worker carries on.
-What outlives a request (modules, caches) is frozen out of the garbage collector (`gc.freeze`) after
-start-up and after every request: a cell's release collects garbage so that its model's memory is
+What outlives a request (modules, caches) is frozen out of the garbage collector (`gc.freeze`, after
+a collection, so no garbage is frozen with it) after start-up and after every request: a cell's release collects garbage so that its model's memory is
 gone before the next cell, and without the freeze each such full collection walks every object torch
 and the model libraries ever made (about 0.2 s a cell on a CPU, measured); with it, only the cell's own.
 The runner starts the worker in its own session and kills its whole process group, so Inductor's
@@ -250,10 +250,12 @@ def main() -> None:
 
     on_compilation(lambda compiling: _send(replies, {"compiling": compiling}))
     print(f"worker {os.getpid()} started", file=sys.stderr, flush=True)
+    gc.collect()
     gc.freeze()
     _send(replies, {"ready": True})
     for line in sys.stdin:
         reply = handle(json.loads(line))
+        gc.collect()  # what the request left in cycles (a failed profile's traceback) must not be frozen for good
         gc.freeze()
         if reply.get("worker_exits"):
             # Logged before the reply: once the runner reads the reply it may kill us at any moment.

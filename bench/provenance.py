@@ -1,12 +1,15 @@
 """Which code is running: the package version and the git state of the checkout it runs from.
 
 Stage 0, so both the env_* columns of every row (bench.measure.env, the Ray driver's commit in
-bench.runner.cluster) and `rvbench --version` read the one implementation.
+bench.runner.cluster) and `rvbench --version` read the one implementation; `rvbench history` asks the
+same checkout when each recorded commit was made (`commit_times`).
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,3 +33,21 @@ def git_state() -> tuple[str | None, bool | None]:
         return None, None
     status = _git("status", "--porcelain", "--untracked-files=no")
     return _git("rev-parse", "HEAD"), None if status is None else status != ""
+
+
+_COMMIT = re.compile(r"[0-9a-f]{7,40}")
+
+
+def commit_times(commits: Iterable[str]) -> dict[str, int]:
+    """When each of `commits` (as the env_git_commit columns hold them) was committed, as a Unix time,
+    asked of this checkout's repository in one `git log`; a commit it does not have (another clone's,
+    a rebased one), a value that is no commit hash, or no repository at all is left out.
+
+    Only hexadecimal hashes reach git: the values come from result files, never from a trusted hand.
+    """
+    wanted = sorted({c for c in commits if isinstance(c, str) and _COMMIT.fullmatch(c)})
+    if not wanted:
+        return {}
+    out = _git("log", "--no-walk", "--ignore-missing", "--format=%H %ct", *wanted)
+    known = dict(line.split() for line in (out or "").splitlines() if line.count(" ") == 1)
+    return {c: int(t) for c in wanted for full, t in known.items() if full.startswith(c)}

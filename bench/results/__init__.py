@@ -2,13 +2,15 @@
 
 from bench.results.analysis import CONFIG_KEYS, is_max_batch_search, ok_rows, ratios
 from bench.results.store import (
-    RESULTS_JSONL, SAMPLES_JSONL, SCHEMA_VERSION, ResultWriter, check_run_dir, finalize,
-    finished_cell_ids, load, load_run, load_samples, update_latest, write_atomically,
+    RESULTS_JSONL, RESULTS_PARQUET, SAMPLES_JSONL, SCHEMA_VERSION, ResultWriter, check_run_dir, current_parquet,
+    finalize, finished_cell_ids, is_run_dir, load, load_run, load_samples, update_latest, with_optimizer,
+    write_atomically,
 )  # fmt: skip
 from bench.results.timm import TIMM_COLUMNS, timm_table
 
 __all__ = [
-    "CONFIG_KEYS", "RESULTS_JSONL", "SAMPLES_JSONL", "SCHEMA_VERSION",
-    "TIMM_COLUMNS", "ResultWriter", "check_run_dir", "finalize", "finished_cell_ids", "is_max_batch_search", "load",
-    "load_run", "load_samples", "ok_rows", "ratios", "timm_table", "update_latest", "write_atomically",
+    "CONFIG_KEYS", "RESULTS_JSONL", "RESULTS_PARQUET", "SAMPLES_JSONL", "SCHEMA_VERSION",
+    "TIMM_COLUMNS", "ResultWriter", "check_run_dir", "current_parquet", "finalize", "finished_cell_ids",
+    "is_max_batch_search", "is_run_dir", "load", "load_run", "load_samples", "ok_rows", "ratios", "timm_table",
+    "update_latest", "with_optimizer", "write_atomically",
 ]  # fmt: skip

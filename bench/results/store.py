@@ -29,6 +29,7 @@ from bench.results.timm import timm_table
 SCHEMA_VERSION = 1
 
 RESULTS_JSONL = "results.jsonl"
+RESULTS_PARQUET = "results.parquet"
 SAMPLES_JSONL = "samples.jsonl"
 
 # The columns of a row and their order are declared in bench.columns (null where a row does not carry them).
@@ -156,28 +157,38 @@ def _tidy(rows: list[dict]) -> pd.DataFrame:
         # A cell is recorded once, but be robust to hand-merged files: the last row wins.
         df = df.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
     extra = [c for c in df.columns if c not in COLUMN_ORDER]
-    return _with_optimizer(df.reindex(columns=list(COLUMN_ORDER) + extra))
+    return with_optimizer(df.reindex(columns=list(COLUMN_ORDER) + extra))
 
 
-def _with_optimizer(df: pd.DataFrame) -> pd.DataFrame:
+def with_optimizer(df: pd.DataFrame) -> pd.DataFrame:
     """Rows from before the optimizer was a cell field ran the default one: say so, so their
-    configurations still match (compare, resume) those of newer runs."""
+    configurations still match (compare, resume, history) those of newer runs."""
     df["optimizer"] = df["optimizer"].astype(object).fillna(DEFAULT_OPTIMIZER) if "optimizer" in df else DEFAULT_OPTIMIZER
     return df
 
 
-def load(run_dir: str | Path) -> pd.DataFrame:
-    """Read a run's results: results.parquet if the run finished, else its results.jsonl.
+def current_parquet(run_dir: Path) -> Path | None:
+    """The run's results.parquet when it holds every row, else None (read its results.jsonl instead).
 
-    The parquet file is used only when it is at least as new as the jsonl: a run resumed after it
-    was written (and perhaps killed again) has rows the parquet lacks. Always has every column of
-    bench.columns (null where absent), one row per cell.
+    It does when it is at least as new as the jsonl: a run resumed after it was written (and perhaps
+    killed again) has rows the parquet lacks. A run made without pyarrow has none.
+    """
+    parquet, jsonl = run_dir / RESULTS_PARQUET, run_dir / RESULTS_JSONL
+    if parquet.exists() and (not jsonl.exists() or parquet.stat().st_mtime >= jsonl.stat().st_mtime):
+        return parquet
+    return None
+
+
+def load(run_dir: str | Path) -> pd.DataFrame:
+    """Read a run's results: results.parquet if the run finished (`current_parquet`), else its results.jsonl.
+
+    Always has every column of bench.columns (null where absent), one row per cell.
     """
     run_dir = Path(run_dir)
-    parquet, jsonl = run_dir / "results.parquet", run_dir / RESULTS_JSONL
-    if parquet.exists() and (not jsonl.exists() or parquet.stat().st_mtime >= jsonl.stat().st_mtime):
+    parquet, jsonl = current_parquet(run_dir), run_dir / RESULTS_JSONL
+    if parquet is not None:
         try:
-            return _with_optimizer(pd.read_parquet(parquet))
+            return with_optimizer(pd.read_parquet(parquet))
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a damaged file
             warnings.warn(f"{parquet} unreadable ({type(exc).__name__}); reading {jsonl.name} instead")
     return _tidy(_read_jsonl(jsonl))
@@ -188,12 +199,17 @@ def load_samples(run_dir: str | Path) -> dict[str, list[float]]:
     return {r["cell_id"]: r["samples_ms"] for r in _read_jsonl(Path(run_dir) / SAMPLES_JSONL, _SAMPLE_KEYS)}
 
 
+def is_run_dir(path: Path) -> bool:
+    """Whether `path` holds a run's results (results.jsonl or results.parquet)."""
+    return (path / RESULTS_JSONL).is_file() or (path / RESULTS_PARQUET).is_file()
+
+
 def check_run_dir(run_dir: Path) -> None:
     """UsageError unless `run_dir`, a directory a user named, is a run directory with a results file:
     checked before anything else about it, so the message is about the directory."""
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir} is not a directory; give a run directory such as reports/latest")
-    if not (run_dir / RESULTS_JSONL).exists() and not (run_dir / "results.parquet").exists():
+    if not is_run_dir(run_dir):
         raise UsageError(f"{run_dir} has no results.jsonl or results.parquet: not a run directory")
 
 
@@ -232,7 +248,7 @@ def finalize(run_dir: str | Path) -> pd.DataFrame:
     write_atomically(run_dir / "results.csv", lambda p: df.to_csv(p, index=False))
     write_atomically(run_dir / "results_timm.csv", lambda p: timm_table(df).to_csv(p, index=False))
     try:
-        write_atomically(run_dir / "results.parquet", lambda p: df.to_parquet(p, index=False))
+        write_atomically(run_dir / RESULTS_PARQUET, lambda p: df.to_parquet(p, index=False))
     except Exception as exc:  # noqa: BLE001 - any parquet failure must not cost the run its report
         if is_disk_full(exc):
             raise  # the report would fail too: stop with the one disk-full line

@@ -110,6 +110,14 @@ def test_a_noisy_series_without_a_step_has_none(tmp_path: Path) -> None:
     assert _only(history).steps == [] and _only(history).trend == "flat"
 
 
+def test_a_machine_that_wanders_between_quiet_runs_makes_no_step(tmp_path: Path) -> None:
+    """1% spread within each run, but each run ±6-8% off the last (a shared VM's speed between runs): the
+    run-to-run spread sets the penalty, so no step, where within-run noise alone would call several."""
+    wander = (1.0, 1.07, 0.99, 1.08, 1.0, 0.93)
+    runs = [{"rv": BASE_MS * w} for w in wander]
+    assert _only(load_history([_series_runs(tmp_path / "runs", runs, spread=0.01, seed=3)])).steps == []
+
+
 def test_a_quiet_series_reports_a_3pct_step(tmp_path: Path) -> None:
     runs = [{"rv": BASE_MS * (1 / 0.97 if i >= 3 else 1.0)} for i in range(6)]
     (step,) = _only(load_history([_series_runs(tmp_path / "runs", runs, spread=0.01, seed=2)])).steps

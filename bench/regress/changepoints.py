@@ -11,8 +11,14 @@ order: the run's median throughput over rounds. The steps are found as asv finds
 2. The penalty comes from within-run noise: each run's 95% interval of its median throughput
    (bench.results.analysis.config_medians, from its rounds' step_ms_p50_ci_low/high, or, for rows made
    before rows carried them, from its raw samples) gives the variance of that run's log median; the
-   series' noise is the median of those variances, so one odd run does not set it. The penalty is
-   PENALTY_BICS times BIC's (2 ln n noise variances per change point: its place and its new level).
+   series' noise is the median of those variances, so one odd run does not set it, or the run-to-run
+   spread when that is larger (`noise_variance`): a machine whose speed wanders between runs makes
+   steps no code made. On this project's 2-core CI VM three quiet `make bench` runs minutes apart
+   differed by up to 10% per configuration, and within-run noise alone called 37 steps in them. The
+   spread is the median absolute difference of consecutive runs' log throughputs, scaled to a standard
+   deviation (median |d| = 0.6745 sqrt(2) sigma for normal noise): a median, so the steps themselves
+   (a few of the differences) do not set it. The penalty is PENALTY_BICS times BIC's (2 ln n noise
+   variances per change point: its place and its new level).
    In simulated 6-run series, once with 1% and once with 10% spread within runs, twice BIC kept
    99% of the noisy series free of any step while a 3% step in the quiet one was always found.
 3. Each candidate is confirmed on the raw samples: a Mann-Whitney U test of the pooled samples of the
@@ -50,6 +56,7 @@ ENVIRONMENT = ("env_torch", "env_torchvision", "env_timm", "env_cuda", "env_cudn
 PENALTY_BICS = 2.0
 WHYS = ("code", "environment", "both", "unexplained")
 _Z_95 = 1.959964  # a 95% interval's half width in standard deviations
+_MAD_NORMAL = 0.6744898  # the median of |z| for a standard normal z
 
 
 @dataclass(frozen=True)
@@ -91,12 +98,23 @@ def log_variance(throughput: float, low: float, high: float) -> float:
     return ((math.log(high) - math.log(low)) / (2 * _Z_95)) ** 2
 
 
+def noise_variance(points: Sequence[Point]) -> float | None:
+    """The variance of a run's log throughput that the penalty assumes (module docstring, move 2): the
+    median within-run variance, or the run-to-run spread where larger; None without any within-run one."""
+    variances = [p.log_var for p in points if not math.isnan(p.log_var)]
+    if not variances:
+        return None
+    differences = np.abs(np.diff(np.log([p.throughput for p in points])))
+    spread = float(np.median(differences)) / (_MAD_NORMAL * math.sqrt(2)) if differences.size >= 2 else 0.0
+    return max(statistics.median(variances), spread ** 2)
+
+
 def candidates(points: Sequence[Point]) -> list[int]:
     """PELT's change points of the log throughputs: the indices of the first point of each new level."""
-    variances = [p.log_var for p in points if not math.isnan(p.log_var)]
-    if len(points) < 2 or not variances:
+    noise = noise_variance(points)
+    if len(points) < 2 or noise is None:
         return []
-    penalty = PENALTY_BICS * 2 * math.log(len(points)) * statistics.median(variances)
+    penalty = PENALTY_BICS * 2 * math.log(len(points)) * noise
     y = np.log([p.throughput for p in points]).reshape(-1, 1)
     return ruptures.Pelt(model="l2", min_size=1, jump=1).fit(y).predict(pen=penalty)[:-1]
 

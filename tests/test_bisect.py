@@ -46,9 +46,9 @@ def test_bisect_names_the_commit_that_slowed_the_cell(repo, tmp_path: Path, caps
     assert code == 0 and record["first_bad"] == [slow]
     trials = {t["commit"]: t for t in record["trials"]}
     assert trials[slow]["verdict"] == "bad" and trials[slow]["test"] == "regressed"
-    # The burn adds a quarter of the forward's compute; the step measures it as +25% to +45% (the burn
-    # also evicts what the next forward would find in the caches), always beyond the gate's limit.
-    assert FAIL_PCT < 100 * SLOWDOWN - 8 < trials[slow]["change_pct"] < 100 * SLOWDOWN + 20
+    # The burn adds a quarter of the forward's compute; two pairs of processes on a shared machine measure
+    # it as about +18% to +30%: beyond the gate's limit, and not beyond the slowdown by much.
+    assert FAIL_PCT < trials[slow]["change_pct"] < 100 * SLOWDOWN + 15
     low, high = trials[slow]["speed_ci"]
     assert low <= trials[slow]["speed"] <= high < 1 / (1 + FAIL_PCT / 100)
     assert trials[commits[2]]["verdict"] == "good"  # commit 3, just before it

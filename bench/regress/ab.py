@@ -102,17 +102,22 @@ def alternating(rounds: int) -> Iterator[tuple[int, str]]:
             yield r, side
 
 
+def tree_env(tree: Path) -> dict[str, str]:
+    """The environment of a process of `tree`: this one's, with the tree alone on PYTHONPATH, so its own
+    `bench` and `rv_models` are imported."""
+    return {**os.environ, "PYTHONPATH": str(tree)}
+
+
 def run_in_tree(tree: Path, args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """`python args...` in a fresh process of `tree` (its cwd, first on PYTHONPATH), output captured."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    return subprocess.run([sys.executable, *args], cwd=tree, env=env, capture_output=True, text=True,
+    """`python args...` in a fresh process of `tree` (its cwd, `tree_env`), output captured."""
+    return subprocess.run([sys.executable, *args], cwd=tree, env=tree_env(tree), capture_output=True, text=True,
                           timeout=timeout)
 
 
 def _start(tree: Path, cell: dict, errors: IO[str]) -> subprocess.Popen:
     """The PROBE of `cell` in a fresh process of `tree`, its stderr to `errors`."""
     return subprocess.Popen([sys.executable, "-c", PROBE, json.dumps(cell), str(WARMUP_STEPS)], cwd=tree,
-                            env={**os.environ, "PYTHONPATH": str(tree)}, stdin=subprocess.PIPE,
+                            env=tree_env(tree), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=errors, text=True)
 
 

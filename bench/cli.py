@@ -23,6 +23,7 @@ COMMANDS = {
     "report": "Write the HTML report of a run directory.",
     "compare": "Compare two runs cell by cell with a significance test.",
     "history": "Every run under some folders as series in commit order: steps found, sized and explained; a trend page.",
+    "bisect": "The first commit between a good and a bad one where one cell's step got significantly slower.",
     "profile": "Profile one cell: operator categories, per-module time, roofline.",
     "gpu-check": "Check on this GPU that timing, profiling, memory, compile and power measure what they claim.",
     "gpu-validate": "What a short GPU reservation runs first: gpu-check, the gpu-smoke sweep, timm's loop; in 8 minutes.",

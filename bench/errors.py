@@ -26,7 +26,7 @@ class ExitCode(IntEnum):
     OK = 0, "done"
     FAILED = 1, ("`compare --fail-on-regression` tripped; `gpu-check`: a check failed; `gpu-validate`: a check "
                  "failed or was stopped for its budget, or a part failed (each listed); `crosscheck`: a cell "
-                 "could not run; `profile`: the cell ran "
+                 "could not run; `bisect`: --bad is not significantly slower than --good; `profile`: the cell ran "
                  "out of memory (one line; try a smaller `--batch-size`); `run --cluster`: every Ray actor was "
                  "lost with cells left (rows kept; `--resume DIR`)")
     USAGE = 2, ("bad input (unknown name, bad flag, an empty value or list, damaged `config.json`, unwritable "

@@ -8,3 +8,5 @@ the comparison itself (pandas, scipy) is bench.regress.compare.
 DEFAULT_ALPHA = 0.01
 # Smallest p50 change (%) that counts as improved or regressed.
 DEFAULT_THRESHOLD_PCT = 2.0
+# A significant p50 slowdown beyond this (%) fails `make gate-ab` and makes a commit bad for `rvbench bisect`.
+FAIL_PCT = 10.0

@@ -13,6 +13,7 @@ load.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -53,9 +54,9 @@ def _burn(seconds: float) -> None:
 BROKEN_IMPORT = "import rv_models.no_such_module  # noqa: F401  (an import error)\n"
 
 
-def _git(repo: Path, *args: str) -> str:
+def _git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                          check=True, capture_output=True, text=True)
+                          check=True, capture_output=True, text=True, env=env)
     return done.stdout.strip()
 
 
@@ -72,8 +73,12 @@ def _append(repo: Path, path: str, line: str) -> None:
 
 
 def _commit(repo: Path, message: str) -> str:
+    """Commit everything, a day after the repository's last commit (commit N on 2026-01-0N), so that commit order
+    and commit time agree to the second."""
     _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", message)
+    day = len(_git(repo, "rev-list", "--all").split()) + 1
+    date = f"2026-01-{day:02d}T12:00:00Z"
+    _git(repo, "commit", "-qm", message, env={**os.environ, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date})
     return _git(repo, "rev-parse", "HEAD")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -35,10 +36,13 @@ def run(args: argparse.Namespace) -> int:
             raise
         raise UsageError(f"needs {' and '.join(PACKAGES)}, which are not installed: {INSTALL}") from None
     from bench.report.history_page import history_text, write_history
+    from bench.results.store import write_atomically
 
     roots = args.roots or [DEFAULT_ROOT]
     history = load_history(roots)
     out = check_page(args.out, Path(os.path.abspath(roots[0])).parent / DEFAULT_PAGE, "the history page")
     print(history_text(history))
-    print(f"wrote {write_history(history, out)}")
+    record = out.with_suffix(".json")
+    write_atomically(record, lambda p: p.write_text(json.dumps(history.record(), indent=2) + "\n", encoding="utf-8"))
+    print(f"wrote {write_history(history, out)} and {record}")
     return ExitCode.OK

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 SWEEP_OPTIONS = ("preset", "models", "impls", "batch_sizes", "precisions", "compile", "modes", "optimizers",
                  "channels_last", "image_size", "rounds", "find_max_batch")
 # ... and with --resume the run stays where it is.
-RESUME_CONFLICTS = SWEEP_OPTIONS + ("out",)
+RESUME_CONFLICTS = SWEEP_OPTIONS + ("process_time", "out")
 # --cell-timeout when none is given on a GPU: far above any cell's running time, so only a hung cell
 # (or a compilation hung just as long: the two are timed apart, see bench.runner.runner) is killed.
 GPU_CELL_TIMEOUT_S = 900.0
@@ -58,6 +58,10 @@ def register(parser: argparse.ArgumentParser) -> None:
                        help="run every model in NHWC (or none); default: as the preset says")
     sweep.add_argument("--image-size", type=int, help="input side in px (0: each model's default)")
     sweep.add_argument("--rounds", type=int, help="repeats of every cell, impls interleaved per round")
+    sweep.add_argument("--process-time", action="store_true", default=None,
+                       help="time CPU steps in the process's CPU time instead of wall time, so other jobs on a "
+                            "shared machine do not count (row column timer = process-cpu); with OMP_NUM_THREADS=1 "
+                            "a step's CPU time is its latency on an idle core")
     sweep.add_argument("--find-max-batch", action="store_true", default=None,
                        help="also search the largest batch that fits for each config (own row, "
                             "find_max_batch=true); an OOM, worker crash, timeout or an error above batch 1 "
@@ -118,7 +122,12 @@ def _new_spec(args: argparse.Namespace, device: str) -> SweepSpec:
 
     preset = args.preset or ("cpu" if device == "cpu" else "gpu")
     overrides = {o: getattr(args, o) for o in SWEEP_OPTIONS if o not in ("preset", "find_max_batch")}
-    return build_spec(preset, device, overrides, find_max_batch=bool(args.find_max_batch))
+    spec = build_spec(preset, device, overrides, find_max_batch=bool(args.find_max_batch))
+    if args.process_time:
+        if device != "cpu":
+            raise UsageError(f"--process-time times CPU steps; {device}'s steps are timed by CUDA events")
+        spec.timing["process_time"] = True
+    return spec
 
 
 def _local_devices(names: list[str]) -> list[str]:

@@ -60,6 +60,11 @@ class TimingConfig:
     one step this way. `power_min_batch` samples only cells of at least that batch size: at small
     batches the board idles between kernels and the reading says little, so a preset can keep the
     floor for the batches whose power is worth reporting.
+
+    `process_time` times CPU steps in the process's CPU time (`time.process_time`) instead of wall time:
+    time other jobs take from the machine does not count, so runs made on shared CI runners compare
+    over time (`rvbench history`). With one torch thread (OMP_NUM_THREADS=1) a step's CPU time is its
+    latency on an idle core; with more it is the threads' sum. CUDA steps are timed by events either way.
     """
 
     warmup_iters: int = 3
@@ -71,6 +76,7 @@ class TimingConfig:
     target_rel_ci: float | None = 0.01
     power: bool = True
     power_min_batch: int = 1
+    process_time: bool = False
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be >= 0, got {getattr(self, name)}" for name in

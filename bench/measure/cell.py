@@ -57,7 +57,7 @@ from bench.hardware.gpus import peak_tflops_for
 from bench.measure.contention import ContentionMonitor, contention_monitor, load_average
 from bench.measure.memory import CudaPeak, RssPeak, weights_bytes
 from bench.measure.power import PowerMonitor, empty_columns, power_monitor
-from bench.measure.timing import summarize, synchronize, time_callable
+from bench.measure.timing import summarize, synchronize, time_callable, timer
 
 
 @contextlib.contextmanager
@@ -139,6 +139,7 @@ def _measure(built: BuiltCell, timing: TimingConfig, load_avg: float | None) -> 
                  gflops_per_image=forward / 1e9, gflops_per_step=gflops_per_step),
         **stats,
         "warmup_iters": result.warmup_iters,
+        "timer": timer(timing, device),
         **values("build", build_s=built.build_s, compile_s=compile_s,
                  recompiles=window["graphs_after"] - graphs_first,
                  recompiles_timed=window["graphs_after"] - window["graphs_before"],

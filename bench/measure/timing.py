@@ -18,7 +18,8 @@ distribution (step times are skewed and heavy-tailed, so no normal approximation
 resampling (a look costs one sort), and holds from 6 samples on, where a bootstrap of the median
 is unreliable.
 
-CPU steps are timed with `time.perf_counter`. CUDA steps are timed with a `torch.cuda.Event`
+CPU steps are timed with `time.perf_counter`, or in process CPU time (`time.process_time`) when the timing
+config says `process_time`; `timer` names the clock a row's samples come from (`TIMERS`). CUDA steps are timed with a `torch.cuda.Event`
 pair per iteration recorded on the current stream, so the samples are device time and the host
 does not synchronise every iteration. To keep the host from queueing work unboundedly ahead of
 the GPU (which would make the host clock used by the stopping rule run far ahead of the device and
@@ -50,6 +51,8 @@ NOISY_IQR_RATIO = 0.10
 CHECK_GROWTH = 0.10
 # A converged loop's two halves have medians at most this many targets apart.
 DRIFT_TARGETS = 2.0
+# What a row's step times are, by `timer`: wall time on the host, this process's CPU time, CUDA event time.
+TIMERS = ("wall", "process-cpu", "cuda-events")
 # timm benchmark.py's defaults: --num-warm-iter 10, --num-bench-iter 40.
 TIMM_WARMUP_ITERS, TIMM_ITERS = 10, 40
 
@@ -126,14 +129,14 @@ class StoppingRule:
         return self.converged
 
 
-def _time_cpu(fn: Callable[[], object], rule: StoppingRule,
-              clock: Callable[[], float]) -> tuple[list[float], float]:
+def _time_cpu(fn: Callable[[], object], rule: StoppingRule, clock: Callable[[], float],
+              step_clock: Callable[[], float]) -> tuple[list[float], float]:
     samples: list[float] = []
     start = clock()
     while not rule.done(len(samples), clock() - start, samples):
-        t0 = clock()
+        t0 = step_clock()
         fn()
-        samples.append((clock() - t0) * 1e3)
+        samples.append((step_clock() - t0) * 1e3)
     return samples, clock() - start
 
 
@@ -158,6 +161,13 @@ def _time_cuda(fn: Callable[[], object], device: torch.device, rule: StoppingRul
     return finished + [begin.elapsed_time(end) for begin, end in pairs[len(finished):]], timed_s
 
 
+def timer(cfg: TimingConfig, device: torch.device | str) -> str:
+    """The clock of `device`'s step times under `cfg`, one of TIMERS (the row's `timer`)."""
+    if torch.device(device).type == "cuda":
+        return "cuda-events"
+    return "process-cpu" if cfg.process_time else "wall"
+
+
 def time_callable(fn: Callable[[], object], device: torch.device | str, cfg: TimingConfig,
                   around_timed: ContextManager[object] | None = None,
                   clock: Callable[[], float] = time.perf_counter) -> TimingResult:
@@ -166,7 +176,8 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, cfg: Tim
     `around_timed` is entered right before the timed loop and exited right after its final
     synchronisation: memory-peak resets and power sampling hook in there, so they cover exactly
     the timed iterations. `clock` is injectable so the stopping rule can be tested with a fake clock
-    (CPU only; CUDA samples always come from events).
+    (CPU only; CUDA samples always come from events). It runs the stopping rule and `timed_s`; a CPU step's
+    samples come from it too, or from `time.process_time` when `timer` says "process-cpu".
     """
     device = torch.device(device)
     warmup_iters = warm_up(fn, device, cfg, clock)
@@ -175,7 +186,8 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, cfg: Tim
         if device.type == "cuda":
             samples, timed_s = _time_cuda(fn, device, rule, clock)
         else:
-            samples, timed_s = _time_cpu(fn, rule, clock)
+            step_clock = time.process_time if timer(cfg, device) == "process-cpu" else clock
+            samples, timed_s = _time_cpu(fn, rule, clock, step_clock)
     return TimingResult(samples_ms=samples, timed_s=timed_s, warmup_iters=warmup_iters, converged=rule.converged)
 
 

@@ -45,7 +45,7 @@ _KEYS = config_keys(impl=True, device=True)  # what config_medians groups a run'
 _CI = INTERVALS["step_ms_p50"]
 # The columns read from every run; a run that lacks one reads NULL.
 READ = tuple(dict.fromkeys((*_KEYS, "round", "cell_id", "status", "find_max_batch", "throughput", "step_ms_p50",
-                            *_CI, "converged", "contended", "started_at", "env_timestamp", "env_git_commit",
+                            *_CI, "converged", "contended", "timer", "started_at", "env_timestamp", "env_git_commit",
                             "env_git_dirty", *ENVIRONMENT)))
 TRENDS = ("regressed", "improved", "flat")
 
@@ -99,6 +99,21 @@ class History:
         found = [(s, step) for s in self.series for step in s.steps]
         return sorted(found, key=lambda item: (not item[1].regressed, -abs(item[1].change_pct)))
 
+    def record(self) -> dict:
+        """history.json: per series its configuration, machine class, command, trend, points and steps, each step
+        with its two runs and commits, size, interval, p and why: what a dashboard or a CI job reads."""
+        def step(st: Step) -> dict:
+            return {"before_run": st.before.run, "after_run": st.after.run, "before": st.before.commit,
+                    "after": st.after.commit, "change_pct": st.change_pct, "p_value": st.p_value,
+                    "speed_ci": st.speed_ci, "why": st.why, "changed": list(st.changed)}
+
+        return {"roots": [str(r) for r in self.roots], "runs": self.runs, "alpha": self.alpha,
+                "threshold_pct": self.threshold_pct,
+                "series": [{"config": s.config, "machine": s.machine, "command": s.command, "trend": s.trend,
+                            "change_pct": s.change_pct,
+                            "points": [{"run": p.run, "commit": p.commit, "throughput": p.throughput} for p in s.points],
+                            "steps": [step(st) for st in s.steps]} for s in self.series]}
+
 
 def find_runs(roots: Sequence[Path]) -> list[Path]:
     """Every run directory at or under `roots`, each once (reports/latest links to one of reports/runs/);
@@ -146,12 +161,17 @@ def read_rows(runs: Sequence[Path]) -> pd.DataFrame:
     return df[df["mode"].isin(SWEEP_MODES)].reset_index(drop=True)
 
 
+PROCESS_CPU = " · process CPU time"  # a machine class timed by --process-time (its rows' timer)
+
+
 def _machines(df: pd.DataFrame) -> pd.Series:
-    """Each row's machine class: its GPU's name, or its CPU and thread count."""
+    """Each row's machine class: its GPU's name, or its CPU and thread count, and PROCESS_CPU when its steps were
+    timed in process CPU time (a different clock is a different series; a run without `timer` timed wall time)."""
     threads = pd.to_numeric(df["env_threads"], errors="coerce").astype("Int64").astype(str)
     cpu = df["env_cpu"].fillna("unknown CPU").astype(str) + (" × " + threads + " threads").where(
         df["env_threads"].notna(), "")
-    return df["env_gpu_name"].where(df["env_gpu_name"].notna(), cpu).astype(str)
+    machine = df["env_gpu_name"].where(df["env_gpu_name"].notna(), cpu).astype(str)
+    return machine + np.where(df["timer"] == "process-cpu", PROCESS_CPU, "")
 
 
 class RunSamples(dict):
@@ -199,9 +219,10 @@ def _preset(run: str) -> str | None:
     return preset if isinstance(preset, str) else None
 
 
-def run_command(config: Mapping[str, object], device: str, preset: str | None) -> str:
+def run_command(config: Mapping[str, object], device: str, preset: str | None, process_time: bool = False) -> str:
     """The `rvbench run` command that measures one configuration (its flags as bench/commands/run.py declares
-    them), on `device`'s kind, with the run's preset for its timing and rounds."""
+    them), on `device`'s kind, with the run's preset for its timing and rounds, in process CPU time if the
+    series was."""
     words = ["rvbench", "run", *(["--preset", preset] if preset else []),
              "--models", config["arch"], "--impls", config["impl"], "--batch-sizes", int(config["batch_size"]),
              "--image-size", int(config["image_size"]), "--precisions", config["precision"],
@@ -209,7 +230,7 @@ def run_command(config: Mapping[str, object], device: str, preset: str | None) -
     if config["mode"] != "inference":
         words += ["--optimizer", config["optimizer"]]
     words += ["--channels-last" if config["channels_last"] else "--no-channels-last",
-              "--device", "cpu" if device == "cpu" else "cuda"]
+              "--device", "cpu" if device == "cpu" else "cuda", *(["--process-time"] if process_time else [])]
     return shlex.join(str(w) for w in words)
 
 
@@ -248,7 +269,7 @@ def build_series(df: pd.DataFrame, runs: pd.DataFrame, samples: RunSamples, thre
     out = []
     for config, machine, device, points in sorted(found.values(), key=lambda f: (_order(f[0]), f[1])):
         points.sort(key=lambda p: p.position)
-        command = run_command(config, device, _preset(points[-1].run))
+        command = run_command(config, device, _preset(points[-1].run), machine.endswith(PROCESS_CPU))
         out.append(Series(config, machine, command, points, threshold_pct=threshold_pct))
     return out
 

@@ -1,0 +1,64 @@
+"""`rvbench history` on real runs: `rvbench run` at each of six commits of a copy of this project, rv's ResNet made
+25% slower at commit 4 (tests/slow_commit_repo.py), read back by `rvbench history` run in that repository.
+
+Each run is a fresh `rvbench run` of the commit's own tree (a temporary worktree): resnet18, rv, 32 px, batch 1,
+fp32 inference on one thread, timed in process CPU time (`--process-time`), so the load of the machine (the
+rest of the test suite, and the other run: two run at a time) moves no level. The runs are made newest commit
+first, so the history's order is the commits' times, not the runs'.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from bench.regress.ab import worktree
+from slow_commit_repo import SLOW_COMMIT, SLOWDOWN, make_repo
+
+RUN = ["-m", "bench", "run", "--preset", "cpu", "--models", "resnet18", "--impls", "rv", "--batch-sizes", "1",
+       "--image-size", "32", "--precisions", "fp32", "--modes", "inference", "--rounds", "2", "--process-time"]
+
+
+def _rvbench(tree: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m bench args...` of `tree`'s own code, on one thread."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, *args], cwd=tree, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict, str]:
+    """The commits, the history's steps table as JSON (its page's data) and what it printed."""
+    repo = tmp_path_factory.mktemp("history-repo")
+    commits = make_repo(Path(__file__).resolve().parents[1], repo)
+    runs = tmp_path_factory.mktemp("history-runs")
+
+    def run_at(i: int) -> None:
+        with worktree(repo, commits[i - 1], prefix="rvbench-history-") as tree:
+            _rvbench(tree, *RUN, "--out", str(runs / f"commit{i}"))
+
+    with ThreadPoolExecutor(2) as pool:  # two at a time: process CPU time does not see the other
+        list(pool.map(run_at, range(len(commits), 0, -1)))
+    page = runs / "history.html"
+    printed = _rvbench(repo, "-m", "bench", "history", str(runs), "--out", str(page)).stdout
+    return commits, json.loads(page.with_suffix(".json").read_text()), printed
+
+
+def test_history_finds_the_one_step_at_commit_4_sized_and_blamed_on_the_code(history) -> None:
+    commits, data, printed = history
+    (series,) = data["series"]
+    assert [p["commit"] for p in series["points"]] == commits, "points in commit order, not in the runs' order"
+    (step,) = series["steps"]
+    assert (step["before"], step["after"]) == (commits[SLOW_COMMIT - 2], commits[SLOW_COMMIT - 1])
+    # +25% CPU time per forward is throughput x 1/1.25: -20%, and the step's size is within 8 points of it.
+    assert step["change_pct"] == pytest.approx(100 * (1 / (1 + SLOWDOWN) - 1), abs=8)
+    assert step["why"] == "code" and step["p_value"] < data["alpha"]
+    assert series["trend"] == "regressed" and "--process-time" in series["command"]
+    assert commits[SLOW_COMMIT - 1][:10] in printed

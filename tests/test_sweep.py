@@ -93,6 +93,7 @@ def test_only_missing_pairs_is_an_error():
     (["--device", "tpu"], "unknown device 'tpu'; valid: cpu, cuda:N"),
     (["--models", "vit_tiny_patch16_224", "--image-size", "100"], "multiple of its patch size 16, got 100"),
     (["--resume", "nowhere"], "drop --preset, --out, --device"),
+    (["--resume", "nowhere", "--process-time"], "drop --preset, --process-time, --out, --device"),
     (["--out", "/proc/forbidden"], "cannot create the run directory under --out /proc/forbidden"),
 ])
 def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, capsys, args, message):
@@ -111,10 +112,11 @@ def test_timing_power_switches_round_trip_through_config_json():
     from bench.config.sweep import SweepSpec
 
     spec = build_spec("smoke", "cpu", {})
-    spec.timing.update(power=False, power_min_batch=64)
+    spec.timing.update(power=False, power_min_batch=64, process_time=True)
     again = SweepSpec.from_json(spec.to_json())
     assert timing_config(again).no_power(256) == "power not sampled: timing power = false"
-    for key, bad in (("power", 1), ("min_s", True)):
+    assert timing_config(again).process_time is True  # --process-time resumes as it ran
+    for key, bad in (("power", 1), ("process_time", "yes"), ("min_s", True)):
         data = spec.to_json()
         data["timing"][key] = bad
         with pytest.raises(UsageError, match=f"timing {key} must be"):

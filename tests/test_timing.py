@@ -93,6 +93,19 @@ def test_sleeping_step_is_never_measured_shorter_than_its_sleep():
     assert stats["throughput_wall"] <= 4 * 5 / (5 * sleep_s)
 
 
+def test_process_time_counts_the_step_s_cpu_not_its_sleep_and_the_loop_stays_wall_time():
+    """--process-time: a step that sleeps 20 ms costs its process almost no CPU time; the loop's own seconds
+    (the stopping rule's, timed_s) stay wall time, so a run's budget still bounds it."""
+    sleep_s = 0.02
+    cfg = TimingConfig(warmup_iters=1, warmup_s=0.0, min_iters=5, min_s=0.0, max_iters=5, target_rel_ci=None,
+                       process_time=True)
+    assert timing.timer(cfg, "cpu") == "process-cpu" and timing.timer(TimingConfig(), "cpu") == "wall"
+    assert timing.timer(cfg, "cuda:0") == "cuda-events"  # CUDA steps are timed by events either way
+    result = time_callable(lambda: time.sleep(sleep_s), "cpu", cfg)
+    assert len(result.samples_ms) == 5 and max(result.samples_ms) < sleep_s * 1e3 / 4
+    assert result.timed_s >= 5 * sleep_s
+
+
 def test_summarize_exact_percentiles():
     samples = [float(v) for v in range(100, 0, -1)]  # 1..100 ms, out of order
     stats = summarize(samples, batch_size=2, timed_s=8.0)

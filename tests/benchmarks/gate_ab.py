@@ -1,10 +1,12 @@
 """A/B gate across commits, in the style of asv continuous: `make gate-ab [BASE=rev]`.
 
-A thin caller of bench.regress.ab (worktree, alternating fresh processes, the decision), which
-`rvbench bisect` shares. The pytest-benchmark suite (test_speed.py) runs for BASE (checked out in a temporary git worktree)
-and for this checkout's working tree (HEAD), on the same machine in the same job, so both sides
-share the machine and its noise. The sides alternate in fresh processes, ROUNDS times each (base
-then head, head then base, ...), timed in process CPU time on one thread (conftest's CPU_THREADS).
+A thin caller of bench.regress.ab (worktree, alternating fresh processes, the decision), which `rvbench
+bisect` shares. The pytest-benchmark suite (test_speed.py) runs for BASE and for this checkout's working
+tree (HEAD), on the same machine in the same job, so both sides share the machine and its noise. Each
+side runs from a fresh temporary worktree made alike (bench.regress.ab.fresh_sides: paths of one length,
+byte-compiled first), never HEAD from the checkout itself, which measured identical code faster. The
+sides alternate in fresh processes, ROUNDS times each (base then head, head then base, ...), timed in
+process CPU time on one thread (conftest's CPU_THREADS).
 Each process gives one median per benchmark; per benchmark, the gate compares the ROUNDS medians
 of each side with a Mann-Whitney U test (bench.regress.compare.delta, the rule `rvbench compare`
 uses) and fails only on a regression that is significant (p < 0.01) AND larger than FAIL_PCT.
@@ -33,7 +35,7 @@ import time
 from pathlib import Path
 
 from bench.regress import FAIL_PCT
-from bench.regress.ab import alternating, compare_sides, git, run_in_tree, worktree
+from bench.regress.ab import alternating, compare_sides, fresh_sides, git, run_in_tree
 from bench.report.compare_page import comparison_text, write_html
 
 SUITE = "tests/benchmarks/test_speed.py"
@@ -91,11 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     head_name = (git(root, "rev-parse", "--short=12", "HEAD") or "HEAD") + (
         " (dirty)" if git(root, "status", "--porcelain", "--untracked-files=no") else "")
     sides: dict[str, list[dict[str, tuple[float, int]]]] = {"base": [], "head": []}
-    with worktree(root, base, prefix="gate-ab-") as base_tree:
-        if not (base_tree / SUITE).exists():
+    with fresh_sides(root, base, prefix="gate-ab-") as trees:
+        if not (trees["a"] / SUITE).exists():
             print(f"gate-ab: no base to compare: {base[:12]} has no {SUITE}; pass")
             return 0
-        trees = {"a": base_tree, "b": root}
         for r, ab_side in alternating(args.rounds):
             side = "base" if ab_side == "a" else "head"
             path = out / f"{side}-r{r}.json"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import gate_ab
+from bench.regress.ab import fresh_sides
 from bench.intervals import ci_text
 from bench.report.compare_page import comparison_text
 
@@ -89,6 +90,32 @@ def test_no_base_to_compare_passes_with_one_line(tmp_path: Path, monkeypatch, ca
     assert f"has no {gate_ab.SUITE}; pass" in capsys.readouterr().out
     listed = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout
     assert len(listed.splitlines()) == 1, "the temporary worktree must be removed"
+
+
+def test_both_sides_run_from_fresh_worktrees_made_alike(tmp_path: Path) -> None:
+    """HEAD's side is the checkout's working tree (a tracked edit and an untracked file included) in a worktree
+    like BASE's: paths of one length, byte-compiled; the checkout itself is left as it was, the trees removed."""
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    (repo / "pkg" / "mod.py").write_text("VALUE = 1\n")
+    _git(repo, "add", "-A")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    (repo / "pkg" / "mod.py").write_text("VALUE = 2\n")  # not committed
+    (repo / "pkg" / "new.py").write_text("NEW = 3\n")  # untracked
+    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True).stdout
+    with fresh_sides(repo, "HEAD", prefix="gate-ab-") as trees:
+        assert (trees["a"] / "pkg" / "mod.py").read_text() == "VALUE = 1\n"
+        assert (trees["b"] / "pkg" / "mod.py").read_text() == "VALUE = 2\n"
+        assert (trees["b"] / "pkg" / "new.py").read_text() == "NEW = 3\n" and not (trees["a"] / "pkg" / "new.py").exists()
+        assert len(str(trees["a"])) == len(str(trees["b"])) and repo not in (trees["a"], trees["b"])
+        for tree in trees.values():
+            assert list((tree / "pkg" / "__pycache__").glob("mod.*.pyc"))
+    after = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True).stdout
+    assert after == status and not (repo / "pkg" / "__pycache__").exists()
+    assert subprocess.run(["git", "-C", str(repo), "stash", "list"], capture_output=True, text=True).stdout == ""
+    listed = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout
+    assert len(listed.splitlines()) == 1 and not trees["a"].exists() and not trees["b"].exists()
 
 
 def test_bad_rounds_exit_2(capsys) -> None:

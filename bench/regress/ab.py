@@ -29,7 +29,7 @@ from typing import IO
 from pathlib import Path
 
 from bench.regress import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT
-from bench.regress.compare import VERDICTS, CellDelta, Comparison, delta
+from bench.regress.compare import VERDICTS, CellDelta, Comparison, delta, holm, smallest_p
 
 SIDES = ("a", "b")
 WARMUP_STEPS = 40  # untimed steps first: the first steps of a fresh process are slower (allocator, caches)
@@ -210,11 +210,13 @@ def ab_cell(trees: dict[str, Path], cell: dict, label: str, rounds: int, steps: 
 def compare_sides(base: list[dict[str, tuple[float, int]]], head: list[dict[str, tuple[float, int]]],
                   base_name: str, head_name: str) -> Comparison:
     """Per benchmark both sides ran: the rounds' medians of each side (name -> (ms, batch) per round)
-    compared by `delta`, regressions first."""
+    compared by `delta`, the benchmarks' p-values adjusted together (`holm`: one gate run calls a false
+    verdict with probability at most alpha, however many benchmarks it runs), regressions first."""
     cmp = Comparison(Path(base_name), Path(head_name), DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT,
                      f"BASE {base_name}", f"HEAD {head_name}")
     names_a = set().union(*base) if base else set()
     names_b = set().union(*head) if head else set()
+    min_ps: list[float] = []
     for name in sorted(names_a | names_b):
         if name not in names_b:
             cmp.only_a.append(name)
@@ -224,5 +226,7 @@ def compare_sides(base: list[dict[str, tuple[float, int]]], head: list[dict[str,
             a = [r[name][0] for r in base if name in r]
             b = [r[name][0] for r in head if name in r]
             cmp.cells.append(delta(name, a, b, head[0][name][1]))
+            min_ps.append(smallest_p(len(a), len(b)))
+    cmp.cells = holm(cmp.cells, min_ps)
     cmp.cells.sort(key=lambda c: (VERDICTS.index(c.verdict), -abs(c.change_pct)))
     return cmp

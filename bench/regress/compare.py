@@ -17,6 +17,8 @@ This module holds the statistics only; bench.report.compare_page prints and rend
 
 from __future__ import annotations
 
+import dataclasses
+
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +151,23 @@ def delta(label: str, a_ms: list[float], b_ms: list[float], batch: int, alpha: f
     verdict = _verdict(change, p_value, smallest_p(len(a_ms), len(b_ms)), alpha, threshold_pct)
     return CellDelta(label, p50_a, p50_b, batch * 1000.0 / p50_a, batch * 1000.0 / p50_b, p_value, change, verdict,
                      ratio_ci(a_ms, b_ms))
+
+
+def holm(cells: list[CellDelta], min_ps: list[float], alpha: float = DEFAULT_ALPHA,
+         threshold_pct: float = DEFAULT_THRESHOLD_PCT) -> list[CellDelta]:
+    """`cells` tested together as one family (a gate's benchmarks), each p replaced by its Holm-adjusted p and the
+    verdict decided again on it (`min_ps`: each cell's smallest possible raw p, `smallest_p`).
+
+    Holm's step-down: the k-th smallest of m p-values is multiplied by m - k + 1, kept monotone. A verdict on
+    any of m unchanged cells then has probability at most alpha, where m tests at alpha each give up to m x alpha.
+    """
+    m = len(cells)
+    adjusted, running = [1.0] * m, 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda i: cells[i].p_value)):
+        running = max(running, min(1.0, (m - rank) * cells[i].p_value))
+        adjusted[i] = running
+    return [dataclasses.replace(c, p_value=p, verdict=_verdict(c.change_pct, p, min(1.0, m * low), alpha, threshold_pct))
+            for c, p, low in zip(cells, adjusted, min_ps)]
 
 
 def _check_sweep(df: pd.DataFrame, run: Path) -> None:

@@ -60,6 +60,22 @@ def test_overlapping_rounds_are_unchanged_and_a_speedup_is_an_improvement() -> N
     assert [c.verdict for c in cmp.cells] == ["improved"] and cmp.failure(gate_ab.FAIL_PCT) is None
 
 
+def test_the_benchmarks_p_values_are_adjusted_together() -> None:
+    """A perfect separation of 6 rounds against 6 (p = 0.0022) is a verdict alone; among 7 benchmarks (Holm: x 7 =
+    0.015) 6 rounds can never reach 0.01, so all are underpowered; with 8 against 8 (p = 0.00016, x 7 = 0.0011)
+    it is a verdict among 7 as well, and the other 6 stay unchanged."""
+    def gate(rounds: int, benchmarks: int) -> list[str]:
+        slow = [f"b{i}" for i in range(1, benchmarks)]
+        base = [{"a": (10.0 + 0.01 * r, 2), **{n: (10.0 + 0.01 * r, 2) for n in slow}} for r in range(rounds)]
+        head = [{"a": (11.0 + 0.01 * r, 2), **{n: (10.0 + 0.01 * ((r + 3) % rounds), 2) for n in slow}}
+                for r in range(rounds)]
+        cmp = gate_ab.compare_sides(base, head, "b", "h")
+        return [c.verdict for c in sorted(cmp.cells, key=lambda c: c.label)]
+
+    assert gate(6, 1) == ["regressed"] and gate(6, 7) == ["underpowered"] * 7
+    assert gate(8, 7) == ["regressed"] + ["unchanged"] * 6
+
+
 def test_too_few_rounds_are_underpowered_and_never_fail() -> None:
     cmp = gate_ab.compare_sides(_rounds([10.0, 10.1]), _rounds([20.0, 20.1]), "b", "h")
     assert [c.verdict for c in cmp.cells] == ["underpowered"]

@@ -8,14 +8,20 @@ The cell is timed in process CPU time on one thread, so the verdicts do not depe
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from bench.cli import main
 from bench.regress import FAIL_PCT
-from slow_commit_repo import SLOW_COMMIT, SLOWDOWN, make_repo
+from bench.regress import ab
+from bench.regress.bisect import parse_cell
+from slow_commit_repo import FORWARD, SLOW_COMMIT, SLOWDOWN, make_repo
 
 CELL = "resnet18 rv bs1 32px fp32 inference"
 FAST = ["--rounds", "2", "--steps", "30"]  # 2 fresh processes per side: about 4 s each
@@ -96,3 +102,55 @@ def test_bad_input_exits_2_with_one_line(repo, tmp_path: Path, capsys, case: str
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def _probes_in(prefix: str) -> list[int]:
+    """The pids of processes running in a temporary tree whose path holds `prefix` (a bisect's probes)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and prefix in os.readlink(proc / "cwd"):
+                found.append(int(proc.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+def test_a_probe_that_hangs_is_a_failed_cell_and_both_processes_end(repo, monkeypatch) -> None:
+    """A tree whose forward never returns: no "ready" within the reply timeout is CellFailed naming its side."""
+    path, commits = repo
+    monkeypatch.setattr(ab, "REPLY_TIMEOUT_S", 20.0)
+    cell = parse_cell(CELL)
+    with ab.worktree(path, commits[0], prefix="rvbench-hang-") as good, \
+            ab.worktree(path, commits[0], prefix="rvbench-hang-") as hung:
+        model = hung / "rv_models" / "resnet.py"
+        text = model.read_text()
+        model.write_text(text.replace(FORWARD, FORWARD.replace("x = self.maxpool(", "__import__('time').sleep(3600)\n"
+                                                                "        x = self.maxpool("), 1))
+        with pytest.raises(ab.CellFailed, match="no reply in 20 s") as failed:
+            ab.time_pair({"a": good, "b": hung}, cell, steps=3)
+        assert failed.value.side == "b"
+        assert _probes_in("rvbench-hang-") == [], "both probes must be ended"
+
+
+def test_ctrl_c_removes_every_worktree_and_ends_every_probe(repo, tmp_path: Path) -> None:
+    """SIGINT to a running bisect (as a terminal's Ctrl-C: to its process group) while its probes time: exit 130,
+    no worktree left, no probe left running."""
+    path, commits = repo
+    process = subprocess.Popen([sys.executable, "-m", "bench", "bisect", "--good", commits[0], "--bad", commits[-1],
+                                "--cell", CELL, "--repo", str(path), "--out", str(tmp_path / "out"), *FAST],
+                               cwd=Path(__file__).resolve().parents[1], start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_probes_in("rvbench-bisect-")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(_probes_in("rvbench-bisect-")) >= 2, "the probes never started"
+        os.killpg(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, output
+    assert _worktrees(path) == 1 and _probes_in("rvbench-bisect-") == []
+    assert "Traceback" not in output

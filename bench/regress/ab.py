@@ -11,7 +11,7 @@ test gives p < alpha AND the median moved by at least the threshold, with B spee
 lockstep, through each tree's own `prepared_cell`, on one thread in process CPU time, each step relative to
 a fixed reference computation timed right after it (so load from other processes on the machine moves
 neither side more than the other); a tree where the cell cannot run (an import or build error, the model
-missing) raises `CellFailed`.
+missing, or a build or step that hangs past REPLY_TIMEOUT_S) raises `CellFailed`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import compileall
 import contextlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,9 @@ from bench.regress import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT
 from bench.regress.compare import VERDICTS, CellDelta, Comparison, delta, holm, smallest_p
 
 SIDES = ("a", "b")
+# How long a probe may take to build and warm up its cell, or to time one step, before its side counts as not
+# running (a hang: its commit is skipped, as one that does not build is).
+REPLY_TIMEOUT_S = 300.0
 WARMUP_STEPS = 40  # untimed steps first: the first steps of a fresh process are slower (allocator, caches)
 # The fresh process: the tree's own prepared_cell on one thread; after the warm-up it says "ready", then
 # times one step per line it reads, in process CPU time divided by the time of a fixed reference
@@ -162,7 +166,11 @@ def _start(tree: Path, cell: dict, errors: IO[str]) -> subprocess.Popen:
 
 
 def _reply(process: subprocess.Popen, side: str, errors: IO[str]) -> str:
-    """The probe's next line; CellFailed with its last error line when it ended instead."""
+    """The probe's next line; CellFailed with its last error line when it ended instead, or when it wrote
+    nothing for REPLY_TIMEOUT_S (a hung build or step). The probe writes a line only when asked, so nothing is
+    ever left in the pipe's buffer that select could not see."""
+    if not select.select([process.stdout], [], [], REPLY_TIMEOUT_S)[0]:
+        raise CellFailed(f"no reply in {REPLY_TIMEOUT_S:g} s (a hung build or step)", side)
     line = process.stdout.readline()
     if not line:
         process.wait()
@@ -176,7 +184,8 @@ def time_pair(trees: dict[str, Path], cell: dict, steps: int, first: int = 0) ->
     """`steps` step times (in reference computations) of `cell` on each side, from one fresh process per
     side, alive together and stepped in lockstep (a step of one, then of the other, the side going first
     alternating from `first`), so the machine's state at each moment falls on both alike. CellFailed
-    (naming the side) when the cell does not run in a tree; both processes are ended whatever happens."""
+    (naming the side) when the cell does not run in a tree or hangs there (`_reply`); both processes are ended
+    whatever happens, Ctrl-C included."""
     with tempfile.TemporaryFile("w+") as errors_a, tempfile.TemporaryFile("w+") as errors_b:
         errors = dict(zip(SIDES, (errors_a, errors_b)))
         processes = {side: _start(trees[side], cell, errors[side]) for side in SIDES}

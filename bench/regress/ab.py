@@ -237,5 +237,6 @@ def compare_sides(base: list[dict[str, tuple[float, int]]], head: list[dict[str,
             cmp.cells.append(delta(name, a, b, head[0][name][1]))
             min_ps.append(smallest_p(len(a), len(b)))
     cmp.cells = holm(cmp.cells, min_ps)
+    cmp.test = f"Mann-Whitney U on each side's per-process medians, Holm-adjusted over {len(cmp.cells)} benchmarks"
     cmp.cells.sort(key=lambda c: (VERDICTS.index(c.verdict), -abs(c.change_pct)))
     return cmp

@@ -73,6 +73,7 @@ class Comparison:
     only_a: list[str] = field(default_factory=list)
     only_b: list[str] = field(default_factory=list)
     broken: list[tuple[str, str, str]] = field(default_factory=list)  # (label, status in A, status in B)
+    test: str = "Mann-Whitney U on pooled raw step times"  # what each p is, as the text and the page say it
 
     def counts(self) -> dict[str, int]:
         """Number of compared cells per verdict."""

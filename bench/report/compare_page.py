@@ -39,7 +39,7 @@ def comparison_text(cmp: Comparison) -> str:
     tally = ", ".join(f"{n} {v}" for v, n in cmp.counts().items())
     lines.append(
         f"{len(cmp.cells)} cells compared: {tally}; {len(cmp.only_a)} only in A, {len(cmp.only_b)} only in B, "
-        f"{len(cmp.broken)} not comparable (Mann-Whitney U p < {cmp.alpha:g} and |change| >= {cmp.threshold_pct:g}%)"
+        f"{len(cmp.broken)} not comparable ({cmp.test}: p < {cmp.alpha:g}, and |change| >= {cmp.threshold_pct:g}%)"
     )
     if cmp.counts()["underpowered"]:
         lines.append(f"underpowered: too few samples for the test to ever reach p < {cmp.alpha:g}; collect more iterations")

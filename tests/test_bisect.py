@@ -23,6 +23,8 @@ from bench.regress import ab
 from bench.regress.bisect import parse_cell
 from slow_commit_repo import FORWARD, SLOW_COMMIT, SLOWDOWN, make_repo
 
+# One xdist worker runs this module's tests one after another: the Ctrl-C test counts the machine's probes.
+pytestmark = pytest.mark.xdist_group("bisect")
 CELL = "resnet18 rv bs1 32px fp32 inference"
 FAST = ["--rounds", "2", "--steps", "30"]  # 2 fresh processes per side: about 4 s each
 
@@ -119,7 +121,7 @@ def _probes_in(prefix: str) -> list[int]:
 def test_a_probe_that_hangs_is_a_failed_cell_and_both_processes_end(repo, monkeypatch) -> None:
     """A tree whose forward never returns: no "ready" within the reply timeout is CellFailed naming its side."""
     path, commits = repo
-    monkeypatch.setattr(ab, "REPLY_TIMEOUT_S", 20.0)
+    monkeypatch.setattr(ab, "READY_TIMEOUT_S", 20.0)
     cell = parse_cell(CELL)
     with ab.worktree(path, commits[0], prefix="rvbench-hang-") as good, \
             ab.worktree(path, commits[0], prefix="rvbench-hang-") as hung:
@@ -134,8 +136,8 @@ def test_a_probe_that_hangs_is_a_failed_cell_and_both_processes_end(repo, monkey
 
 
 def test_ctrl_c_removes_every_worktree_and_ends_every_probe(repo, tmp_path: Path) -> None:
-    """SIGINT to a running bisect (as a terminal's Ctrl-C: to its process group) while its probes time: exit 130,
-    no worktree left, no probe left running."""
+    """SIGINT to a running bisect (to it alone, so its own clean-up must end its probes) while its probes time:
+    exit 130, no worktree left, no probe left running."""
     path, commits = repo
     process = subprocess.Popen([sys.executable, "-m", "bench", "bisect", "--good", commits[0], "--bad", commits[-1],
                                 "--cell", CELL, "--repo", str(path), "--out", str(tmp_path / "out"), *FAST],
@@ -146,7 +148,7 @@ def test_ctrl_c_removes_every_worktree_and_ends_every_probe(repo, tmp_path: Path
         while len(_probes_in("rvbench-bisect-")) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert len(_probes_in("rvbench-bisect-")) >= 2, "the probes never started"
-        os.killpg(process.pid, signal.SIGINT)
+        os.kill(process.pid, signal.SIGINT)
         output, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:

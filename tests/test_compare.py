@@ -3,6 +3,7 @@ HTML."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -98,6 +99,22 @@ def test_cli_bad_input(runs, tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
     assert main(["compare", str(a), str(a), "--alpha", "1.5", "--out", str(tmp_path / "x.html")]) == 2
     assert "--alpha" in capsys.readouterr().err
+
+
+def test_runs_timed_by_different_clocks_do_not_compare(runs, tmp_path, capsys):
+    """Rows whose timer says process-cpu against a run made before the column (the fixture's runs are on a GPU:
+    CUDA events): exit 2 with one line, nothing written; two runs from before the column compare."""
+    a, repeat, _ = runs
+    cpu_timed = tmp_path / "cpu-timed"
+    write_run(cpu_timed, seed=1, **SMALL)
+    rows = [json.loads(line) for line in (cpu_timed / "results.jsonl").read_text().splitlines()]
+    (cpu_timed / "results.jsonl").write_text("".join(json.dumps({**r, "timer": "process-cpu"}) + "\n" for r in rows))
+    out = tmp_path / "x.html"
+    assert main(["compare", str(a), str(cpu_timed), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "timed its steps in cuda-events time" in err and "in process-cpu time" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    assert compare_runs(a, repeat).cells
 
 
 def test_tiny_samples_are_underpowered_not_unchanged(tmp_path):

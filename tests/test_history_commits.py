@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.cli import main
 from bench.regress.ab import worktree
+from bench.results import load_run
 from slow_commit_repo import SLOW_COMMIT, SLOWDOWN, make_repo
 
 RUN = ["-m", "bench", "run", "--preset", "cpu", "--models", "resnet18", "--impls", "rv", "--batch-sizes", "1",
@@ -34,8 +37,8 @@ def _rvbench(tree: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict, str]:
-    """The commits, the history's steps table as JSON (its page's data) and what it printed."""
+def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict, str, Path]:
+    """The commits, history.json, what `rvbench history` printed, and the folder of the runs."""
     repo = tmp_path_factory.mktemp("history-repo")
     commits = make_repo(Path(__file__).resolve().parents[1], repo)
     runs = tmp_path_factory.mktemp("history-runs")
@@ -48,11 +51,11 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict, 
         list(pool.map(run_at, range(len(commits), 0, -1)))
     page = runs / "history.html"
     printed = _rvbench(repo, "-m", "bench", "history", str(runs), "--out", str(page)).stdout
-    return commits, json.loads(page.with_suffix(".json").read_text()), printed
+    return commits, json.loads(page.with_suffix(".json").read_text()), printed, runs
 
 
 def test_history_finds_the_one_step_at_commit_4_sized_and_blamed_on_the_code(history) -> None:
-    commits, data, printed = history
+    commits, data, printed, _ = history
     (series,) = data["series"]
     assert [p["commit"] for p in series["points"]] == commits, "points in commit order, not in the runs' order"
     (step,) = series["steps"]
@@ -62,3 +65,15 @@ def test_history_finds_the_one_step_at_commit_4_sized_and_blamed_on_the_code(his
     assert step["why"] == "code" and step["p_value"] < data["alpha"]
     assert series["trend"] == "regressed" and "--process-time" in series["command"]
     assert commits[SLOW_COMMIT - 1][:10] in printed
+
+
+def test_a_process_time_run_says_its_clock_and_is_not_crosschecked_against_wall_time(history, capsys) -> None:
+    *_, runs = history
+    (run,) = (runs / "commit1" / "runs").iterdir()
+    rows = load_run(run)
+    assert set(rows["timer"]) == {"process-cpu"}
+    assert re.search(r"Clock</dt>\s*<dd>process-cpu", (run / "index.html").read_text())
+    assert main(["crosscheck", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "timed its steps in process CPU time" in err and len(err.strip().splitlines()) == 1
+    assert not (run / "crosscheck.csv").exists()

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from bench.commands.args import check_output, exit_codes_help
-from bench.errors import ExitCode
+from bench.errors import ExitCode, UsageError
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +24,9 @@ def run(args: argparse.Namespace) -> int:
     from bench.results import load_run
 
     df = load_run(args.run_dir)
+    if "timer" in df and (df["timer"] == "process-cpu").any():
+        raise UsageError(f"{args.run_dir} timed its steps in process CPU time (--process-time); timm's loop times "
+                         "wall time, so the two would not compare")
     check_output(args.run_dir / CSV_NAME, "RUN_DIR")
     table = crosscheck(args.run_dir, df)
     if not table:

@@ -11,7 +11,7 @@ test gives p < alpha AND the median moved by at least the threshold, with B spee
 lockstep, through each tree's own `prepared_cell`, on one thread in process CPU time, each step relative to
 a fixed reference computation timed right after it (so load from other processes on the machine moves
 neither side more than the other); a tree where the cell cannot run (an import or build error, the model
-missing, or a build or step that hangs past REPLY_TIMEOUT_S) raises `CellFailed`.
+missing, or a build that hangs past READY_TIMEOUT_S, a step past REPLY_TIMEOUT_S) raises `CellFailed`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ from bench.regress import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT
 from bench.regress.compare import VERDICTS, CellDelta, Comparison, delta, holm, smallest_p
 
 SIDES = ("a", "b")
-# How long a probe may take to build and warm up its cell, or to time one step, before its side counts as not
-# running (a hang: its commit is skipped, as one that does not build is).
+# How long a probe may take to import, build and warm up its cell (READY_TIMEOUT_S: WARMUP_STEPS steps of a large
+# train cell on one thread take minutes), and to time one step, before its side counts as not running (a hang:
+# its commit is skipped, as one that does not build is).
+READY_TIMEOUT_S = 1800.0
 REPLY_TIMEOUT_S = 300.0
 WARMUP_STEPS = 40  # untimed steps first: the first steps of a fresh process are slower (allocator, caches)
 # The fresh process: the tree's own prepared_cell on one thread; after the warm-up it says "ready", then
@@ -42,7 +44,10 @@ WARMUP_STEPS = 40  # untimed steps first: the first steps of a fresh process are
 # computation (plain torch convolutions, no code of the tree) run right after it, so what moves both (the
 # CPU's clock, a busy sibling core) cancels. A sample is a step's cost in reference computations.
 PROBE = """
-import json, sys, time
+import json, os, sys, time
+reply = os.fdopen(os.dup(1), "w", buffering=1)  # the replies; anything else written to stdout goes to stderr
+os.dup2(2, 1)
+sys.stdout = sys.stderr
 import torch
 torch.set_num_threads(1)
 from bench.config.cell import Cell
@@ -63,9 +68,9 @@ with prepared_cell(cell) as built:
     for _ in range(warmup):
         built.step()
         reference()
-    print("ready", flush=True)
+    print("ready", file=reply)
     for _ in sys.stdin:
-        print(timed(built.step) / timed(reference), flush=True)
+        print(timed(built.step) / timed(reference), file=reply)
     del built
 """
 
@@ -107,7 +112,10 @@ def working_tree(root: Path, prefix: str = "rvbench-ab-") -> Iterator[Path]:
     `worktree`'s: tracked changes through `git stash create` (a commit object; no ref, index or file of the
     checkout moves), and the untracked files git does not ignore copied in. So the side of HEAD runs from a
     fresh tree made as the base's is, not from the checkout (see `fresh_sides`)."""
-    snapshot = git(root, "stash", "create") or "HEAD"
+    snapshot = git(root, "stash", "create")
+    if snapshot is None:  # unmerged paths, a held index.lock: timing HEAD instead would mislabel the side
+        raise RuntimeError(f"git stash create failed in {root}: cannot snapshot the working tree")
+    snapshot = snapshot or "HEAD"  # nothing uncommitted
     with worktree(root, snapshot, prefix) as tree:
         listed = git(root, "ls-files", "--others", "--exclude-standard", "-z") or ""
         for name in filter(None, listed.split("\0")):
@@ -165,12 +173,12 @@ def _start(tree: Path, cell: dict, errors: IO[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=errors, text=True)
 
 
-def _reply(process: subprocess.Popen, side: str, errors: IO[str]) -> str:
+def _reply(process: subprocess.Popen, side: str, errors: IO[str], timeout_s: float) -> str:
     """The probe's next line; CellFailed with its last error line when it ended instead, or when it wrote
-    nothing for REPLY_TIMEOUT_S (a hung build or step). The probe writes a line only when asked, so nothing is
-    ever left in the pipe's buffer that select could not see."""
-    if not select.select([process.stdout], [], [], REPLY_TIMEOUT_S)[0]:
-        raise CellFailed(f"no reply in {REPLY_TIMEOUT_S:g} s (a hung build or step)", side)
+    nothing for `timeout_s` (a hung build or step). Only the probe's replies reach the pipe (the tree's own output
+    goes to stderr), one line when asked, so nothing is ever left in the pipe's buffer that select could not see."""
+    if not select.select([process.stdout], [], [], timeout_s)[0]:
+        raise CellFailed(f"no reply in {timeout_s:g} s (a hung build or step)", side)
     line = process.stdout.readline()
     if not line:
         process.wait()
@@ -191,13 +199,13 @@ def time_pair(trees: dict[str, Path], cell: dict, steps: int, first: int = 0) ->
         processes = {side: _start(trees[side], cell, errors[side]) for side in SIDES}
         try:
             for side in SIDES:
-                _reply(processes[side], side, errors[side])  # "ready"
+                _reply(processes[side], side, errors[side], READY_TIMEOUT_S)  # "ready"
             samples: dict[str, list[float]] = {side: [] for side in SIDES}
             for i in range(steps):
                 for side in SIDES if (i + first) % 2 == 0 else SIDES[::-1]:
                     processes[side].stdin.write("\n")
                     processes[side].stdin.flush()
-                    samples[side].append(float(_reply(processes[side], side, errors[side])))
+                    samples[side].append(float(_reply(processes[side], side, errors[side], REPLY_TIMEOUT_S)))
             return samples
         finally:
             for process in processes.values():

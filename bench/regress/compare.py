@@ -167,7 +167,9 @@ def holm(cells: list[CellDelta], min_ps: list[float], alpha: float = DEFAULT_ALP
     for rank, i in enumerate(sorted(range(m), key=lambda i: cells[i].p_value)):
         running = max(running, min(1.0, (m - rank) * cells[i].p_value))
         adjusted[i] = running
-    return [dataclasses.replace(c, p_value=p, verdict=_verdict(c.change_pct, p, min(1.0, m * low), alpha, threshold_pct))
+    floor = m * min(min_ps, default=1.0)  # no adjusted p is below m x the smallest raw p any cell can give
+    return [dataclasses.replace(c, p_value=p, verdict=_verdict(c.change_pct, p, min(1.0, max(low, floor)), alpha,
+                                                               threshold_pct))
             for c, p, low in zip(cells, adjusted, min_ps)]
 
 
@@ -183,14 +185,26 @@ def _check_sweep(df: pd.DataFrame, run: Path) -> None:
                          f"step times; see {run / 'index.html'} for its results")
 
 
+def _clocks(df: pd.DataFrame) -> set[str]:
+    """The clocks (`timer`) of a run's ok rows; a row from before the column timed wall time, or CUDA events."""
+    ok = df[df["status"] == "ok"]
+    timers = ok["timer"] if "timer" in ok else [None] * len(ok)
+    return {t if isinstance(t, str) else "cuda-events" if str(d).startswith("cuda") else "wall"
+            for t, d in zip(timers, ok["device"])}
+
+
 def compare_runs(
     run_a: Path, run_b: Path, alpha: float = DEFAULT_ALPHA, threshold_pct: float = DEFAULT_THRESHOLD_PCT
 ) -> Comparison:
     """Match the configs of two run directories and classify each one measured in both; UsageError when
-    either is not a sweep of `rvbench run`."""
+    either is not a sweep of `rvbench run`, or when their steps were timed by different clocks (`timer`)."""
     df_a, df_b = load_run(Path(run_a)), load_run(Path(run_b))
     _check_sweep(df_a, Path(run_a))
     _check_sweep(df_b, Path(run_b))
+    if _clocks(df_a) != _clocks(df_b):
+        raise UsageError(f"{run_a} timed its steps in {', '.join(sorted(_clocks(df_a)))} time and {run_b} in "
+                         f"{', '.join(sorted(_clocks(df_b)))} time; times of different clocks do not compare "
+                         "(rvbench run --process-time chooses process-cpu)")
     pooled_a, status_a = _pooled(df_a, results.load_samples(run_a))
     pooled_b, status_b = _pooled(df_b, results.load_samples(run_b))
     out = Comparison(Path(run_a), Path(run_b), alpha, threshold_pct, _about(df_a), _about(df_b))

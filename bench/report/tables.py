@@ -64,6 +64,8 @@ def header(env: dict, config: dict, df: pd.DataFrame) -> list[tuple[str, str]]:
         ("Commit", commit),
         ("Date", text(env.get("env_timestamp"))),
         ("Preset", text(config.get("preset"))),
+        ("Clock", ", ".join(sorted(df["timer"].dropna().unique())) if "timer" in df and df["timer"].notna().any()
+         else "–"),
         ("Cells", f"{len(df)} ({int((df['status'] == 'ok').sum()) if len(df) else 0} ok)"),
         ("Wall time", wall_time(df)),
     ]

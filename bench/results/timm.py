@@ -29,7 +29,9 @@ TIMM_COLUMNS = [
     "infer_gmacs", "infer_macts", "train_samples_per_sec", "train_step_time", "train_batch_size",
     "train_img_size", "param_count",
 ]  # fmt: skip
-_TIMM_EXTRA = ["impl", "precision", "timm_precision", "channels_last", "compile", "device"]
+# Ours, after timm's: what timm's name leaves open, and `timer` (the clock of step_time: with --process-time the
+# step time is CPU time while samples_per_sec stays wall time; empty for runs made before the column).
+_TIMM_EXTRA = ["impl", "precision", "timm_precision", "channels_last", "compile", "device", "timer"]
 # Our column -> (timm's name, after infer_/train_ where timm prefixes it; the factor from our unit to timm's; the
 # decimals timm rounds it to), as bench.columns declares it: samples/s over the loop's wall time, mean step ms,
 # GMACs and params in millions (both to 2 decimals, as timm's published CSVs).
@@ -53,6 +55,7 @@ def timm_table(df: pd.DataFrame) -> pd.DataFrame:
     ok["timm_precision"] = [_timm_precision(str(p), str(d)) for p, d in zip(ok["precision"], ok["device"])]
     ok = ok[ok["timm_precision"].notna()]
     ok["train_optimizer"] = ok["optimizer_used"] if "optimizer_used" in ok else None
+    ok["timer"] = ok["timer"] if "timer" in ok else None
     keys = ["arch", "batch_size", "image_size"] + _TIMM_EXTRA
     out = None
     for mode, prefix in (("inference", "infer"), ("train", "train")):

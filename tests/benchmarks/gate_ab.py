@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or root / "reports" / "gate-ab" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out.mkdir(parents=True, exist_ok=True)
     head_name = (git(root, "rev-parse", "--short=12", "HEAD") or "HEAD") + (
-        " (dirty)" if git(root, "status", "--porcelain", "--untracked-files=no") else "")
+        " (dirty)" if git(root, "status", "--porcelain") else "")  # HEAD's side has them all (fresh_sides)
     sides: dict[str, list[dict[str, tuple[float, int]]]] = {"base": [], "head": []}
     with fresh_sides(root, base, prefix="gate-ab-") as trees:
         if not (trees["a"] / SUITE).exists():

@@ -168,8 +168,8 @@ def _machines(df: pd.DataFrame) -> pd.Series:
     """Each row's machine class: its GPU's name, or its CPU and thread count, and PROCESS_CPU when its steps were
     timed in process CPU time (a different clock is a different series; a run without `timer` timed wall time)."""
     threads = pd.to_numeric(df["env_threads"], errors="coerce").astype("Int64").astype(str)
-    cpu = df["env_cpu"].fillna("unknown CPU").astype(str) + (" × " + threads + " threads").where(
-        df["env_threads"].notna(), "")
+    noun = pd.Series(np.where(threads == "1", " thread", " threads"), index=df.index)
+    cpu = df["env_cpu"].fillna("unknown CPU").astype(str) + (" × " + threads + noun).where(df["env_threads"].notna(), "")
     machine = df["env_gpu_name"].where(df["env_gpu_name"].notna(), cpu).astype(str)
     return machine + np.where(df["timer"] == "process-cpu", PROCESS_CPU, "")
 

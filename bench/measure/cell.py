@@ -145,6 +145,7 @@ def _measure(built: BuiltCell, timing: TimingConfig, load_avg: float | None) -> 
                  recompiles_timed=window["graphs_after"] - window["graphs_before"],
                  inductor_freezing=freezing_enabled(cell.compile),
                  cudagraph_record_s=cudagraph_recording_s() - recorded_s if step.cudagraphs else None),
+        **values("deploy", **built.deploy),
         **values("training", optimizer_used=optimizer_name(built.optimizer),
                  amp_skipped_steps=None if skipped_before is None else skipped_after - skipped_before),
         **memory,

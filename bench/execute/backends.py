@@ -83,8 +83,7 @@ def export_onnx(cell: Cell, model: nn.Module) -> tuple[Export, bool]:
     key = (cell.arch, cell.impl, cell.image_size)
     if key in _EXPORTS:
         return _EXPORTS[key], True
-    folder = _export_dir() / "-".join(map(str, key))
-    folder.mkdir()
+    folder = Path(tempfile.mkdtemp(prefix="-".join(map(str, key)) + "-", dir=_export_dir()))
     path = folder / "model.onnx"
     device = next(model.parameters()).device
     example = torch.randn(EXPORT_BATCH, 3, cell.image_size, cell.image_size,

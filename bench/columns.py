@@ -176,7 +176,8 @@ if len(BY_NAME) != len(COLUMNS):
     raise ValueError("a column is declared twice")
 GROUPS: tuple[str, ...] = tuple(dict.fromkeys(c.group for c in COLUMNS))
 # What bench.measure.cell.measure_cell returns (less "samples_ms"), in table order.
-MEASURE_GROUPS = ("counts", "timing", "build", "deploy", "training", "memory", "power", "contention", "efficiency", "numerics")
+MEASURE_GROUPS = ("counts", "timing", "build", "deploy", "training", "memory", "power", "contention", "efficiency",
+                  "numerics")
 
 
 def names(*groups: str) -> tuple[str, ...]:

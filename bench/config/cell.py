@@ -134,7 +134,8 @@ def config_label(config: Mapping[str, object], sep: str = " · ") -> str:
             precision, channels_last, compile_mode = (config[k] for k in _VARIANT_FIELDS)
             parts.append(variant_label(str(precision), bool(channels_last), str(compile_mode), backend))
         elif name == "backend":
-            parts += [] if variant or backend == DEFAULT_BACKEND else [backend]
+            if not variant and backend != DEFAULT_BACKEND:
+                parts.append(backend)
         elif name == "optimizer" and config.get(name, DEFAULT_OPTIMIZER) == DEFAULT_OPTIMIZER:
             continue
         elif name not in _VARIANT_FIELDS and name in config:
@@ -152,10 +153,10 @@ def validate(cell: Cell) -> None:
 
     Checks names, numbers, that freezing compile modes run inference only, that inference cells name no
     optimizer, what a backend other than eager can run and whether its packages are installed
-    (bench.config.backends.problem), the (arch, impl) pair and its image size by the model registry (`bench.models.get_entry`,
-    which knows which library has which arch and each family's input rules), and what the device kind
-    supports (bench.hardware.device; whether a CUDA device is present and capable is checked where
-    it runs).
+    (bench.config.backends.problem), the (arch, impl) pair and its image size by the model registry
+    (`bench.models.get_entry`, which knows which library has which arch and each family's input rules), and
+    what the device kind supports (bench.hardware.device; whether a CUDA device is present and capable is
+    checked where it runs).
     """
     _check_choice("impl", cell.impl, IMPLS)
     _check_choice("precision", cell.precision, PRECISIONS)

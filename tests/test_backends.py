@@ -5,6 +5,7 @@ ids unchanged, and a tiny `rvbench run` whose timm CSV keeps the eager rows only
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import re
@@ -22,6 +23,7 @@ from bench.config.cell import Cell, config_label
 from bench.config.sweep import TimingConfig, build_spec, expand
 from bench.execute import backends
 from bench.measure.cell import measure_cell
+from bench.runner import worker
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -65,16 +67,15 @@ class _OffDuringExport(nn.Module):
 
 def test_a_broken_export_fails_parity_and_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
     """The exported graph adds 1.0 to every logit (`_OffDuringExport`): the argmax survives the shift, the cosine
-    similarity does not, so the row has parity_ok false and the message the worker gives it says parity_fail."""
+    similarity does not, so the worker's reply (the row's status and message) is ok, flagged parity_fail."""
     export = backends.export_onnx
     monkeypatch.setattr(backends, "_EXPORTS", {})  # this export must not serve (or come from) another test
     monkeypatch.setattr(backends, "export_onnx", lambda cell, model: export(cell, _OffDuringExport(model)))
-    cell = Cell("resnet18", "timm", 2, 64, backend="onnxruntime")
-    row = measure_cell(cell, QUICK)
-    assert row["parity_ok"] is False and row["parity_cos"] < PARITY["fp32"].min_cos
+    reply = worker.measure(Cell("resnet18", "timm", 2, 64, backend="onnxruntime"), dataclasses.asdict(QUICK))
+    row = reply["result"]
+    assert row["parity_ok"] is False and row["parity_cos"] < PARITY["fp32"].min_cos and row["parity_top1"] == 1.0
     assert row["parity_max_abs"] == pytest.approx(1.0, abs=1e-3)
-    message = backends.parity_message(row, cell.precision)
-    assert message.startswith("parity_fail: ") and "\n" not in message
+    assert reply["status"] == "ok" and reply["message"].startswith("parity_fail: ") and "\n" not in reply["message"]
     assert row["step_ms_p50"] > 0  # timed all the same, and flagged
 
 

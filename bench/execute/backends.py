@@ -22,8 +22,10 @@ Backends:
 - openvino: the CPU plugin with `INFERENCE_NUM_THREADS` = torch's threads, `PERFORMANCE_HINT` LATENCY at batch 1
   and THROUGHPUT above, `INFERENCE_PRECISION_HINT` f32 for fp32 (the plugin otherwise computes in bf16 on a CPU
   that has it) and bf16 for bf16, only where the CPU has BF16; one infer request, its input set once;
-- tensorrt: an engine built from the ONNX file for the cell's batch shape (FP16 flag for fp16), run on the
-  current CUDA stream on the cell's tensors (untested here: no GPU where this was written).
+- tensorrt: an engine built from the ONNX file for the cell's batch shape (FP16 flag for fp16), enqueued on
+  torch's current CUDA stream on the cell's tensors, so CUDA events time it as an eager step (untested here: no
+  GPU where this was written).
+ONNX Runtime and OpenVINO return when their inference is done (ORT synchronises its CUDA stream after a run).
 
 Parity (`parity`): once per built cell, before any timed step, the backend's logits on the batch against eager
 fp32 PyTorch's, judged by bench.config.backends.PARITY.
@@ -102,7 +104,7 @@ def export_onnx(cell: Cell, model: nn.Module) -> tuple[Export, bool]:
 
 @dataclass
 class Session:
-    """A loaded backend: `run` is one synchronous inference on the fixed batch, `logits` its last output."""
+    """A loaded backend: `run` is one inference on the fixed batch, `logits` its last output."""
 
     run: Callable[[], None]
     logits: Callable[[], np.ndarray]
@@ -169,19 +171,18 @@ def _tensorrt(path: Path, x: torch.Tensor, precision: str) -> Session:
     profile = builder.create_optimization_profile()
     profile.set_shape("x", tuple(x.shape), tuple(x.shape), tuple(x.shape))
     config.add_optimization_profile(profile)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(builder.build_serialized_network(network, config))
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT could not build an engine from {path} (its log above says why)")
+    engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
     context = engine.create_execution_context()
     context.set_input_shape("x", tuple(x.shape))
     out = torch.empty(tuple(context.get_tensor_shape("logits")), device=x.device)
     context.set_tensor_address("x", x.data_ptr())
     context.set_tensor_address("logits", out.data_ptr())
     stream = torch.cuda.current_stream(x.device)
-
-    def run() -> None:
-        context.execute_async_v3(stream.cuda_stream)
-        stream.synchronize()
-
-    return Session(run, lambda: out.float().cpu().numpy(), None, None)
+    return Session(lambda: context.execute_async_v3(stream.cuda_stream), lambda: out.float().cpu().numpy(), None,
+                   None)
 
 
 def parity(got: np.ndarray, want: np.ndarray, precision: str) -> dict:

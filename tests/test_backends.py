@@ -139,16 +139,25 @@ def test_bad_backend_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.
     assert not out.exists()
 
 
-def test_a_run_records_backend_rows_and_the_timm_csv_keeps_eager_ones(tmp_path: Path) -> None:
-    """A real `rvbench run` (its worker process, its rows): resnet18 from timm, eager and onnxruntime."""
+def test_a_run_records_backend_rows_and_the_timm_csv_keeps_eager_ones(tmp_path: Path, capsys) -> None:
+    """A real `rvbench run` (its worker process, its rows): resnet18 from timm, eager and onnxruntime; its report's
+    Backends section and its summary name what ran and the fastest that passed parity."""
     code = main(["run", "--preset", "smoke", "--device", "cpu", "--out", str(tmp_path), "--models", "resnet18",
                  "--impls", "timm", "--batch-sizes", "2", "--image-size", "64", "--backends", "eager,onnxruntime"])
     assert code == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"fastest with output parity: resnet18 bs2 64px: fp32( \+onnxruntime)? \(timm\) [\d,.]+ img/s",
+                     printed)
     run_dir = next((tmp_path / "runs").iterdir())
     rows = {r["backend"]: r for r in map(json.loads, (run_dir / "results.jsonl").read_text().splitlines())}
     assert set(rows) == {"eager", "onnxruntime"} and {r["status"] for r in rows.values()} == {"ok"}
     assert rows["onnxruntime"]["parity_ok"] is True and rows["onnxruntime"]["message"] == ""
     assert rows["eager"]["parity_ok"] is None and rows["eager"]["export_s"] is None
+    page = (run_dir / "index.html").read_text()
+    section = page.split('<section id="backends">', 1)[1].split("</section>", 1)[0]
+    assert "fp32 +onnxruntime" in section and ">pass<" in section and "dynamo opset 18" in section
+    assert printed.count("fastest with output parity") == 1 and "fastest with output parity" in (
+        run_dir / "summary.txt").read_text()
     with open(run_dir / "results_timm.csv", newline="") as fh:
         timm_rows = list(csv.DictReader(fh))
     assert len(timm_rows) == 1 and timm_rows[0]["model"] == "resnet18"

@@ -257,17 +257,27 @@ def _check_devices(cells: list[Cell]) -> None:
 
 
 def _check_backends(block: dict) -> None:
-    """UsageError for an unknown backend, or one other than eager in a block without an inference cell that
-    runs no compile (what a backend needs; bench.config.backends.problem says why, in its words)."""
+    """UsageError for an unknown backend name in a block."""
     for backend in block.get("backends", BLOCK_DEFAULTS["backends"]):
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
-        modes, compile_modes = block["modes"], block["compile"]
-        mode = "inference" if "inference" in modes else modes[0]
-        compile_mode = "none" if "none" in compile_modes else compile_modes[0]
-        if backend != DEFAULT_BACKEND and (mode, compile_mode) != ("inference", "none"):
-            raise UsageError(problem(backend, mode=mode, compile_mode=compile_mode, channels_last=False,
-                                     precision="fp32", device="cpu"))
+
+
+def _check_deployed(spec: SweepSpec, cells: list[Cell]) -> None:
+    """UsageError for a backend other than eager with --find-max-batch, or that a block asks for but no cell got: none of the sweep's blocks
+    has an inference cell without compile (what a backend needs; bench.config.backends.problem says why). A
+    preset whose train or compile blocks have no such cell (gpu, gpu-smoke) is fine as long as another has."""
+    if spec.find_max_batch and any(c.backend != DEFAULT_BACKEND for c in cells):
+        raise UsageError("--find-max-batch searches eager PyTorch's memory, and a backend's is not measured; "
+                         "run the backends without it")
+    wanted = {b for block in spec.sweeps for b in block.get("backends", BLOCK_DEFAULTS["backends"])}
+    ran = {c.backend for c in cells} | {backend for backend, _, _ in spec.skipped_backends}
+    for backend in sorted(wanted - ran - {DEFAULT_BACKEND}):
+        block = next(b for b in spec.sweeps if backend in b.get("backends", ()))
+        mode = "inference" if "inference" in block["modes"] else block["modes"][0]
+        compile_mode = "none" if "none" in block["compile"] else block["compile"][0]
+        raise UsageError(problem(backend, mode=mode, compile_mode=compile_mode, channels_last=False,
+                                 precision="fp32", device="cpu"))
 
 
 def expand(spec: SweepSpec) -> list[Cell]:
@@ -277,7 +287,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
     for each impl -> A B C A B C, so drift on a shared machine hits every impl alike. (arch, impl)
     pairs that no library provides (torchvision has no vit_tiny/vit_small) are skipped and listed
     in `spec.skipped_pairs`. A backend other than eager joins the block's inference cells without compile,
-    in NCHW (a block with no such cell is a UsageError); (backend, precision) pairs it does not compute in
+    in NCHW (a backend no block has such a cell for is a UsageError); (backend, precision) pairs it does not compute in
     are skipped and listed, with why, in `spec.skipped_backends`. Raises UsageError on any bad name, number,
     image size the model cannot take (ViT: a multiple of the patch), precision the GPU lacks, backend package
     not installed, or an empty sweep: input that is bad up front must fail before the run starts, not become
@@ -323,6 +333,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
     _check_devices(cells)
     spec.skipped_pairs = sorted([list(p) for p in skipped])
     spec.skipped_backends = [[*pair, why] for pair, why in sorted(skipped_backends.items())]
+    _check_deployed(spec, cells)
     if not cells:
         reasons = list(skipped_backends.values()) or ["no registered (arch, impl) pair matches; see `rvbench models`"]
         raise UsageError("the sweep has no cells: " + "; ".join(reasons))

@@ -15,9 +15,9 @@ from bench.results.analysis import config_medians
 BASELINE_PRECISION = "fp32"
 
 
-def is_baseline(precision: str, channels_last: bool, compile_mode: str) -> bool:
-    """fp32 eager with the default memory format: the reference every speedup is measured against."""
-    return precision == BASELINE_PRECISION and not channels_last and compile_mode == "none"
+def is_baseline(precision: str, channels_last: bool, compile_mode: str, backend: str = DEFAULT_BACKEND) -> bool:
+    """fp32 eager PyTorch with the default memory format: the reference every speedup is measured against."""
+    return precision == BASELINE_PRECISION and not channels_last and compile_mode == "none" and backend == DEFAULT_BACKEND
 
 
 def failed_rows(df: pd.DataFrame) -> pd.DataFrame:

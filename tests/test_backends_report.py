@@ -4,7 +4,12 @@ a real backend takes a broken export (tests/test_backends.py makes one)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
+
+from bench.cli import main
 
 from bench.config.cell import Cell
 from bench.report.data import per_config
@@ -42,3 +47,25 @@ def test_a_backend_that_failed_parity_is_shown_failing_and_never_the_best() -> N
 def test_a_run_without_backends_has_no_backends_section() -> None:
     df = pd.DataFrame([_row("eager", 10.0, None)])
     assert backends_table(per_config(df), df).rows == [] and fastest_backends(per_config(df), df) == []
+
+
+def test_backend_rows_survive_resume_and_compare(tmp_path: Path, capsys) -> None:
+    """A real run of eager and openvino cells; its openvino row dropped (as if the run had stopped before it):
+    `--resume` measures that cell again, and only it; `rvbench compare` of the run with itself matches the
+    backend's cells with the backend's, eager's with eager's."""
+    assert main(["run", "--preset", "smoke", "--device", "cpu", "--out", str(tmp_path), "--models", "resnet18",
+                 "--impls", "rv", "--batch-sizes", "1", "--image-size", "64", "--backends", "eager,openvino"]) == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    results = run_dir / "results.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    kept = [r for r in rows if r["backend"] == "eager"]
+    results.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    (run_dir / "results.parquet").unlink(missing_ok=True)
+    assert main(["run", "--resume", str(run_dir)]) == 0
+    after = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted(r["backend"] for r in after) == ["eager", "openvino"]
+    assert [r["cell_id"] for r in after if r["backend"] == "eager"] == [kept[0]["cell_id"]]
+    capsys.readouterr()
+    assert main(["compare", str(run_dir), str(run_dir), "--out", str(tmp_path / "cmp.html")]) == 0
+    printed = capsys.readouterr().out
+    assert "fp32 +openvino" in printed and "2 cells compared" in printed

@@ -1,6 +1,7 @@
 """How a run's backend rows are read back: the Backends table beside eager, the best configuration and the fastest
-variant never a backend whose output failed parity. Rows are written by hand (make_row), since parity failing on
-a real backend takes a broken export (tests/test_backends.py makes one)."""
+variant never a backend whose output failed parity (rows written by hand with make_row, since parity failing on a
+real backend takes a broken export: tests/test_backends.py makes one), and real backend rows through `--resume`
+and `rvbench compare`."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ from pathlib import Path
 import pandas as pd
 
 from bench.cli import main
-
 from bench.config.cell import Cell
 from bench.report.data import per_config
-from bench.results.store import COLUMN_ORDER
 from bench.report.sections.backends import backends_table, fastest_backends
 from bench.results.analysis import best_configs, config_medians
 from bench.results.rows import make_row
+from bench.results.store import COLUMN_ORDER
 
 CELL = {"arch": "resnet18", "impl": "rv", "batch_size": 2, "image_size": 64, "precision": "fp32", "mode": "inference"}
 

@@ -7,12 +7,16 @@ other cell of the sweep; the others run the eager fp32 model exported to ONNX (b
 - tensorrt: a TensorRT engine built from the ONNX file, fp32 or fp16, CUDA only.
 A backend runs inference only, without torch.compile and in NCHW (the exported graph's layout is the backend's
 choice); `problem` says why a cell's combination cannot run. Its packages come with `pip install 'rvbench[deploy]'`
-(TensorRT's with NVIDIA's wheel), and are looked up, not imported, when a cell is checked (`missing`).
+(TensorRT's with NVIDIA's wheel), and are looked up, not imported, when a cell is checked (`missing`); the one
+exception is onnxruntime on CUDA, which needs the onnxruntime-gpu build (`cuda_provider_problem` imports
+onnxruntime to ask for its CUDAExecutionProvider).
 
 Parity (`PARITY`): each backend row compares its logits on the cell's fixed batch with eager fp32 PyTorch's, and
 passes when the cosine similarity and the share of agreeing argmaxes reach its precision's bounds. bf16 keeps
 8 bits of mantissa, so its logits drift by about 1% of their scale; the models run with random weights, whose
 logits are nearly tied, so bf16 rounding flips argmaxes without being wrong and its top-1 bound is none.
+For the same reason top-1 agreement counts only images whose eager top-2 margin is clear of a tie
+(bench.execute.backends.parity), so fp32 can demand every one of those.
 
 This module imports no torch, so help texts can use it for free.
 """
@@ -82,12 +86,24 @@ def missing(backend: str) -> list[str]:
     return [name for name in BY_NAME[backend].packages if importlib.util.find_spec(name) is None]
 
 
+def cuda_provider_problem() -> str:
+    """Why ONNX Runtime cannot run on CUDA ("" when it can): the CPU-only `onnxruntime` wheel lacks the
+    CUDAExecutionProvider, which comes with `onnxruntime-gpu` instead."""
+    import onnxruntime
+
+    providers = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" in providers:
+        return ""
+    return (f"backend onnxruntime on CUDA needs its CUDAExecutionProvider (this onnxruntime has "
+            f"{', '.join(providers)}): pip uninstall onnxruntime && pip install onnxruntime-gpu")
+
+
 def problem(backend: str, *, mode: str, compile_mode: str, channels_last: bool, precision: str,
             device: str) -> str:
     """Why a cell of `backend` cannot run as given ("" when it can); `backend` must be a known name.
 
     One line each: a backend runs inference only, without torch.compile, in NCHW, on its device kinds, in its
-    precisions, and with its packages installed.
+    precisions, and with its packages installed (onnxruntime on CUDA: the build with CUDAExecutionProvider).
     """
     if backend == DEFAULT_BACKEND:
         return ""
@@ -108,4 +124,6 @@ def problem(backend: str, *, mode: str, compile_mode: str, channels_last: bool, 
     absent = missing(backend)
     if absent:
         return f"backend {backend} needs {', '.join(absent)}, not installed: {INSTALL_HINT}"
+    if backend == "onnxruntime" and kind == "cuda":
+        return cuda_provider_problem()
     return ""

@@ -8,7 +8,11 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import os
 import re
+import signal
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +22,14 @@ from torch import nn
 
 from bench import columns
 from bench.cli import main
-from bench.config.backends import PARITY
+from bench.config.backends import PARITY, problem
 from bench.config.cell import Cell, config_label
 from bench.config.sweep import TimingConfig, build_spec, expand
 from bench.execute import backends
+from bench.errors import UsageError
 from bench.measure.cell import measure_cell
-from bench.runner import worker
+from bench.runner import client, worker
+from bench.runner.client import Worker
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -166,3 +172,66 @@ def test_a_run_records_backend_rows_and_the_timm_csv_keeps_eager_ones(tmp_path: 
 def test_readme_documents_the_backend_and_every_deploy_column() -> None:
     section = (ROOT / "README.md").read_text().split("### What the numbers mean", 1)[1].split("\n### ", 1)[0]
     assert all(f"`{name}`" in section for name in ("backend", *columns.names("deploy")))
+
+
+def _tiny() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+
+
+def test_openvino_runs_one_stream_on_every_thread_above_batch_1(tmp_path: Path) -> None:
+    """THROUGHPUT (batch > 1) alone would split the threads into streams; NUM_STREAMS is pinned to 1."""
+    exported = backends._export(_tiny(), 16, tmp_path / "model.onnx")
+    session = backends._openvino(exported.model, torch.randn(2, 3, 16, 16), torch.get_num_threads(), "fp32")
+    assert session.hint == "THROUGHPUT" and int(session.handle.get_property("NUM_STREAMS")) == 1
+    assert int(session.handle.get_property("INFERENCE_NUM_THREADS")) == torch.get_num_threads() == session.threads
+
+
+def test_a_measured_backend_cell_leaves_no_export_on_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export lives in memory (`_EXPORTS`), its file only while it is read; the cached second cell too."""
+    monkeypatch.setattr(backends, "_EXPORTS", {})
+    pattern = f"{backends.EXPORT_PREFIX}{os.getpid()}-*"
+    for backend in ("onnxruntime", "openvino"):
+        row = measure_cell(Cell("resnet18", "rv", 1, 32, backend=backend), QUICK)
+        assert row["parity_ok"] is True and len(backends._EXPORTS) == 1
+        assert not list(Path(tempfile.gettempdir()).glob(pattern))
+
+
+def test_the_runner_removes_a_killed_workers_export_directory(tmp_path: Path) -> None:
+    """A worker killed (SIGKILL) mid-export cannot remove its directory; Worker.stop removes it by the pid."""
+    proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.PIPE, start_new_session=True, text=True)
+    leftover = tmp_path / f"{backends.EXPORT_PREFIX}{proc.pid}-abc"
+    other = tmp_path / f"{backends.EXPORT_PREFIX}{proc.pid + 1}-abc"  # another worker's: kept
+    for folder in (leftover, other):
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"x")
+    stopped = Worker(tmp_path / "log", {"TMPDIR": str(tmp_path)})
+    stopped._proc = proc
+    stopped.stop()
+    assert proc.returncode == -signal.SIGKILL and not leftover.exists() and other.exists()
+    assert client.EXPORT_PREFIX == backends.EXPORT_PREFIX
+
+
+def test_parity_ignores_nearly_tied_images_and_refuses_a_broken_reference() -> None:
+    want = np.array([[1.0, 2.0, 3.0], [3.0, 3.0 + 1e-5, 1.0]])  # the second image's top-2 are tied (1e-5 < 3e-4)
+    got = np.array([[1.0, 2.0, 3.0], [3.0 + 1e-5, 3.0, 1.0]])  # its argmax flips
+    assert backends.parity(got, want, "fp32")["parity_top1"] == 1.0 and backends.parity(got, want, "fp32")["parity_ok"]
+    clear = np.array([[1.0, 2.0, 3.0], [3.0, 3.1, 1.0]])
+    assert backends.parity(clear[:, [0, 2, 1]], clear, "fp32")["parity_top1"] == 0.0
+    with pytest.raises(ValueError, match="eager fp32 reference logits are not finite"):
+        backends.parity(want, np.array([[np.nan, 1.0, 2.0], [1.0, 2.0, 3.0]]), "fp32")
+
+
+def test_openvino_bf16_without_bf16_is_refused_before_the_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backends, "openvino_bf16_problem", lambda precision: "no BF16 here")
+    monkeypatch.setattr(backends, "export_onnx", lambda cell, model: pytest.fail("exported"))
+    with pytest.raises(UsageError, match="no BF16 here"):
+        backends.deployed_step(Cell("resnet18", "rv", 1, 32, precision="bf16", backend="openvino"), _tiny(),
+                               torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
+                    reason="this onnxruntime has CUDA")
+def test_onnxruntime_on_cuda_needs_onnxruntime_gpu() -> None:
+    reason = problem("onnxruntime", mode="inference", compile_mode="none", channels_last=False, precision="fp32",
+                     device="cuda")
+    assert "CUDAExecutionProvider" in reason and "pip install onnxruntime-gpu" in reason

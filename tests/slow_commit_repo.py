@@ -5,10 +5,9 @@
 change (with `broken_at=5`, also an import error in rv's ResNet, so rv resnet cannot run there); 6 a harmless
 comment (undoing the import error when there was one).
 
-The slowdown is calibrated on the forward itself: after computing, the forward does pure-Python work costing
-a quarter of the process CPU time it just spent (`time.process_time`; the work's cost per iteration is
-measured once per process), so each forward costs 1.25 times its own compute, on any machine and under any
-load.
+The slowdown is calibrated on the forward itself: after computing, the forward does pure-Python work until it
+has spent a quarter of the process CPU time the forward just spent (`time.process_time`, read between chunks
+of the work), so each forward costs 1.25 times its own compute, on any machine and under any load.
 """
 
 from __future__ import annotations
@@ -30,12 +29,10 @@ SLOW_FORWARD = f"""    def forward(self, x: torch.Tensor) -> torch.Tensor:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool("""
-# Pure-Python work, no system call in the loop (a loop of clock reads would also disturb the forward that
-# follows it); its cost per iteration is measured once, on the first call, as test_gate.py's `slowed` does.
+# Pure-Python work in chunks of about 50 microseconds, until the process has spent the given CPU time: the burn
+# measures itself as it goes, so it costs the same share of the forward under any load (contention from other
+# processes inflates the chunks and the forward alike). One clock read per chunk costs about 1% of it.
 BURN = """
-
-_SECONDS_PER_ITERATION: list[float] = []
-
 
 def _work(iterations: int) -> int:
     total = 0
@@ -45,11 +42,9 @@ def _work(iterations: int) -> int:
 
 
 def _burn(seconds: float) -> None:
-    if not _SECONDS_PER_ITERATION:
-        start = time.process_time()
-        _work(200_000)
-        _SECONDS_PER_ITERATION.append((time.process_time() - start) / 200_000)
-    _work(round(seconds / _SECONDS_PER_ITERATION[0]))
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        _work(1_000)
 """
 BROKEN_IMPORT = "import rv_models.no_such_module  # noqa: F401  (an import error)\n"
 

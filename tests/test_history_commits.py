@@ -2,9 +2,7 @@
 25% slower at commit 4 (tests/slow_commit_repo.py), read back by `rvbench history` run in that repository.
 
 Each run is a fresh `rvbench run` of the commit's own tree (a temporary worktree): resnet18, rv, 32 px, batch 1,
-fp32 inference on one thread, timed in process CPU time (`--process-time`), so the load of the machine (the
-rest of the test suite, and the other run: two run at a time) moves no level. The runs are made newest commit
-first, so the history's order is the commits' times, not the runs'.
+fp32 inference on one thread, timed in process CPU time (`--process-time`), one run at a time, in RUN_ORDER.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,6 +23,10 @@ from slow_commit_repo import SLOW_COMMIT, SLOWDOWN, make_repo
 
 RUN = ["-m", "bench", "run", "--preset", "cpu", "--models", "resnet18", "--impls", "rv", "--batch-sizes", "1",
        "--image-size", "32", "--precisions", "fp32", "--modes", "inference", "--rounds", "2", "--process-time"]
+# The commits (1-based) in the order their runs are made: not commit order, so the history must sort them, and
+# before and after the slowdown in turn, so a change of the machine's load while the test runs (process CPU time
+# still feels other processes through the caches they share) lands on both levels rather than making a step.
+RUN_ORDER = (4, 1, 5, 2, 6, 3)
 
 
 def _rvbench(tree: Path, *args: str) -> subprocess.CompletedProcess:
@@ -43,12 +44,9 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict, 
     commits = make_repo(Path(__file__).resolve().parents[1], repo)
     runs = tmp_path_factory.mktemp("history-runs")
 
-    def run_at(i: int) -> None:
+    for i in RUN_ORDER:
         with worktree(repo, commits[i - 1], prefix="rvbench-history-") as tree:
             _rvbench(tree, *RUN, "--out", str(runs / f"commit{i}"))
-
-    with ThreadPoolExecutor(2) as pool:  # two at a time: process CPU time does not see the other
-        list(pool.map(run_at, range(len(commits), 0, -1)))
     page = runs / "history.html"
     printed = _rvbench(repo, "-m", "bench", "history", str(runs), "--out", str(page)).stdout
     return commits, json.loads(page.with_suffix(".json").read_text()), printed, runs

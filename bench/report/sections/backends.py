@@ -76,17 +76,22 @@ def backends_table(configs: pd.DataFrame, df: pd.DataFrame) -> Table:
 
 def exports_table(df: pd.DataFrame) -> Table:
     """What each backend's model cost to make: per arch, impl, image size and backend, the export's seconds, the
-    model file's size, how it was exported, and the threads and hint the backend ran with."""
+    model file's size, how it was exported, and the threads and hints (per batch) the backend ran with."""
     rows_ok = ok_rows(df)
     rows_ok = rows_ok[rows_ok["backend"].fillna(DEFAULT_BACKEND) != DEFAULT_BACKEND]
     keys = ["arch", "impl", "image_size", "precision", "backend"]
-    rows = [[text(r["arch"]), text(r["impl"]), fmt(r["image_size"]), text(r["precision"]), text(r["backend"]),
-             fmt(r["export_s"], 2), fmt(r["model_mb"], 1), text(r["export_note"]), text(r["backend_threads"]),
-             text(r["backend_hint"])]
-            for _, r in rows_ok.drop_duplicates(keys).sort_values(keys).iterrows()]
+    rows = []
+    for _, cells in rows_ok.sort_values([*keys, "batch_size"]).groupby(keys, sort=False, dropna=False):
+        r = cells.iloc[0]
+        threads = sorted({int(t) for t in pd.to_numeric(cells["backend_threads"], errors="coerce").dropna()})
+        hints = ", ".join(f"{h} at bs{b}" for b, h in dict(zip(cells["batch_size"], cells["backend_hint"])).items()
+                          if isinstance(h, str))
+        rows.append([text(r["arch"]), text(r["impl"]), fmt(r["image_size"]), text(r["precision"]), text(r["backend"]),
+                     fmt(r["export_s"], 2), fmt(r["model_mb"], 1), text(r["export_note"]).removesuffix(", cached"),
+                     ", ".join(map(str, threads)) or "–", hints or "–"])
     return Table(["arch", "impl", "px", "precision", "backend", "export s", "model MiB", "export", "threads", "hint"],
                  rows, "Exported once per arch, impl and image size in each worker (fp32; a backend's precision is "
-                       "its own setting); a cached export shows the first one's seconds.")
+                       "its own setting); the backends that reuse an export show its seconds.")
 
 
 def fastest_backends(configs: pd.DataFrame, df: pd.DataFrame) -> list[str]:

@@ -65,7 +65,7 @@ COLUMNS: tuple[Column, ...] = (
     *_group("identity", "schema_version", "run_id", "cell_id"),
     # the cell's fields (bench.config.cell.Cell), and `slot`: where it ran (a device or a Ray actor's GPU)
     *_group("config", "arch", "impl", Column("batch_size", "", label="batch size", short="bs"),
-            Column("image_size", "", "px", "image size"), "precision", "channels_last", "compile", "mode",
+            Column("image_size", "", "px", "image size"), "precision", "channels_last", "compile", "backend", "mode",
             "optimizer", "device", "slot", "round"),
     # a --find-max-batch search's row (every row says whether it is one)
     *_group("search", Column("find_max_batch", "", modes=ALL_MODES), "max_batch_oom_at", "max_batch_limit_reason",
@@ -100,6 +100,20 @@ COLUMNS: tuple[Column, ...] = (
             Column("compile_s", "", "s", "compile time (first step)", "compile", median=True),
             Column("recompiles", "", label="recompilations", median=True), "recompiles_timed", "inductor_freezing",
             Column("cudagraph_record_s", "", "s", "CUDA graph recording"), modes=SWEEP_MODES),
+    # A backend other than eager (bench.execute.backends): the ONNX export (seconds, size, exporter, opset and
+    # warnings), the backend's threads and OpenVINO's performance hint, and the parity of its logits with eager fp32
+    # PyTorch's on the cell's batch (bench.config.backends.PARITY); null on eager rows.
+    *_group("deploy", Column("export_s", "", "s", "export time", "export"),
+            Column("model_mb", "", "MiB", "exported model size", "model"), "export_note",
+            Column("backend_threads", "", label="backend threads", short="threads"),
+            Column("backend_hint", "", label="backend performance hint", short="hint"),
+            Column("parity_max_abs", "", label="largest logit difference from eager fp32", short="max abs"),
+            Column("parity_max_rel", "", label="largest logit difference from eager fp32, share of its largest logit",
+                   short="max rel"),
+            Column("parity_cos", "", label="cosine similarity of the logits to eager fp32's", short="cos"),
+            Column("parity_top1", "", label="share of images whose top-1 class agrees with eager fp32",
+                   short="top-1 agree"),
+            Column("parity_ok", "", label="within the parity tolerance", short="parity ok"), modes=SWEEP_MODES),
     *_group("training", Column("optimizer_used", "", modes=(*SWEEP_MODES, TRANSFER_MODE)), "amp_skipped_steps",
             modes=SWEEP_MODES),
     *_group("memory", Column("mem_peak_alloc_mb", "", "MiB", "peak allocated memory", "peak", median=True),
@@ -162,7 +176,8 @@ if len(BY_NAME) != len(COLUMNS):
     raise ValueError("a column is declared twice")
 GROUPS: tuple[str, ...] = tuple(dict.fromkeys(c.group for c in COLUMNS))
 # What bench.measure.cell.measure_cell returns (less "samples_ms"), in table order.
-MEASURE_GROUPS = ("counts", "timing", "build", "training", "memory", "power", "contention", "efficiency", "numerics")
+MEASURE_GROUPS = ("counts", "timing", "build", "deploy", "training", "memory", "power", "contention", "efficiency",
+                  "numerics")
 
 
 def names(*groups: str) -> tuple[str, ...]:

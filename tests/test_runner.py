@@ -252,6 +252,7 @@ def _rows(device: str) -> pd.DataFrame:
         ok = not (impl == "timm" and bs == 2)
         rows.append({"arch": "resnet18", "impl": impl, "batch_size": bs, "image_size": 32, "precision": "fp32",
                      "channels_last": False, "compile": "none", "mode": "inference", "optimizer": "default",
+                     "backend": "eager",
                      "device": device, "round": rnd, "find_max_batch": False, "status": "ok" if ok else "error",
                      "throughput": throughput * bs + rnd if ok else None, "step_ms_p50": 1.0,
                      "mem_rss_delta_mb": 5.0, "mem_peak_alloc_mb": None if device == "cpu" else 7.0})

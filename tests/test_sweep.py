@@ -137,3 +137,29 @@ def test_a_run_from_before_the_adaptive_rule_resumes_with_its_fixed_rule():
     bad["timing"]["target_rel_ci"] = 2.0
     with pytest.raises(UsageError, match="target_rel_ci must be a share between 0 and 1"):
         timing_config(SweepSpec.from_json(bad))
+
+
+def test_a_backend_joins_the_blocks_that_can_run_it_and_only_none_is_refused():
+    """A preset with a train-only or compile-only block (as gpu and gpu-smoke have) takes --backends: the backend
+    joins the blocks with an inference cell without compile; a sweep where no block has one exits 2."""
+    spec = build_spec("smoke", "cpu", {"models": ["resnet18"], "impls": ["rv"], "batch_sizes": [1],
+                                       "backends": ["eager", "onnxruntime"]})
+    spec.sweeps.append({**spec.sweeps[0], "modes": ["train"]})
+    spec.sweeps.append({**spec.sweeps[0], "compile": ["default"]})
+    cells = expand(spec)
+    assert {(c.mode, c.compile) for c in cells if c.backend == "onnxruntime"} == {("inference", "none")}
+    assert {(c.mode, c.compile) for c in cells if c.backend == "eager"} == {
+        ("inference", "none"), ("train", "none"), ("inference", "default")}
+    train_only = build_spec("smoke", "cpu", {"models": ["resnet18"], "impls": ["rv"], "batch_sizes": [1],
+                                             "modes": ["train"], "backends": ["eager", "onnxruntime"]})
+    with pytest.raises(UsageError, match="backend onnxruntime runs inference only"):
+        expand(train_only)
+
+
+def test_backends_with_a_max_batch_search_exit_2(tmp_path, capsys):
+    out = tmp_path / "reports"
+    assert main(["run", "--preset", "smoke", "--device", "cpu", "--out", str(out), "--backends", "eager,openvino",
+                 "--find-max-batch"]) == 2
+    err = capsys.readouterr().err
+    assert "--find-max-batch searches eager PyTorch's memory" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

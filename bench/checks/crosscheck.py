@@ -25,7 +25,7 @@ from bench.results.analysis import config_of
 CSV_NAME = "crosscheck.csv"
 # The table's columns: the cell, the run's p50 and mean, timm's loop's mean and median, and
 # timm's mean against our p50 (in %: positive when timm's loop reads slower).
-FIELDS = ("arch", "impl", "mode", "precision", "batch_size", "step_ms_p50", "step_ms_mean",
+FIELDS = ("arch", "impl", "mode", "precision", "compile", "backend", "batch_size", "step_ms_p50", "step_ms_mean",
           "timm_loop_ms_mean", "timm_loop_ms_p50", "timm_vs_p50_pct", "status")
 
 
@@ -44,7 +44,7 @@ def crosscheck(run_dir: Path, df: pd.DataFrame, echo: Callable[[str], None] = pr
 
     table: list[dict] = []
     for cell, row in run_cells(df):
-        entry = {key: row[key] for key in FIELDS[:7]}
+        entry = {key: row[key] for key in FIELDS[:9]}
         try:
             with prepared_cell(cell) as built:
                 times = timm_loop_ms(built.step, built.device)

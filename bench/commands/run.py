@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from bench.commands.args import DEFAULT_REPORTS, exit_codes_help, int_list, name_list, seconds
 from bench.config.presets import list_presets
 from bench.commands.stopping import Stop, disk_full_ends, signals_interrupt
+from bench.config.backends import backend_help
 from bench.errors import ExitCode, UsageError
 from bench.hardware.device import check_capability, cuda_count, resolve_device
 from bench.precisions import CUDA_ONLY_PRECISIONS, PRECISIONS
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
     from bench.runner.runner import Job
 
 # Options that define the sweep; with --resume the sweep comes from DIR/config.json instead.
-SWEEP_OPTIONS = ("preset", "models", "impls", "batch_sizes", "precisions", "compile", "modes", "optimizers",
-                 "channels_last", "image_size", "rounds", "find_max_batch")
+SWEEP_OPTIONS = ("preset", "models", "impls", "batch_sizes", "precisions", "compile", "backends", "modes",
+                 "optimizers", "channels_last", "image_size", "rounds", "find_max_batch")
 # ... and with --resume the run stays where it is.
 RESUME_CONFLICTS = SWEEP_OPTIONS + ("process_time", "out")
 # --cell-timeout when none is given on a GPU: far above any cell's running time, so only a hung cell
@@ -49,6 +50,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                        help="torch.compile modes: none, default, max-autotune, max-autotune-no-cudagraphs, "
                             "reduce-overhead (CUDA); default-freeze, max-autotune-freeze, "
                             "max-autotune-no-cudagraphs-freeze: with Inductor freezing (inference only)")
+    sweep.add_argument("--backends", type=name_list,
+                       help=backend_help() + "; a backend other than eager joins the inference cells without compile")
     sweep.add_argument("--modes", type=name_list, help="inference, train (full step), finetune (frozen backbone)")
     sweep.add_argument("--optimizer", dest="optimizers", type=name_list,
                        help="optimizers of train and finetune cells: sgd (timm's benchmark: SGD, Nesterov "
@@ -193,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"the run's cells are for {spec.device}; --devices must be {_kind(spec.device)} devices too")
     timing = timing_config(spec)
     cells = expand(spec)
+    for backend, precision, why in spec.skipped_backends:
+        print(f"rvbench run: skipping backend {backend} in {precision}: {why}", file=sys.stderr)
     jobs = plan_jobs(cells, spec.find_max_batch)
     for device, precision in dict.fromkeys((d, c.precision) for d in devices or [] for c in cells):
         check_capability(device, precision)

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bench.config.backends import BACKENDS, DEFAULT_BACKEND, problem
 from bench.errors import UsageError
 from bench.hardware.device import check_support, validate_device
 from bench.models import IMPLS, get_entry
@@ -44,6 +45,7 @@ class Cell:
     precision: str = DEFAULT_PRECISION  # see bench.precisions; amp-* autocast, fp16/bf16 cast the weights
     channels_last: bool = False  # NHWC memory format for model and input
     compile: str = "none"  # torch.compile mode (+"-freeze": Inductor freezing), or "none" for eager
+    backend: str = DEFAULT_BACKEND  # what runs the step: eager PyTorch, or an exported model (bench.config.backends)
     mode: str = "inference"  # inference, train (full step) or finetune (frozen backbone)
     optimizer: str = DEFAULT_OPTIMIZER  # train/finetune: see OPTIMIZERS; inference cells keep the default
     device: str = "cpu"  # "cpu" or "cuda:N"
@@ -57,12 +59,13 @@ class Cell:
     def cell_id(self) -> str:
         """Stable short id of the full configuration, used to resume and to join samples.
 
-        The optimizer enters the id only when it is not the default: cells from before the optimizer
-        was a field had the default, so they keep their ids and `--resume` of older runs still works.
+        The optimizer and the backend enter the id only when they are not the default: cells from before
+        either was a field had the default, so they keep their ids and `--resume` of older runs still works.
         """
         config = self.config()
-        if config["optimizer"] == DEFAULT_OPTIMIZER:
-            del config["optimizer"]
+        for name, default in (("optimizer", DEFAULT_OPTIMIZER), ("backend", DEFAULT_BACKEND)):
+            if config[name] == default:
+                del config[name]
         blob = json.dumps(config, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -95,9 +98,9 @@ def split_compile(compile_mode: str) -> tuple[str, bool]:
     return compile_mode, False
 
 
-def variant_label(precision: str, channels_last: bool, compile: str) -> str:
-    """Short label of a precision/layout/compile variant, e.g. "amp-bf16 +cl +compile",
-    "fp32 +compile:max-autotune", "fp32 +compile +freeze"."""
+def variant_label(precision: str, channels_last: bool, compile: str, backend: str = DEFAULT_BACKEND) -> str:
+    """Short label of a precision/layout/compile/backend variant, e.g. "amp-bf16 +cl +compile",
+    "fp32 +compile:max-autotune", "fp32 +compile +freeze", "bf16 +openvino" (the eager backend is not named)."""
     label = precision
     if channels_last:
         label += " +cl"
@@ -105,6 +108,8 @@ def variant_label(precision: str, channels_last: bool, compile: str) -> str:
         mode, freezing = split_compile(compile)
         label += " +compile" if mode == "default" else f" +compile:{mode}"
         label += " +freeze" if freezing else ""
+    if backend != DEFAULT_BACKEND:
+        label += f" +{backend}"
     return label
 
 
@@ -115,16 +120,22 @@ _FIELD_FORMATS = {"batch_size": "bs{}", "image_size": "{}px", "round": "r{}"}
 def config_label(config: Mapping[str, object], sep: str = " · ") -> str:
     """Label of a cell or configuration from whichever Cell fields `config` holds, in field order.
 
-    The one label format: arch, impl, "bs<N>", "<N>px", the variant (`variant_label`, when all three
-    of its fields are given), mode, the optimizer unless it is the default, device, "r<N>". Views leave
-    out fields they show elsewhere; cells
+    The one label format: arch, impl, "bs<N>", "<N>px", the variant (`variant_label`, when precision,
+    channels_last and compile are given; with the backend when `config` has one), mode, the optimizer unless it
+    is the default, device, "r<N>"; a backend other than eager without the variant is a part of its own. Views
+    leave out fields they show elsewhere; cells
     in progress bars use sep=" " (RVBENCH_FAULT matches on that text), tables and pages " · ".
     """
     parts = []
+    variant = all(k in config for k in _VARIANT_FIELDS)
+    backend = str(config.get("backend", DEFAULT_BACKEND))
     for name in (f.name for f in dataclasses.fields(Cell)):
-        if name == "precision" and all(k in config for k in _VARIANT_FIELDS):
+        if name == "precision" and variant:
             precision, channels_last, compile_mode = (config[k] for k in _VARIANT_FIELDS)
-            parts.append(variant_label(str(precision), bool(channels_last), str(compile_mode)))
+            parts.append(variant_label(str(precision), bool(channels_last), str(compile_mode), backend))
+        elif name == "backend":
+            if not variant and backend != DEFAULT_BACKEND:
+                parts.append(backend)
         elif name == "optimizer" and config.get(name, DEFAULT_OPTIMIZER) == DEFAULT_OPTIMIZER:
             continue
         elif name not in _VARIANT_FIELDS and name in config:
@@ -141,16 +152,18 @@ def validate(cell: Cell) -> None:
     """Raise UsageError naming the valid choices if the cell cannot be measured as specified.
 
     Checks names, numbers, that freezing compile modes run inference only, that inference cells name no
-    optimizer, the (arch, impl) pair and its image size by the model registry (`bench.models.get_entry`,
-    which knows which library has which arch and each family's input rules), and what the device kind
-    supports (bench.hardware.device; whether a CUDA device is present and capable is checked where
-    it runs).
+    optimizer, what a backend other than eager can run and whether its packages are installed
+    (bench.config.backends.problem), the (arch, impl) pair and its image size by the model registry
+    (`bench.models.get_entry`, which knows which library has which arch and each family's input rules), and
+    what the device kind supports (bench.hardware.device; whether a CUDA device is present and capable is
+    checked where it runs).
     """
     _check_choice("impl", cell.impl, IMPLS)
     _check_choice("precision", cell.precision, PRECISIONS)
     _check_choice("compile mode", cell.compile, COMPILE_MODES)
     _check_choice("mode", cell.mode, MODES)
     _check_choice("optimizer", cell.optimizer, OPTIMIZERS)
+    _check_choice("backend", cell.backend, BACKENDS)
     if cell.mode == "inference" and cell.optimizer != DEFAULT_OPTIMIZER:
         raise UsageError(f"optimizer {cell.optimizer!r} is for train and finetune; inference runs none")
     if split_compile(cell.compile)[1] and cell.mode != "inference":
@@ -163,3 +176,7 @@ def validate(cell: Cell) -> None:
         raise UsageError(f"batch size must be from 1 to {MAX_BATCH_SIZE}, got {cell.batch_size}")
     get_entry(cell.arch, cell.impl).check_image_size(cell.image_size)
     check_support(cell.device, cell.precision, cell.compile, COMPILE_MODES)
+    reason = problem(cell.backend, mode=cell.mode, compile_mode=cell.compile, channels_last=cell.channels_last,
+                     precision=cell.precision, device=cell.device)
+    if reason:
+        raise UsageError(reason)

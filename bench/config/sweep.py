@@ -14,11 +14,13 @@ import itertools
 import sys
 from dataclasses import dataclass, field
 
+from bench.config.backends import BACKENDS, DEFAULT_BACKEND, precision_problem, problem
 from bench.config.cell import DEFAULT_OPTIMIZER, IMPLS, Cell, validate
 from bench.config.presets import PRESET_DIR, list_presets
 from bench.errors import UsageError
 from bench.hardware.device import check_capability, cuda_count
 from bench.models import FAMILY_NAMES, list_archs, list_entries
+from bench.precisions import PRECISIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,12 +32,14 @@ else:  # pragma: no cover - python 3.10
 # `batch_sizes` have no default. `image_size = 0` means each model's default input size.
 # `channels_last` lists the model families ("resnet", "vit") that run in NHWC. `optimizers` apply to
 # train and finetune cells (inference cells run none; a block's inference cells are not repeated per
-# optimizer); blocks of runs from before the axis existed lack it and get its default.
+# optimizer); blocks of runs from before the axis existed lack it and get its default. `backends`
+# (bench.config.backends) other than eager join the block's inference cells without compile, in NCHW (`expand`).
 BLOCK_DEFAULTS: dict[str, object] = {
     "impls": list(IMPLS),
     "image_size": 0,
     "precisions": ["fp32"],
     "compile": ["none"],
+    "backends": [DEFAULT_BACKEND],
     "modes": ["inference"],
     "optimizers": [DEFAULT_OPTIMIZER],
     "channels_last": [],
@@ -113,6 +117,7 @@ class SweepSpec:
     sweeps: list[dict]
     find_max_batch: bool = False
     skipped_pairs: list[list[str]] = field(default_factory=list)
+    skipped_backends: list[list[str]] = field(default_factory=list)  # [backend, precision, why]: see `expand`
 
     def to_json(self) -> dict:
         """Plain dict for config.json."""
@@ -156,7 +161,7 @@ class SweepSpec:
 _TIMING_SWITCHES = {f.name for f in dataclasses.fields(TimingConfig) if f.type == "bool"}
 # The JSON type of each SweepSpec field (float: any number).
 _SPEC_TYPES = {"preset": str, "device": str, "rounds": int, "timing": dict, "sweeps": list,
-               "find_max_batch": bool, "skipped_pairs": list}
+               "find_max_batch": bool, "skipped_pairs": list, "skipped_backends": list}
 
 
 def _is(value: object, kind: type) -> bool:
@@ -251,28 +256,65 @@ def _check_devices(cells: list[Cell]) -> None:
         check_capability(device, precision)
 
 
+def _check_backends(block: dict) -> None:
+    """UsageError for an unknown backend name in a block."""
+    for backend in block.get("backends", BLOCK_DEFAULTS["backends"]):
+        if backend not in BACKENDS:
+            raise UsageError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+
+
+def _check_deployed(spec: SweepSpec, cells: list[Cell]) -> None:
+    """UsageError for a backend other than eager with --find-max-batch, or that a block asks for but no cell got: none of the sweep's blocks
+    has an inference cell without compile (what a backend needs; bench.config.backends.problem says why). A
+    preset whose train or compile blocks have no such cell (gpu, gpu-smoke) is fine as long as another has."""
+    if spec.find_max_batch and any(c.backend != DEFAULT_BACKEND for c in cells):
+        raise UsageError("--find-max-batch searches eager PyTorch's memory, and a backend's is not measured; "
+                         "run the backends without it")
+    wanted = {b for block in spec.sweeps for b in block.get("backends", BLOCK_DEFAULTS["backends"])}
+    ran = {c.backend for c in cells} | {backend for backend, _, _ in spec.skipped_backends}
+    for backend in sorted(wanted - ran - {DEFAULT_BACKEND}):
+        block = next(b for b in spec.sweeps if backend in b.get("backends", ()))
+        mode = "inference" if "inference" in block["modes"] else block["modes"][0]
+        compile_mode = "none" if "none" in block["compile"] else block["compile"][0]
+        raise UsageError(problem(backend, mode=mode, compile_mode=compile_mode, channels_last=False,
+                                 precision="fp32", device="cpu"))
+
+
 def expand(spec: SweepSpec) -> list[Cell]:
     """All cells of the spec, validated, implementations interleaved round by round.
 
-    Order: for each configuration (arch, mode, optimizer, precision, compile, batch), for each round, for
-    each impl -> A B C A B C, so drift on a shared machine hits every impl alike. (arch, impl)
+    Order: for each configuration (arch, mode, optimizer, precision, compile, backend, batch), for each round,
+    for each impl -> A B C A B C, so drift on a shared machine hits every impl alike. (arch, impl)
     pairs that no library provides (torchvision has no vit_tiny/vit_small) are skipped and listed
-    in `spec.skipped_pairs`. Raises UsageError on any bad name, number, image size the model
-    cannot take (ViT: a multiple of the patch) or precision the GPU lacks, or an empty sweep:
-    input that is bad up front must fail before the run starts, not become `skipped` rows.
+    in `spec.skipped_pairs`. A backend other than eager joins the block's inference cells without compile,
+    in NCHW (a backend no block has such a cell for is a UsageError); (backend, precision) pairs it does not compute in
+    are skipped and listed, with why, in `spec.skipped_backends`. Raises UsageError on any bad name, number,
+    image size the model cannot take (ViT: a multiple of the patch), precision the GPU lacks, backend package
+    not installed, or an empty sweep: input that is bad up front must fail before the run starts, not become
+    `skipped` rows.
     """
     cells: list[Cell] = []
     skipped: set[tuple[str, str]] = set()
+    skipped_backends: dict[tuple[str, str], str] = {}
     for block in spec.sweeps:
         archs = _archs(block["models"])
         entries = {(e.arch, e.impl): e for e in list_entries(archs, list(block["impls"]))}
         for bs in block["batch_sizes"]:
             if not isinstance(bs, int) or bs < 1:
                 raise UsageError(f"batch size must be an integer >= 1, got {bs!r}")
+        _check_backends(block)
         optimizers = block.get("optimizers", BLOCK_DEFAULTS["optimizers"])
+        backends = block.get("backends", BLOCK_DEFAULTS["backends"])
         axes = itertools.product(archs, block["modes"], optimizers, block["precisions"], block["compile"],
-                                 block["batch_sizes"])
-        for arch, mode, optimizer, precision, compile_mode, bs in axes:
+                                 backends, block["batch_sizes"])
+        for arch, mode, optimizer, precision, compile_mode, backend, bs in axes:
+            deployed = backend != DEFAULT_BACKEND
+            if deployed and (mode, compile_mode) != ("inference", "none"):
+                continue
+            why = precision_problem(backend, precision) if precision in PRECISIONS else ""
+            if why:
+                skipped_backends[(backend, precision)] = why
+                continue
             for rnd in range(spec.rounds):
                 for impl in block["impls"]:
                     entry = entries.get((arch, impl))
@@ -282,16 +324,18 @@ def expand(spec: SweepSpec) -> list[Cell]:
                     image_size = block["image_size"] or entry.image_size
                     cells.append(Cell(
                         arch=arch, impl=impl, batch_size=bs, image_size=image_size,
-                        precision=precision, channels_last=entry.family in block["channels_last"],
-                        compile=compile_mode, mode=mode, device=spec.device, round=rnd,
+                        precision=precision, channels_last=not deployed and entry.family in block["channels_last"],
+                        compile=compile_mode, backend=backend, mode=mode, device=spec.device, round=rnd,
                         optimizer=DEFAULT_OPTIMIZER if mode == "inference" else optimizer,
                     ))
     for cell in cells:
         validate(cell)
     _check_devices(cells)
     spec.skipped_pairs = sorted([list(p) for p in skipped])
+    spec.skipped_backends = [[*pair, why] for pair, why in sorted(skipped_backends.items())]
+    _check_deployed(spec, cells)
     if not cells:
-        raise UsageError("the sweep has no cells: no registered (arch, impl) pair matches; "
-                         "see `rvbench models`")
+        reasons = list(skipped_backends.values()) or ["no registered (arch, impl) pair matches; see `rvbench models`"]
+        raise UsageError("the sweep has no cells: " + "; ".join(reasons))
     # A cell listed twice (overlapping blocks) would be measured twice under one id.
     return list(dict.fromkeys(cells))

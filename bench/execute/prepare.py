@@ -28,9 +28,11 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from bench.config.backends import DEFAULT_BACKEND
 from bench.config.cell import Cell, validate
 from bench.config.precision import PrecisionPlan, numerics, plan_for
 from bench.counting.flops import forward_flops, train_flops
+from bench.execute.backends import deployed_step
 from bench.execute.step import compile_model, inductor_freezing, make_step, uses_cudagraphs
 from bench.hardware.device import check_capability, current_device
 from bench.models import IMPLS, ModelEntry, get_entry
@@ -52,13 +54,14 @@ class BuiltCell:
     entry: ModelEntry
     plan: PrecisionPlan
     device: torch.device
-    model: nn.Module  # the eager model (also the one the compiled wrapper calls)
-    runnable: nn.Module | Callable  # the model as the step calls it: compiled or eager
+    model: nn.Module  # the eager model (also the one the compiled wrapper calls; a backend's is exported from it)
+    runnable: nn.Module | Callable  # the model as the step calls it: compiled or eager (a backend cell: eager)
     optimizer: torch.optim.Optimizer | None  # None for inference
     x: torch.Tensor  # the fixed random input batch
     y: torch.Tensor  # the fixed random labels
     step: Callable[[], object]
     build_s: float  # seconds to construct the model, give it its initial weights and place it (see _build)
+    deploy: dict  # a backend cell's `deploy` columns (bench.execute.backends); {} for eager cells
 
     def eager_step(self) -> Callable[[], object]:
         """The same step on the uncompiled model, for op-by-op accounting."""
@@ -95,7 +98,9 @@ def initial_model(entry: ModelEntry, image_size: int, device: torch.device) -> n
 def _build(cell: Cell, entry: ModelEntry, plan: PrecisionPlan, device: torch.device) -> BuiltCell:
     """Build the seeded model, batch, optimizer and step of `cell` on `device`.
 
-    `build_s` times the model alone: construction, initial weights, mode, device, dtype and layout.
+    `build_s` times the model alone: construction, initial weights, mode, device, dtype and layout. A cell of
+    a backend other than eager builds the same (fp32, `prepared_cell`), then its step runs the backend
+    (bench.execute.backends.deployed_step: export, load and parity, outside `build_s`).
     """
     start = time.perf_counter()
     model = initial_model(entry, cell.image_size, device)
@@ -110,9 +115,14 @@ def _build(cell: Cell, entry: ModelEntry, plan: PrecisionPlan, device: torch.dev
     x = x.contiguous(memory_format=layout)
     y = torch.randint(0, NUM_CLASSES, (cell.batch_size,), device=device)
     runnable = compile_model(model, cell.compile, device)
-    step = make_step(runnable, cell.mode, x, y, plan, optimizer, cudagraph_steps=uses_cudagraphs(cell.compile, device))
+    if cell.backend == DEFAULT_BACKEND:
+        step = make_step(runnable, cell.mode, x, y, plan, optimizer,
+                         cudagraph_steps=uses_cudagraphs(cell.compile, device))
+        deploy = {}
+    else:
+        step, deploy = deployed_step(cell, model, x)
     return BuiltCell(cell=cell, entry=entry, plan=plan, device=device, model=model, runnable=runnable,
-                     optimizer=optimizer, x=x, y=y, step=step, build_s=build_s)
+                     optimizer=optimizer, x=x, y=y, step=step, build_s=build_s, deploy=deploy)
 
 
 def flops_per_image(cell: Cell) -> tuple[int, int]:
@@ -162,9 +172,11 @@ def prepared_cell(cell: Cell) -> Iterator[BuiltCell]:
     the block ends, or its model, batch and optimizer state stay allocated, and cached, after it.
     The cell's device is torch's current device for the block (`current_device`), so what synchronises
     without naming a device (CUDA-graph recording, torch.utils.benchmark) waits for the cell's GPU.
+    A backend other than eager computes in its own precision; its model and batch are eager fp32 PyTorch's,
+    which it is exported from and checked against, so its plan is fp32's.
     """
     entry = check_cell(cell)
-    plan = plan_for(cell.precision)
+    plan = plan_for(cell.precision if cell.backend == DEFAULT_BACKEND else "fp32")
     device = torch.device(cell.device)
     try:
         with current_device(cell.device), numerics(plan, device), inductor_freezing(cell.compile):

@@ -28,6 +28,9 @@ trees record), for CUDA-graph cells only. `optimizer_used` names the train/finet
 `amp_skipped_steps` counts the GradScaler's skipped optimizer steps inside the timed loop (amp-fp16
 training only; warm-up first runs until a step is applied, `Step.settle`).
 
+A cell of a backend other than eager (bench.execute.backends) times the backend's inference the same way; its
+`deploy` columns (export, threads, hint, parity with eager fp32) come from the build, outside the timed loop.
+
 FLOPs: `gflops_per_step` is forward FLOPs x batch for inference and forward+backward FLOPs x
 batch for train. For finetune it is forward FLOPs x batch: the frozen backbone runs no backward,
 and the head's weight gradient (one small matmul) is below 0.1% of any model here, so counting
@@ -145,6 +148,7 @@ def _measure(built: BuiltCell, timing: TimingConfig, load_avg: float | None) -> 
                  recompiles_timed=window["graphs_after"] - window["graphs_before"],
                  inductor_freezing=freezing_enabled(cell.compile),
                  cudagraph_record_s=cudagraph_recording_s() - recorded_s if step.cudagraphs else None),
+        **values("deploy", **built.deploy),
         **values("training", optimizer_used=optimizer_name(built.optimizer),
                  amp_skipped_steps=None if skipped_before is None else skipped_after - skipped_before),
         **memory,

@@ -31,13 +31,14 @@ import numpy as np
 import pandas as pd
 
 from bench.columns import SWEEP_MODES
+from bench.config.backends import DEFAULT_BACKEND
 from bench.config.cell import config_keys, config_label
 from bench.errors import UsageError
 from bench.intervals import median_ci
 from bench.provenance import commit_times
 from bench.regress import DEFAULT_ALPHA, DEFAULT_THRESHOLD_PCT
 from bench.regress.changepoints import ENVIRONMENT, Point, Step, log_variance, steps
-from bench.results import current_parquet, is_run_dir, load, load_samples, ok_rows, with_optimizer
+from bench.results import current_parquet, is_run_dir, load, load_samples, ok_rows, with_cell_defaults
 from bench.results.analysis import INTERVALS, config_medians
 
 SERIES_KEYS = config_keys(impl=True)  # a configuration and its implementation
@@ -157,7 +158,7 @@ def read_rows(runs: Sequence[Path]) -> pd.DataFrame:
     parquet, bad = _parquet_rows(files)
     rest = [load(run).reindex(columns=list(READ)).assign(run=str(run)) for run in runs
             if current_parquet(run) is None or run in bad]
-    df = with_optimizer(pd.concat([parquet, *rest], ignore_index=True))
+    df = with_cell_defaults(pd.concat([parquet, *rest], ignore_index=True))
     return df[df["mode"].isin(SWEEP_MODES)].reset_index(drop=True)
 
 
@@ -229,6 +230,8 @@ def run_command(config: Mapping[str, object], device: str, preset: str | None, p
              "--compile", config["compile"], "--modes", config["mode"]]
     if config["mode"] != "inference":
         words += ["--optimizer", config["optimizer"]]
+    if config.get("backend", DEFAULT_BACKEND) != DEFAULT_BACKEND:
+        words += ["--backends", config["backend"]]
     words += ["--channels-last" if config["channels_last"] else "--no-channels-last",
               "--device", "cpu" if device == "cpu" else "cuda", *(["--process-time"] if process_time else [])]
     return shlex.join(str(w) for w in words)

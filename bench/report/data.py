@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.config.cell import IMPLS, MODES, variant_label
+from bench.config.cell import DEFAULT_BACKEND, IMPLS, MODES, variant_label
 from bench.results.analysis import config_medians
 
 BASELINE_PRECISION = "fp32"
 
 
-def is_baseline(precision: str, channels_last: bool, compile_mode: str) -> bool:
-    """fp32 eager with the default memory format: the reference every speedup is measured against."""
-    return precision == BASELINE_PRECISION and not channels_last and compile_mode == "none"
+def is_baseline(precision: str, channels_last: bool, compile_mode: str, backend: str = DEFAULT_BACKEND) -> bool:
+    """fp32 eager PyTorch with the default memory format: the reference every speedup is measured against."""
+    return precision == BASELINE_PRECISION and not channels_last and compile_mode == "none" and backend == DEFAULT_BACKEND
 
 
 def failed_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -26,9 +26,11 @@ def failed_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def variants(frame: pd.DataFrame) -> list[str]:
-    """`variant_label` of every row of a table with precision, channels_last and compile columns."""
-    columns = zip(frame["precision"], frame["channels_last"], frame["compile"])
-    return [variant_label(p, bool(cl), c) for p, cl, c in columns]
+    """`variant_label` of every row of a table with precision, channels_last, compile and backend columns (a
+    table without backend, e.g. ratios of runs made before the column: eager)."""
+    backends = frame["backend"] if "backend" in frame else [DEFAULT_BACKEND] * len(frame)
+    columns = zip(frame["precision"], frame["channels_last"], frame["compile"], backends)
+    return [variant_label(p, bool(cl), c, b if isinstance(b, str) else DEFAULT_BACKEND) for p, cl, c, b in columns]
 
 
 def per_config(df: pd.DataFrame) -> pd.DataFrame:

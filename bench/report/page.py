@@ -18,6 +18,7 @@ from bench.columns import BY_NAME, DDP_MODE, TRANSFER_MODE
 from bench.report import REPORT_NAME, tables
 from bench.report.data import per_config, variants
 from bench.report.sections import derived, memory, perf, profile, scaling, transfer
+from bench.report.sections.backends import backends_table, exports_table, fastest_backends
 from bench.report.sections.fleet import fleet_table
 from bench.report.sections.flops import flops_table
 from bench.report.sections.profile_tables import profile_details
@@ -115,6 +116,9 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
         compile=tables.compile_times(configs),
         max_batches=tables.max_batches(df),
         fleet=fleet_table(sweep),
+        backends=backends_table(configs, sweep),
+        exports=exports_table(sweep),
+        fastest=fastest_backends(configs, sweep),
         failures=failures,
         n_failed=len(failures.rows),
         environment=tables.environment(env),

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.columns import SWEEP_MODES
 from bench.errors import is_disk_full
 from bench.report import write_report
+from bench.report.data import per_config
+from bench.report.sections.backends import fastest_backends
 from bench.report.text import format_table
 from bench.results import write_atomically
 from bench.results.analysis import TIE_RULE, TIED_MARK, contention_warning, ok_rows, plus_minus, summary_table
@@ -61,12 +64,15 @@ def summary_text(df: pd.DataFrame) -> str:
         return f"cells: {counts}\n(no ok cells)\n"
     tied = table["best config"].str.endswith(TIED_MARK).any()
     warning = contention_warning(df)
+    sweep = df[df["mode"].isin(SWEEP_MODES)]
+    fastest = fastest_backends(per_config(sweep), sweep)
     # arch, mode and best config read as text; the numbers after them line up right.
     converged = convergence(df)
     return (f"cells: {counts} · wall/timed {overhead(df)}" + (f" · {converged}" if converged else "") + "\n"
             + (f"{warning}\n" if warning else "")
             + f"{format_table(list(table.columns), table.itertuples(index=False), left=3)}\n"
-            + (f"{TIED_MARK}: {TIE_RULE}\n" if tied else ""))
+            + (f"{TIED_MARK}: {TIE_RULE}\n" if tied else "")
+            + "".join(f"fastest with output parity: {line}\n" for line in fastest))
 
 
 def write_run_report(run_dir: Path, text: str) -> Path | None:

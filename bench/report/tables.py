@@ -169,7 +169,8 @@ def failures(df: pd.DataFrame) -> Table:
     for key, rows in failed.groupby(keys, sort=True, dropna=False):
         r = dict(zip(keys, key))
         table.rows.append([
-            r["arch"], r["impl"], str(r["batch_size"]), variant_label(r["precision"], bool(r["channels_last"]), "none"),
+            r["arch"], r["impl"], str(r["batch_size"]),
+            variant_label(r["precision"], bool(r["channels_last"]), "none", r["backend"]),
             r["compile"], r["mode"], ", ".join(str(i) for i in sorted(rows["round"])), r["status"], r["message"],
         ])
     if not table.rows:
@@ -184,7 +185,9 @@ def max_batches(df: pd.DataFrame) -> Table:
     oom_at = found["max_batch_oom_at"] if "max_batch_oom_at" in found else pd.Series(index=found.index, dtype=float)
     for (_, r), oom in zip(found.iterrows(), oom_at):
         table.rows.append([
-            r["arch"], r["impl"], variant_label(r["precision"], bool(r["channels_last"]), r["compile"]), r["mode"],
+            r["arch"], r["impl"],
+            variant_label(r["precision"], bool(r["channels_last"]), r["compile"], r["backend"]),
+            r["mode"],
             fmt(int(r["batch_size"])), fmt(None if pd.isna(oom) else int(oom)),
         ])
     return table

@@ -3,7 +3,7 @@
 from bench.results.analysis import CONFIG_KEYS, is_max_batch_search, ok_rows, ratios
 from bench.results.store import (
     RESULTS_JSONL, RESULTS_PARQUET, SAMPLES_JSONL, SCHEMA_VERSION, ResultWriter, check_run_dir, current_parquet,
-    finalize, finished_cell_ids, is_run_dir, load, load_run, load_samples, update_latest, with_optimizer,
+    finalize, finished_cell_ids, is_run_dir, load, load_run, load_samples, update_latest, with_cell_defaults,
     write_atomically,
 )  # fmt: skip
 from bench.results.timm import TIMM_COLUMNS, timm_table
@@ -12,5 +12,5 @@ __all__ = [
     "CONFIG_KEYS", "RESULTS_JSONL", "RESULTS_PARQUET", "SAMPLES_JSONL", "SCHEMA_VERSION",
     "TIMM_COLUMNS", "ResultWriter", "check_run_dir", "current_parquet", "finalize", "finished_cell_ids",
     "is_max_batch_search", "is_run_dir", "load", "load_run", "load_samples", "ok_rows", "ratios", "timm_table",
-    "update_latest", "with_optimizer", "write_atomically",
+    "update_latest", "with_cell_defaults", "write_atomically",
 ]  # fmt: skip

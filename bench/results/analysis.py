@@ -25,7 +25,8 @@ from bench.intervals import relative_ci, rounds_median_ci
 CONFIG_KEYS = config_keys(device=True)
 REFERENCES = ("torchvision", "timm")
 
-BEST_CONFIG_RULE = "highest median throughput over rounds among the ok cells of any implementation"
+BEST_CONFIG_RULE = ("highest median throughput over rounds among the ok cells of any implementation (a deployment "
+                    "backend's only where its output passed parity)")
 TIE_RULE = ("its 95% throughput interval overlaps that of the runner-up (the next configuration of any "
             "implementation under the same rule)")
 TIED_MARK = "(tied)"
@@ -73,7 +74,7 @@ def config_medians(df: pd.DataFrame) -> pd.DataFrame:
 
     Rounds are repeats of one config, so every view shows their median. One row per config, impl
     and device (the CONFIG_KEYS and impl columns), sorted by them; `rounds` counts the ok rounds,
-    `contended_rounds` those flagged contended. Metrics the results lack are NaN. The INTERVAL_COLUMNS:
+    `contended_rounds` those flagged contended, `parity_failed` whether a round's backend output failed parity. Metrics the results lack are NaN. The INTERVAL_COLUMNS:
     `step_ms_p50_ci_low`/`_high`, the 95% interval of the median over rounds of the median step
     (`rounds_median_ci`: one round's own interval, or a hierarchical bootstrap over several), `rel_ci`
     its reach from the median step as a share, `throughput_ci_low`/`_high` the same interval seen as
@@ -84,12 +85,13 @@ def config_medians(df: pd.DataFrame) -> pd.DataFrame:
     keys = config_keys(impl=True, device=True)
     ok = ok_rows(df)
     if ok.empty:
-        return pd.DataFrame(columns=[*keys, *METRICS, "rounds", "contended_rounds", *INTERVAL_COLUMNS])
+        return pd.DataFrame(columns=[*keys, *METRICS, "rounds", "contended_rounds", "parity_failed", *INTERVAL_COLUMNS])
     numeric = ok[keys].assign(**{
         m: pd.to_numeric(ok[m], errors="coerce") if m in ok.columns else math.nan
         for m in dict.fromkeys([*METRICS, *INTERVALS["step_ms_p50"], "round"])
     }, converged=ok["converged"] if "converged" in ok.columns else None,
-        contended_rounds=was_contended(ok) if "contended" in ok.columns else False)
+        contended_rounds=was_contended(ok) if "contended" in ok.columns else False,
+        parity_failed=ok["parity_ok"].eq(False) if "parity_ok" in ok.columns else False)
     # Rounds in order within each group (a groupby keeps the order), so the bootstrap's draws are the run's own.
     grouped = numeric.sort_values("round", kind="stable").groupby(keys, dropna=False)
     out = grouped[list(METRICS)].median().reset_index()
@@ -103,6 +105,7 @@ def config_medians(df: pd.DataFrame) -> pd.DataFrame:
     per_s = 1000.0 * out["batch_size"].astype(float)
     out["throughput_ci_low"], out["throughput_ci_high"] = per_s / out[high], per_s / out[low]
     out["converged"] = [None if v.isna().any() else bool(v.astype(bool).all()) for _, v in grouped["converged"]]
+    out["parity_failed"] = grouped["parity_failed"].any().to_numpy().astype(bool)
     return out
 
 
@@ -123,7 +126,10 @@ def best_configs(medians: pd.DataFrame, by: Sequence[str] = ("arch", "mode")) ->
     rule (any other configuration or implementation; None if the group has one row), and `tied`,
     whether the best one is tied with it (`tied`, TIE_RULE; None when it cannot be said).
     """
-    ranked = medians[medians["throughput"].notna()].sort_values([*CONFIG_KEYS, "impl"], kind="stable")
+    eligible = medians["throughput"].notna()
+    if "parity_failed" in medians:  # a backend whose output is not the model's is no candidate
+        eligible &= ~medians["parity_failed"].astype(bool)
+    ranked = medians[eligible].sort_values([*CONFIG_KEYS, "impl"], kind="stable")
     ranked = ranked.sort_values("throughput", ascending=False, kind="stable")
     runners = ranked[ranked.duplicated(list(by))].drop_duplicates(list(by))
     best = ranked.drop_duplicates(list(by)).sort_values(list(by), kind="stable").reset_index(drop=True)

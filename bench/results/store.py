@@ -22,6 +22,7 @@ from typing import BinaryIO, Callable
 import pandas as pd
 
 from bench.columns import COLUMNS
+from bench.config.backends import DEFAULT_BACKEND
 from bench.config.cell import DEFAULT_OPTIMIZER
 from bench.errors import UsageError, is_disk_full
 from bench.results.timm import timm_table
@@ -157,13 +158,14 @@ def _tidy(rows: list[dict]) -> pd.DataFrame:
         # A cell is recorded once, but be robust to hand-merged files: the last row wins.
         df = df.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
     extra = [c for c in df.columns if c not in COLUMN_ORDER]
-    return with_optimizer(df.reindex(columns=list(COLUMN_ORDER) + extra))
+    return with_cell_defaults(df.reindex(columns=list(COLUMN_ORDER) + extra))
 
 
-def with_optimizer(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows from before the optimizer was a cell field ran the default one: say so, so their
+def with_cell_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows from before the optimizer or the backend was a cell field ran the default one: say so, so their
     configurations still match (compare, resume, history) those of newer runs."""
-    df["optimizer"] = df["optimizer"].astype(object).fillna(DEFAULT_OPTIMIZER) if "optimizer" in df else DEFAULT_OPTIMIZER
+    for name, default in (("optimizer", DEFAULT_OPTIMIZER), ("backend", DEFAULT_BACKEND)):
+        df[name] = df[name].astype(object).fillna(default) if name in df else default
     return df
 
 
@@ -188,7 +190,7 @@ def load(run_dir: str | Path) -> pd.DataFrame:
     parquet, jsonl = current_parquet(run_dir), run_dir / RESULTS_JSONL
     if parquet is not None:
         try:
-            return with_optimizer(pd.read_parquet(parquet))
+            return with_cell_defaults(pd.read_parquet(parquet))
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a damaged file
             warnings.warn(f"{parquet} unreadable ({type(exc).__name__}); reading {jsonl.name} instead")
     return _tidy(_read_jsonl(jsonl))

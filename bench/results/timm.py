@@ -8,6 +8,8 @@ export keeps only the rows that ran what timm's benchmark runs:
   names the timm precision each row matches, `precision` ours.
 - compile: timm's `--torchcompile` compiles without Inductor freezing, so the `-freeze` modes are
   left out.
+- backend: timm's benchmark times PyTorch itself, so only eager rows are kept (rows of another
+  deployment backend, `rvbench run --backends`, are left out).
 - train: timm trains with SGD with Nesterov momentum (our `--optimizer sgd`, "sgd-nesterov") and no
   GradScaler; `train_optimizer` names the optimizer of each train row (rows of different optimizers
   are not merged), and amp-fp16 train rows ran a GradScaler.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.columns import COLUMNS
+from bench.config.backends import DEFAULT_BACKEND
 from bench.config.cell import split_compile
 from bench.precisions import PRECISIONS, precision
 
@@ -42,7 +45,7 @@ def _timm_precision(name: str, device: str) -> str | None:
     """timm's name for our precision on the device; None for a name we do not know (a hand-merged row)."""
     return precision(name).timm_name(device) if name in PRECISIONS else None
 def timm_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The ok inference/train cells timm's benchmark could have run (see the module docstring), in
+    """The ok eager inference/train cells timm's benchmark could have run (see the module docstring), in
     its benchmark-CSV layout, median over rounds.
 
     One row per (arch, impl, precision, layout, compile, device, batch, image size) and train
@@ -51,7 +54,8 @@ def timm_table(df: pd.DataFrame) -> pd.DataFrame:
     params in millions.
     """
     frozen = df["compile"].map(lambda mode: split_compile(str(mode))[1]).astype(bool)
-    ok = df[(df["status"] == "ok") & df["mode"].isin(["inference", "train"]) & ~frozen].copy()
+    eager = df["backend"].fillna(DEFAULT_BACKEND) == DEFAULT_BACKEND if "backend" in df else True
+    ok = df[(df["status"] == "ok") & df["mode"].isin(["inference", "train"]) & ~frozen & eager].copy()
     ok["timm_precision"] = [_timm_precision(str(p), str(d)) for p, d in zip(ok["precision"], ok["device"])]
     ok = ok[ok["timm_precision"].notna()]
     ok["train_optimizer"] = ok["optimizer_used"] if "optimizer_used" in ok else None

@@ -2,7 +2,9 @@
 
 A request waits for its reply under the cell timeout, which bounds a cell's time outside compilation
 and, separately, its time compiling (the worker says when it compiles). A worker runs in its own
-process group, killed as a whole, so Inductor's compile subprocesses go with it.
+process group, killed as a whole, so Inductor's compile subprocesses go with it. What a killed worker
+cannot clean up itself goes with it too: the ONNX export directory it was writing
+(bench.execute.backends.EXPORT_PREFIX + its pid), removed after the kill.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
+EXPORT_PREFIX = "rvbench-onnx-"  # bench.execute.backends.EXPORT_PREFIX (that module imports torch)
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -87,6 +92,12 @@ class Worker:
             self.stop()  # it exits by itself (sticky CUDA error); reap it so the next job starts a fresh one
         return reply
 
+    def _remove_exports(self, pid: int) -> None:
+        """Remove the worker's export directories (`rvbench-onnx-<pid>-*` in its temporary directory)."""
+        tmp = Path(self._env.get("TMPDIR") or os.environ.get("TMPDIR") or tempfile.gettempdir())
+        for leftover in tmp.glob(f"{EXPORT_PREFIX}{pid}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
     def _reply(self, timeout: float | None) -> dict | None:
         """The request's reply (None if the worker died), following its compiling notices: two
         budgets of `timeout` seconds, one spent while compiling, one otherwise."""
@@ -112,13 +123,15 @@ class Worker:
 
     def stop(self) -> None:
         """Kill the worker's process group: the worker and Inductor's compile subprocesses (a hung
-        cell will not listen to anything gentler)."""
+        cell will not listen to anything gentler); then remove the ONNX export directory it may have
+        been writing (its own removal would not run)."""
         if self._proc is not None:
             try:
                 os.killpg(self._proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass  # the group is gone: worker and children exited
             self._proc.wait()
+            self._remove_exports(self._proc.pid)
             with contextlib.suppress(BrokenPipeError):  # a request the dead worker never read
                 self._proc.stdin.close()
             self._proc = None

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.config.backends import DEFAULT_BACKEND
 from bench.config.cell import IMPLS, Cell
 from bench.counting.memory import MB, predict_cell_peak
 from bench.hardware.device import visible_device
@@ -304,8 +305,10 @@ def predicted_mb(cell: Cell) -> float | None:
 
 def profile_cells(df: pd.DataFrame) -> list[Cell]:
     """Per arch, its best configuration (bench.results.analysis.best_configs, grouped by arch alone)
-    as one cell for every impl that ran the arch, so the profiles of an arch compare like with like."""
+    as one cell for every impl that ran the arch, so the profiles of an arch compare like with like.
+    Only eager rows compete: the profiler sees PyTorch's operators, which another backend does not run."""
     cells = []
+    df = df[df["backend"] == DEFAULT_BACKEND]
     for _, best in best_configs(config_medians(df), by=["arch"]).iterrows():
         ran = set(df.loc[df["arch"] == best["arch"], "impl"])
         cells += [Cell(**config_of(best, impl=impl)) for impl in IMPLS if impl in ran]

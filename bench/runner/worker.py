@@ -148,7 +148,10 @@ def _short_traceback(exc: BaseException) -> str:
 
 
 def measure(cell: Cell, timing: dict) -> dict:
-    """Measure one cell and classify the outcome as ok / oom / skipped / error."""
+    """Measure one cell and classify the outcome as ok / oom / skipped / error.
+
+    A backend row whose logits fail parity stays ok (its times are the backend's, measured as any other) with
+    parity_ok false and its message "parity_fail: ..." (bench.execute.backends.parity_message)."""
     try:
         fault = _injected_fault(cell)
         if fault:
@@ -164,8 +167,11 @@ def measure(cell: Cell, timing: dict) -> dict:
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row, the sweep goes on
         failure = _classify(exc, cell)
     else:
+        from bench.execute.backends import parity_message
+
         samples = result.pop("samples_ms", [])
-        return {"status": "ok", "message": "", "result": result, "samples_ms": samples}
+        return {"status": "ok", "message": parity_message(result, cell.precision), "result": result,
+                "samples_ms": samples}
     # Outside the except block, so the traceback (and the tensors its frames hold) is gone. A
     # poisoned CUDA context would fail even this; the process exits instead.
     if not failure.get("worker_exits"):

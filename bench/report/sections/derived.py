@@ -22,7 +22,8 @@ def speedup_table(configs: pd.DataFrame) -> pd.DataFrame:
     """Throughput of every non-baseline variant divided by fp32 eager of the same arch/impl/mode/batch."""
     # A Series (not a list) so that a run with no measured config selects zero rows, not zero columns.
     base_mask = pd.Series(
-        [is_baseline(p, bool(cl), c) for p, cl, c in zip(configs["precision"], configs["channels_last"], configs["compile"])],
+        [is_baseline(p, bool(cl), c, b) for p, cl, c, b in
+         zip(configs["precision"], configs["channels_last"], configs["compile"], configs["backend"])],
         index=configs.index,
         dtype=bool,
     )

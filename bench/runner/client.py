@@ -125,13 +125,15 @@ class Worker:
         """Kill the worker's process group: the worker and Inductor's compile subprocesses (a hung
         cell will not listen to anything gentler); then remove the ONNX export directory it may have
         been writing (its own removal would not run)."""
-        if self._proc is not None:
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # the group is gone: worker and children exited
-            self._proc.wait()
-            self._remove_exports(self._proc.pid)
-            with contextlib.suppress(BrokenPipeError):  # a request the dead worker never read
-                self._proc.stdin.close()
-            self._proc = None
+        # Taken first: a stop from a signal's handler may run while this one is under way, and must find it done.
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the group is gone: worker and children exited
+        proc.wait()
+        with contextlib.suppress(BrokenPipeError):  # a request the dead worker never read
+            proc.stdin.close()
+        self._remove_exports(proc.pid)

@@ -57,12 +57,10 @@ def signals_interrupt() -> Iterator[Stop]:
     finally:
         for sig, old in previous.items():
             # Once stopped, the process is ending with the first signal's code: a later signal (a
-            # second Ctrl-C after a quick wrap-up) must not kill it on its way out.
-            signal.signal(sig, _ignore if stop.received else old)
-
-
-def _ignore(signum: int, frame: object) -> None:
-    """The handler of a process that is already stopping."""
+            # second Ctrl-C after a quick wrap-up) must not kill it on its way out. SIG_IGN, not a Python
+            # handler: the interpreter's shutdown puts Python handlers back to the default (death by the
+            # signal, exit -2) and keeps SIG_IGN.
+            signal.signal(sig, signal.SIG_IGN if stop.received else old)
 
 
 @contextmanager

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 
 DEFAULT_BACKEND = "eager"
 INSTALL_HINT = "pip install 'rvbench[deploy]'"
+# + "<pid>-": the temporary directory of one ONNX export (bench.execute.backends), which its worker removes once
+# read, and the runner after killing a worker mid-export (bench.runner.client.Worker.stop).
+EXPORT_PREFIX = "rvbench-onnx-"
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from bench.columns import values
-from bench.config.backends import PARITY
+from bench.config.backends import EXPORT_PREFIX, PARITY
 from bench.config.cell import Cell
 from bench.errors import UsageError
 from bench.execute.step import Step
@@ -69,7 +69,6 @@ from bench.execute.step import Step
 OPSET = 18  # the dynamo exporter's own opset (a lower one would add a version conversion)
 EXPORT_BATCH = 2
 PARITY_FAIL = "parity_fail"  # how a row's message starts when its logits are out of tolerance
-EXPORT_PREFIX = "rvbench-onnx-"  # + "<pid>-": the directory of one export, removed when it is read
 TIE_TOLERANCE = 1e-4  # top-1 ignores images whose eager top-2 margin is below this share of max |logit|
 _EXPORTS: dict[tuple[str, str, int], "Export"] = {}
 

@@ -4,7 +4,7 @@ A request waits for its reply under the cell timeout, which bounds a cell's time
 and, separately, its time compiling (the worker says when it compiles). A worker runs in its own
 process group, killed as a whole, so Inductor's compile subprocesses go with it. What a killed worker
 cannot clean up itself goes with it too: the ONNX export directory it was writing
-(bench.execute.backends.EXPORT_PREFIX + its pid), removed after the kill.
+(bench.config.backends.EXPORT_PREFIX + its pid), removed after the kill.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-EXPORT_PREFIX = "rvbench-onnx-"  # bench.execute.backends.EXPORT_PREFIX (that module imports torch)
+from bench.config.backends import EXPORT_PREFIX
+
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 

@@ -64,9 +64,12 @@ browser:
 # Benchmarks run one step each here (--benchmark-disable); the ratio gates run in full (timed in
 # process CPU time, so the second worker does not move them). Two xdist workers, one thread each
 # (tests/conftest.py), keep both cores busy while a test waits on the processes it started. An interpreter
-# given as PYTHON= without pytest-xdist runs them one at a time.
+# given as PYTHON= without pytest-xdist runs them one at a time. Tests marked `alone` run afterwards, one at a
+# time: they compare separate runs made minutes apart, which even process CPU time cannot shield from a busy
+# sibling core (the history over six commits measured one run 35% slow beside the parallel suite).
 test: $(SETUP) browser
-	$(PY) -m pytest -q $$($(PY) -c 'import xdist; print("-n 2 --dist loadgroup")' 2>/dev/null) tests --benchmark-disable
+	$(PY) -m pytest -q $$($(PY) -c 'import xdist; print("-n 2 --dist loadgroup")' 2>/dev/null) tests --benchmark-disable -m "not alone"
+	$(PY) -m pytest -q tests --benchmark-disable -m alone
 
 # After an intended change to a model, regenerate the deterministic gate's expected counts.
 counts: $(SETUP)

@@ -21,6 +21,9 @@ from bench.regress.ab import worktree
 from bench.results import load_run
 from slow_commit_repo import SLOW_COMMIT, SLOWDOWN, make_repo
 
+# The runs are minutes apart in separate processes: beside the parallel suite a busy sibling core slowed one by
+# 35% even in process CPU time, so `make test` runs this module after the others, with the machine to itself.
+pytestmark = pytest.mark.alone
 RUN = ["-m", "bench", "run", "--preset", "cpu", "--models", "resnet18", "--impls", "rv", "--batch-sizes", "1",
        "--image-size", "32", "--precisions", "fp32", "--modes", "inference", "--rounds", "2", "--process-time"]
 # The commits (1-based) in the order their runs are made: not commit order, so the history must sort them, and

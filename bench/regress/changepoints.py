@@ -98,6 +98,9 @@ def log_variance(throughput: float, low: float, high: float) -> float:
     return ((math.log(high) - math.log(low)) / (2 * _Z_95)) ** 2
 
 
+MIN_RUNS = 2  # the fewest runs of a level (`candidates`)
+
+
 def noise_variance(points: Sequence[Point]) -> float | None:
     """The variance of a run's log throughput that the penalty assumes (module docstring, move 2): the
     median within-run variance, or the run-to-run spread where larger; None without any within-run one."""
@@ -110,13 +113,15 @@ def noise_variance(points: Sequence[Point]) -> float | None:
 
 
 def candidates(points: Sequence[Point]) -> list[int]:
-    """PELT's change points of the log throughputs: the indices of the first point of each new level."""
+    """PELT's change points of the log throughputs: the indices of the first point of each new level, every level
+    at least MIN_RUNS runs long: one run off its neighbours is that run's noise (a shared machine's moment), not a
+    step, so a step in the newest run is reported once the next run confirms it."""
     noise = noise_variance(points)
     if len(points) < 2 or noise is None:
         return []
     penalty = PENALTY_BICS * 2 * math.log(len(points)) * noise
     y = np.log([p.throughput for p in points]).reshape(-1, 1)
-    return ruptures.Pelt(model="l2", min_size=1, jump=1).fit(y).predict(pen=penalty)[:-1]
+    return ruptures.Pelt(model="l2", min_size=MIN_RUNS, jump=1).fit(y).predict(pen=penalty)[:-1]
 
 
 # Each run's raw step times (ms) by cell id, by run directory (bench.results.load_samples of each).

@@ -3,6 +3,7 @@
 #   make gpu-check [GPU=0]                                GPU self-checks (timing, profile, memory, compile, power)
 #   make gpu-validate [GPU=0] [OUT=dir]                   what a GPU reservation runs first: checks, smoke, timm loop (8 min)
 #   make scale [ARCH=resnet50]                            data-parallel training scaling, 1..N GPUs, torchrun
+#   make serve [ARCH=resnet50] [GPU=0] [SLO_MS=15]        latency under load: SingleStream, Server, Offline
 #   make test                                             unit tests + deterministic and ratio gates
 #   make PYTHON=/path/to/python3 test                     use an interpreter that already has torch (no venv)
 SHELL := /bin/bash
@@ -40,7 +41,7 @@ else
 RUN_DEVICES := --device $(DEVICE)
 endif
 
-.PHONY: bench test browser gate gate-baseline gate-ab gpu-check gpu-validate counts scale transfer-demo
+.PHONY: bench test browser gate gate-baseline gate-ab gpu-check gpu-validate counts scale serve transfer-demo
 
 # Re-installs only when pyproject.toml changes (the stamp is older than it).
 $(VENV)/.installed: pyproject.toml
@@ -101,6 +102,12 @@ gate-ab: $(SETUP)
 ARCH ?= resnet50
 scale: $(SETUP)
 	$(PY) -m bench scale $(ARCH)
+
+# Latency under load (rvbench serve): MLPerf's SingleStream, Server (the highest Poisson QPS whose p99 meets
+# SLO_MS, at three dynamic-batcher settings) and Offline scenarios, every implementation of ARCH, on the best device.
+SLO_MS ?= 15
+serve: $(SETUP)
+	$(PY) -m bench serve $(ARCH) --device $(DEVICE) --slo-ms $(SLO_MS)
 
 # The GPU self-checks (rvbench gpu-check): about 4 minutes on one H100; exits 2 without CUDA.
 gpu-check: $(SETUP)

@@ -30,6 +30,7 @@ COMMANDS = {
     "crosscheck": "Time a run's cells again in timm benchmark.py's loop (a synchronise every step) against the run's figures.",
     "memory": "Predict a cell's peak CUDA memory and the largest batch that fits, without a GPU.",
     "scale": "Data-parallel training throughput and efficiency from 1 to N ranks, under torchrun.",
+    "serve": "Latency under load: MLPerf's SingleStream, Server (QPS at a p99 bound) and Offline, with a dynamic batcher.",
     "transfer": "Time to accuracy of linear probe, staged and full fine-tuning, and from scratch, per implementation.",
 }
 

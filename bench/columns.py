@@ -18,8 +18,12 @@ from dataclasses import dataclass, replace
 SWEEP_MODES = ("inference", "train", "finetune")  # the modes of `rvbench run` cells
 DDP_MODE = "ddp-train"  # the mode of `rvbench scale` rows
 TRANSFER_MODE = "transfer"  # the mode of `rvbench transfer` rows
-ALL_MODES = (*SWEEP_MODES, DDP_MODE, TRANSFER_MODE)
-MODE_COMMANDS = {**dict.fromkeys(SWEEP_MODES, "run"), DDP_MODE: "scale", TRANSFER_MODE: "transfer"}  # who writes them
+# MLPerf Inference's scenarios, which `rvbench serve` measures (bench.measure.scenarios); a row's mode is "serve-" + it
+SCENARIOS = ("single-stream", "server", "offline")
+SERVE_MODES = tuple(f"serve-{s}" for s in SCENARIOS)
+ALL_MODES = (*SWEEP_MODES, DDP_MODE, TRANSFER_MODE, *SERVE_MODES)
+MODE_COMMANDS = {**dict.fromkeys(SWEEP_MODES, "run"), DDP_MODE: "scale", TRANSFER_MODE: "transfer",
+                 **dict.fromkeys(SERVE_MODES, "serve")}  # who writes them
 _SWEEP_DDP = (*SWEEP_MODES, DDP_MODE)
 
 
@@ -157,11 +161,38 @@ COLUMNS: tuple[Column, ...] = (
     # ones), the seed, the epoch (1-based; a run row: epochs run), the parameter groups trained, mean train loss,
     # validation top-1 (0..1), the epoch's training and evaluation seconds, cumulative seconds (both), training
     # images/s, the target top-1 and when it was first reached (cumulative seconds; null: not reached), the data.
-    *_group("transfer", "record", "strategy", "weights", "seed", "epoch", "trained_groups", "train_loss",
+    *_group("transfer", Column("record", "", modes=(TRANSFER_MODE, *SERVE_MODES)), "strategy", "weights", "seed", "epoch", "trained_groups", "train_loss",
             Column("val_top1", "", label="validation top-1"), Column("epoch_s", "", "s"), Column("eval_s", "", "s"),
             Column("time_s", "", "s", "training and evaluation time"), Column("images_per_s", "", "img/s"),
             "target_acc", Column("time_to_target_s", "", "s", "time to target"), "data", "data_format",
             "train_images", "val_images", "num_classes", modes=(TRANSFER_MODE,)),
+    # `rvbench serve` (bench.measure.scenarios): a row per SingleStream run, Offline query and Server trial (record
+    # "trial"), and a Server search's answer (record "result": the trial at the highest offered QPS that met the SLO).
+    # The batcher (max_batch is the cell's batch_size) and its queue delay; the SLO; the load offered and achieved;
+    # request latency (from the request's scheduled arrival to its completion, so a stalled server cannot hide its
+    # queue) and its MLPerf early-stopping upper bound; the queueing share; how late the load generator sent;
+    # the batches the batcher formed; how busy the server and the GPU were.
+    *_group("serving", Column("max_delay_ms", "", "ms", "batcher's longest queue delay", "delay"),
+            Column("slo_ms", "", "ms", "latency bound (p99)", "SLO"), "queries", "trial",
+            Column("offered_qps", "", "req/s", "offered load", "offered"),
+            Column("achieved_qps", "", "req/s", "completed requests per second", "achieved"),
+            Column("qps_at_slo", "", "req/s", "highest offered load meeting the SLO", "QPS at SLO"), "slo_met",
+            "early_stop",
+            Column("lat_ms_p50", "", "ms", "p50 latency", "p50"), Column("lat_ms_p90", "", "ms", "p90 latency", "p90"),
+            Column("lat_ms_p99", "", "ms", "p99 latency", "p99"),
+            Column("lat_ms_p999", "", "ms", "p99.9 latency", "p99.9"),
+            Column("lat_ms_max", "", "ms", "slowest request", "max"),
+            Column("lat_ms_bound", "", "ms", "latency percentile's early-stopping upper bound", "bound"),
+            Column("queue_ms_mean", "", "ms", "mean queueing time", "queue"),
+            Column("queue_share", "", label="queueing share of latency", short="queue share"),
+            Column("queue_dominated", "", label="share of requests that queued longer than they were served",
+                   short="queue-dominated"),
+            Column("send_lag_ms_p99", "", "ms", "p99 of send time after schedule", "send lag p99"),
+            Column("service_ms_p50", "", "ms", "p50 batch service time", "service p50"),
+            Column("batch_mean", "", label="mean batch formed", short="mean batch"), "batch_hist",
+            Column("server_busy", "", label="share of the time the server ran the model", short="server busy"),
+            Column("gpu_busy", "", label="share of the time the GPU ran the model (CUDA events)", short="GPU busy"),
+            modes=SERVE_MODES),
     # The environment of the slot that ran the row (bench.measure.env.collect_env, once per slot); env_cpu_affinity:
     # the CPUs its worker ran on ("0-15"), env_compile_threads: Inductor's compile threads as set for it (null:
     # Inductor's default, a thread per CPU of the affinity up to 32).

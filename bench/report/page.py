@@ -14,10 +14,10 @@ import pandas as pd
 
 import bench
 from bench import results
-from bench.columns import BY_NAME, DDP_MODE, TRANSFER_MODE
+from bench.columns import BY_NAME, DDP_MODE, SERVE_MODES, TRANSFER_MODE
 from bench.report import REPORT_NAME, tables
 from bench.report.data import per_config, variants
-from bench.report.sections import derived, memory, perf, profile, scaling, transfer
+from bench.report.sections import derived, memory, perf, profile, scaling, serving, transfer
 from bench.report.sections.backends import backends_table, exports_table, fastest_backends
 from bench.report.sections.fleet import fleet_table
 from bench.report.sections.flops import flops_table
@@ -61,9 +61,11 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
     env = _env(run_dir, df)
     config = _read_json(run_dir / "config.json")
     # `rvbench scale` rows (one per world size) have their own section; the sweep's views leave them out.
-    # `rvbench transfer` rows (epochs of training runs) have their own section too.
-    sweep = df[~df["mode"].isin((DDP_MODE, TRANSFER_MODE))]
+    # `rvbench transfer` rows (epochs of training runs) and `rvbench serve` rows have their own sections too.
+    sweep = df[~df["mode"].isin((DDP_MODE, TRANSFER_MODE, *SERVE_MODES))]
     transfer_plots = [transfer.accuracy_vs_time(df)] if (df["mode"] == TRANSFER_MODE).any() else []
+    serving_plots = ([serving.latency_vs_load(df), serving.qps_at_slo(df), serving.batch_sizes(df)]
+                     if df["mode"].isin(SERVE_MODES).any() else [])
     configs = per_config(sweep)
     scaling_plots = ([scaling.throughput(df), scaling.efficiency(df), scaling.communication(df)]
                      if not scaling.scaling_rows(df).empty else [])
@@ -91,7 +93,7 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
         facts=[*tables.header(env, config, df), ("Wall / timed", overhead(df)),
                *([("Converged", converged)] if (converged := convergence(df)) else [])],
         warning=contention_warning(df),
-        # A run of only `rvbench scale` or `rvbench transfer` rows shows their sections, not the sweep's.
+        # A run of only `rvbench scale`, `transfer` or `serve` rows shows their sections, not the sweep's.
         sweep_run=not sweep.empty or len(sweep) == len(df),
         best_rule=BEST_CONFIG_RULE,
         tie_rule=TIE_RULE,
@@ -109,8 +111,10 @@ def write_report(run_dir: str | Path, out: Path | None = None) -> Path:
         scaling_table=scaling.scaling_table(df),
         transfer_plots=transfer_plots,
         transfer_runs=transfer.runs_table(df),
+        serving_plots=serving_plots,
+        serving_table=serving.serving_table(df),
         plot_count=sum(p.png_b64 is not None for p in perf_plots + derived_plots + profile_plots + memory_plots
-                       + scaling_plots + transfer_plots),
+                       + scaling_plots + transfer_plots + serving_plots),
         flops=flops,
         flops_numeric=flops_numeric,
         compile=tables.compile_times(configs),

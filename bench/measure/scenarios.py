@@ -19,12 +19,13 @@ from typing import Iterator
 
 import numpy as np
 
-from bench.config.serving import MAX_TRIAL_S, SERVER_PERCENTILE, SINGLE_STREAM_PERCENTILE, Batcher
+from bench.config.serving import CONFIDENCE, MAX_TRIAL_S, SERVER_PERCENTILE, SINGLE_STREAM_PERCENTILE, Batcher
 from bench.measure.loadgen import Arrivals
 from bench.measure.serving import Model, Served, back_to_back, min_passing, overlatency_allowed, serve, summarize
 
 SEARCH_TOLERANCE = 0.03  # the search ends when the failing QPS is within 3% of the passing one
-MAX_TRIALS = 14
+MAX_TRIALS = 24
+EXTEND_TRIALS = 4  # trials at one load, pooled, before an undecided verdict counts as a miss
 CAPACITY_REPEATS = 5  # warm-up batches whose median time gives the capacity estimate
 
 
@@ -51,26 +52,60 @@ def capacity(model: Model, batcher: Batcher) -> float:
     return batcher.max_batch / float(np.median(times))
 
 
-class _GiveUp:
-    """A trial can no longer pass once more than `allowed` requests exceed the SLO: those done over it, and those
-    still queued that have waited longer than it already."""
+def verdict(over: int, n: int) -> bool | None:
+    """The Server rule on the requests served at one load (pooled over its trials), `over` of `n` above the SLO:
+    True when p99 ≤ SLO holds with 99% confidence (MLPerf's early stopping: over ≤ overlatency_allowed(n)); False
+    when even the point estimate misses it (over > 1% of n); None while the two disagree (more requests decide)."""
+    if over <= overlatency_allowed(n, SERVER_PERCENTILE):
+        return True
+    if over > (1 - SERVER_PERCENTILE) * n:
+        return False
+    return None
 
-    def __init__(self, slo_ms: float, allowed: int) -> None:
-        self.slo_ns, self.allowed, self.over = slo_ms * 1e6, allowed, 0
+
+class _GiveUp:
+    """A trial is given up once more requests exceed the SLO than a p99 within it allows even as a point estimate
+    of all the requests at this load (`limit`): those done over it, and those queued that have waited longer."""
+
+    def __init__(self, slo_ms: float, limit: float) -> None:
+        self.slo_ns, self.limit, self.over = slo_ms * 1e6, limit, 0
 
     def __call__(self, served: Served, queue: deque) -> bool:
         k = served.batches[-1]
         self.over += sum(d - s > self.slo_ns for s, d in zip(served.scheduled[-k:], served.done[-k:]))
         waiting = sum(served.done[-1] - scheduled > self.slo_ns for _, scheduled, _ in queue)
-        return self.over + waiting > self.allowed
+        return self.over + waiting > self.limit
 
 
-def server_trial(model: Model, batcher: Batcher, qps: float, queries: int, slo_ms: float, seed: int) -> dict:
-    """One Server trial at `qps` offered: its serving columns, slo_met saying whether it passed."""
-    n = trial_queries(qps, queries)
-    with Arrivals(qps, n, seed) as arrivals:
-        served = serve(model, batcher, arrivals, _GiveUp(slo_ms, overlatency_allowed(n, SERVER_PERCENTILE)))
-    return summarize(served, SERVER_PERCENTILE, slo_ms, offered_qps=qps, max_delay_ms=batcher.max_delay_ms)
+def over_slo(served: Served, slo_ms: float) -> int:
+    """Requests above the SLO: served ones, and those a given-up trial left queued (already waiting longer)."""
+    latency = np.array(served.done) - np.array(served.scheduled)
+    return int(np.sum(latency > slo_ms * 1e6)) + len(served.unserved)
+
+
+def server_load(model: Model, batcher: Batcher, qps: float, queries: int, slo_ms: float, seed: int) -> Iterator[dict]:
+    """Server trials at `qps` offered, each of `trial_queries` requests, until the requests of all of them decide
+    `verdict` (at most EXTEND_TRIALS; still undecided then, it is a miss: p99 ≤ SLO was not shown). Yields each
+    trial's columns; slo_met is the verdict on the last one (None on the undecided ones before it)."""
+    over = n = 0
+    for k in range(EXTEND_TRIALS):
+        planned = trial_queries(qps, queries)
+        with Arrivals(qps, planned, seed * EXTEND_TRIALS + k) as arrivals:
+            served = serve(model, batcher, arrivals, _GiveUp(slo_ms, (1 - SERVER_PERCENTILE) * (n + planned) - over))
+        over, n = over + over_slo(served, slo_ms), n + len(served.done) + len(served.unserved)
+        decided = verdict(over, n)
+        if served.given_up or k == EXTEND_TRIALS - 1:
+            decided = bool(decided)
+        row = summarize(served, SERVER_PERCENTILE, slo_ms=slo_ms, offered_qps=qps, max_delay_ms=batcher.max_delay_ms,
+                        slo_met=decided)
+        row["early_stop"] = (
+            f"p99 ≤ {slo_ms:g} ms with {CONFIDENCE:.0%} confidence (MLPerf early stopping) needs at most "
+            f"{max(overlatency_allowed(n, SERVER_PERCENTILE), 0)} of {n} requests at this load over it: {over} were"
+            + ("; given up once the p99 could not be within it, so latencies are lower bounds" if served.given_up
+               else "") + ("; undecided, so the load runs again" if decided is None else ""))
+        yield row
+        if decided is not None:
+            return
 
 
 def trial_queries(qps: float, queries: int) -> int:
@@ -92,20 +127,20 @@ def server_search(model: Model, batcher: Batcher, slo_ms: float, queries: int, s
     failed: dict | None = None
     trials = 0
 
-    def trial(qps: float) -> dict:
+    def trial(qps: float) -> Iterator[dict]:
         nonlocal trials, passed, failed
-        trials += 1
-        row = {**server_trial(model, batcher, qps, queries, slo_ms, seed + trials), "trial": trials, "record": "trial"}
+        for row in server_load(model, batcher, qps, queries, slo_ms, seed + trials):
+            trials += 1
+            yield {**row, "trial": trials, "record": "trial"}
         if row["slo_met"] and (passed is None or qps > passed["offered_qps"]):
             passed = row
         if not row["slo_met"] and (failed is None or qps < failed["offered_qps"]):
             failed = row
-        return row
 
     floor = lowest_qps()
     qps = max(capacity(model, batcher) / 2, floor)
     while trials < MAX_TRIALS:  # down until one passes
-        yield trial(qps)
+        yield from trial(qps)
         if passed is not None or qps <= floor:
             break
         qps = max(qps / 2, floor)
@@ -116,9 +151,9 @@ def server_search(model: Model, batcher: Batcher, slo_ms: float, queries: int, s
                           f"over {MAX_TRIAL_S:g} s)"}
         return
     while failed is None and trials < MAX_TRIALS:  # up until one fails
-        yield trial(passed["offered_qps"] * 2)
+        yield from trial(passed["offered_qps"] * 2)
     while failed is not None and trials < MAX_TRIALS and failed["offered_qps"] > passed["offered_qps"] * (1 + SEARCH_TOLERANCE):
-        yield trial(math.sqrt(passed["offered_qps"] * failed["offered_qps"]))
+        yield from trial(math.sqrt(passed["offered_qps"] * failed["offered_qps"]))
     within = (f"within {SEARCH_TOLERANCE:.0%}" if failed is not None and failed["offered_qps"] <= passed["offered_qps"] * (1 + SEARCH_TOLERANCE)
               else f"after {MAX_TRIALS} trials")
     failing = f"; {failed['offered_qps']:.4g} QPS failed" if failed is not None else ""

@@ -62,11 +62,12 @@ class Served:
 
 
 def overlatency_allowed(n: int, percentile: float, confidence: float = CONFIDENCE) -> int:
-    """MLPerf's early stopping: the most requests of `n` that may exceed a latency bound while the `percentile`
-    latency is still below it with `confidence` (the largest t with P(Binomial(n, 1 - percentile) <= t) <= 1 -
-    confidence); -1 when `n` is too few for any (under 459 for p99 at 99%)."""
+    """MLPerf's early stopping (loadgen/early_stopping.cc, tolerance 0): the most of `n` requests that may exceed
+    a latency bound while the `percentile` latency is still below it with `confidence`, i.e. the largest t with
+    P(Binomial(n, 1 - percentile) <= t) < 1 - confidence; -1 when `n` is too few for any (under 459 for p99 at
+    99%)."""
     t = int(stats.binom.ppf(1 - confidence, n, 1 - percentile))
-    while t >= 0 and stats.binom.cdf(t, n, 1 - percentile) > 1 - confidence:
+    while t >= 0 and stats.binom.cdf(t, n, 1 - percentile) >= 1 - confidence:
         t -= 1
     return t
 
@@ -77,12 +78,13 @@ def min_passing(percentile: float, confidence: float = CONFIDENCE) -> int:
 
 
 def early_stopping_bound(latencies_ms: np.ndarray, percentile: float) -> float | None:
-    """MLPerf's early-stopping estimate of a latency percentile: the latency left after discarding the
-    `overlatency_allowed` slowest requests, an upper bound on the percentile with 99% confidence; None with too few."""
+    """MLPerf's early-stopping estimate of a latency percentile (SingleStream's figure): with t =
+    `overlatency_allowed`, the t-th slowest latency (the t - 1 slower ones discarded), an upper bound on the
+    percentile with 99% confidence; None with too few requests (t < 1)."""
     allowed = overlatency_allowed(len(latencies_ms), percentile)
-    if allowed < 0:
+    if allowed < 1:
         return None
-    return float(np.sort(latencies_ms)[len(latencies_ms) - 1 - allowed])
+    return float(np.sort(latencies_ms)[len(latencies_ms) - allowed])
 
 
 def serve(model: Model, batcher: Batcher, arrivals: Arrivals,
@@ -133,10 +135,10 @@ def back_to_back(model: Model, n: int) -> Served:
     return served
 
 
-def summarize(served: Served, percentile: float | None = None, slo_ms: float | None = None, **known: object) -> dict:
+def summarize(served: Served, percentile: float | None = None, **known: object) -> dict:
     """The `serving` columns of what `served` says; `percentile`: the one whose early-stopping bound the row
-    gives (lat_ms_bound, with the rule in early_stop); `slo_ms`: the bound it is held to (slo_met); `known`: the
-    columns the caller knows (offered_qps, max_delay_ms, trial ...).
+    gives (lat_ms_bound, with the rule in early_stop); `known`: the columns the caller knows (offered_qps,
+    max_delay_ms, slo_ms, slo_met ...).
 
     Requests left unserved by a given-up trial count with their latency so far (a lower bound), so its
     percentiles are lower bounds too (the row's early_stop says so)."""
@@ -165,18 +167,10 @@ def summarize(served: Served, percentile: float | None = None, slo_ms: float | N
     )
     if percentile is not None:
         bound = None if served.given_up else early_stopping_bound(every, percentile)
-        allowed = overlatency_allowed(n, percentile)
         columns["lat_ms_bound"] = bound
-        if slo_ms is None:
-            columns["early_stop"] = (f"p{percentile * 100:g} ≤ {bound:.3g} ms with {CONFIDENCE:.0%} confidence: "
-                                     f"the {max(allowed, 0)} slowest of {n} set aside (MLPerf early stopping)"
-                                     if bound is not None else f"too few requests ({n}) for a p{percentile * 100:g} "
-                                                               f"bound at {CONFIDENCE:.0%} confidence")
-        else:
-            over = int(np.sum(every > slo_ms))
-            columns["slo_met"] = not served.given_up and allowed >= 0 and over <= allowed
-            columns["early_stop"] = (
-                f"p{percentile * 100:g} ≤ {slo_ms:g} ms with {CONFIDENCE:.0%} confidence needs at most "
-                f"{max(allowed, 0)} of {n} over it (MLPerf early stopping): {over} were"
-                + ("; given up early, so latencies are lower bounds" if served.given_up else ""))
-    return values("serving", slo_ms=slo_ms, **columns, **known)
+        columns["early_stop"] = (f"p{percentile * 100:g} ≤ {bound:.3g} ms with {CONFIDENCE:.0%} confidence: the "
+                                 f"{overlatency_allowed(n, percentile) - 1} slowest of {n} set aside (MLPerf early "
+                                 "stopping)" if bound is not None else
+                                 f"too few requests ({n}) for a p{percentile * 100:g} bound at {CONFIDENCE:.0%} "
+                                 "confidence")
+    return values("serving", **{**columns, **known})

@@ -8,9 +8,8 @@ declared with the row modes in bench.columns (SCENARIOS).
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
-
-from bench.errors import UsageError
 
 DEFAULT_BATCHERS = "1:0,4:2,8:5"
 DEFAULT_SLO_MS = 15.0  # MLPerf Inference's p99 bound for ResNet-50 in the Server scenario
@@ -41,23 +40,24 @@ class Batcher:
 
 
 def parse_batchers(text: str) -> list[Batcher]:
-    """`--batchers`: comma-separated MAX_BATCH:DELAY_MS pairs, e.g. "1:0,8:5". UsageError (one line) otherwise."""
+    """`--batchers`: comma-separated MAX_BATCH:DELAY_MS pairs, e.g. "1:0,8:5"; argparse's type error (one line, exit 2)
+    otherwise."""
     batchers = []
     for item in (t.strip() for t in text.split(",") if t.strip()):
         size, _, delay = item.partition(":")
         try:
             batcher = Batcher(int(size), float(delay or 0))
         except ValueError:
-            raise UsageError(f"--batchers: {item!r} is not MAX_BATCH:DELAY_MS, e.g. 8:5") from None
+            raise argparse.ArgumentTypeError(f"{item!r} is not MAX_BATCH:DELAY_MS, e.g. 8:5") from None
         if not 1 <= batcher.max_batch <= MAX_BATCHER_BATCH:
-            raise UsageError(f"--batchers: max batch must be from 1 to {MAX_BATCHER_BATCH}, got {batcher.max_batch}")
+            raise argparse.ArgumentTypeError(f"max batch must be from 1 to {MAX_BATCHER_BATCH}, got {batcher.max_batch}")
         if not 0 <= batcher.max_delay_ms <= 1000:
-            raise UsageError(f"--batchers: the queue delay must be from 0 to 1000 ms, got {batcher.max_delay_ms:g}")
+            raise argparse.ArgumentTypeError(f"the queue delay must be from 0 to 1000 ms, got {batcher.max_delay_ms:g}")
         if batcher.max_batch == 1 and batcher.max_delay_ms:
-            raise UsageError(f"--batchers: {item!r}: a batch of 1 waits for nothing; write 1:0")
+            raise argparse.ArgumentTypeError(f"{item!r}: a batch of 1 waits for nothing; write 1:0")
         batchers.append(batcher)
     if not batchers:
-        raise UsageError("--batchers: give at least one MAX_BATCH:DELAY_MS, e.g. 1:0,8:5")
+        raise argparse.ArgumentTypeError("give at least one MAX_BATCH:DELAY_MS, e.g. 1:0,8:5")
     if len(set(batchers)) < len(batchers):
-        raise UsageError(f"--batchers: a setting is given twice in {text!r}")
+        raise argparse.ArgumentTypeError(f"a setting is given twice in {text!r}")
     return batchers
